@@ -1,0 +1,21 @@
+"""User-facing errors. The CLI prints these as one line and exits with code 2."""
+from __future__ import annotations
+
+
+class MetateleError(Exception):
+    """An error the user can act on (bad input, bad file, divergence)."""
+
+
+class RankDeficientError(MetateleError, ValueError):
+    """A layer input h (d × n) has rank < n, so h⁺h ≠ I and the group action cannot be exact.
+
+    Raised by `metatele.symmetry` unless the caller passes ``least_squares=True``.
+    """
+
+
+class CheckpointError(MetateleError):
+    """A checkpoint file is missing, corrupt, not safetensors, or does not match the request."""
+
+
+class ConfigError(MetateleError):
+    """A configuration value or command-line option is invalid."""

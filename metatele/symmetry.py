@@ -1,0 +1,160 @@
+"""Parameter-space symmetries of bias-free LeakyReLU MLPs, batched over tasks.
+
+Group action of g_m ∈ GL(k_m) on hidden layer m (input h_{m-1}, weights W_m, W_{m+1}):
+
+    W_{m+1} → W_{m+1} g_m⁻¹,    W_m → σ⁻¹(g_m σ(W_m h_{m-1})) h_{m-1}⁺.
+
+It keeps the loss on X exactly when every h_{m-1} (d × n) has full column rank n. Layers are
+processed in order, propagating h_m' = g_m h_m. Shapes: weights[m] (B, d_{m+1}, d_m); X (B, d0, n);
+g and T are lists with one (B, k_m, k_m) tensor per hidden layer.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from metatele.errors import RankDeficientError
+from metatele.tasks import act, act_inv, loss_and_grad
+
+Weights = list[torch.Tensor]
+
+
+def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor:
+    """Moore–Penrose pseudo-inverse of h (B, d, n) → (B, n, d), checking h⁺h = I.
+
+    Raises RankDeficientError if some h has numerical rank < n, unless least_squares=True,
+    in which case the plain pseudo-inverse is returned (the action then only keeps the loss
+    approximately: it projects onto the row space of h).
+    """
+    d, n = h.shape[-2:]
+    if least_squares:
+        return torch.linalg.pinv(h)
+    if n > d:
+        raise RankDeficientError(
+            f"layer input has {d} rows but n={n} samples: rank ≤ {d} < n, so the exact group action "
+            "is impossible (need n ≤ every hidden-layer input width); pass least_squares=True to accept an approximation"
+        )
+    Q, R = torch.linalg.qr(h)  # h = Q R, Q (B, d, n), R (B, n, n)
+    diag = R.diagonal(dim1=-2, dim2=-1).abs()
+    tol = max(d, n) * torch.finfo(h.dtype).eps * diag.amax(dim=-1, keepdim=True)
+    if bool((diag <= tol).any()):
+        raise RankDeficientError(
+            "a layer input is rank-deficient (numerical rank < n), so the exact group action is impossible; "
+            "pass least_squares=True to accept an approximation"
+        )
+    # h⁺ = R⁻¹ Qᵀ
+    return torch.linalg.solve_triangular(R, Q.transpose(-2, -1), upper=True)
+
+
+def _act(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    g: Sequence[torch.Tensor],
+    right: Callable[[torch.Tensor, int], torch.Tensor],
+    least_squares: bool,
+    X_pinv: torch.Tensor | None,
+) -> Weights:
+    """Shared pair-by-pair action; `right(W_next, m)` maps W_{m+1} to its transformed value."""
+    if len(g) != len(weights) - 1:
+        raise ValueError(f"need one group element per hidden layer ({len(weights) - 1}), got {len(g)}")
+    new = list(weights)
+    h = X
+    for m, gm in enumerate(g):
+        hp = X_pinv if (m == 0 and X_pinv is not None) else pinv_full_rank(h, least_squares)
+        a = torch.bmm(gm, act(torch.bmm(new[m], h)))  # g σ(W_m h_{m-1}) = h_m'
+        z = act_inv(a)
+        W = torch.bmm(z, hp)
+        # One step of iterative refinement on the residual z − W h: deep layers of all-positive
+        # nets have cond(h) up to ~1e9, and this brings the loss change back to ~1e-15.
+        new[m] = W + torch.bmm(z - torch.bmm(W, h), hp)
+        new[m + 1] = right(new[m + 1], m)
+        h = a
+    return new
+
+
+def group_action(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    g: Sequence[torch.Tensor],
+    least_squares: bool = False,
+    X_pinv: torch.Tensor | None = None,
+) -> Weights:
+    """Exact action of invertible g_m (B, k_m, k_m) on every hidden layer. X_pinv: optional cached X⁺."""
+    return _act(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), least_squares, X_pinv)
+
+
+def normalize(T: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """Scale each T (B, k, k) to Frobenius norm eps (broadcast over B if eps is (B,))."""
+    norm = torch.linalg.matrix_norm(T).clamp_min(torch.finfo(T.dtype).tiny)
+    return T * (torch.as_tensor(eps, dtype=T.dtype, device=T.device) / norm)[:, None, None]
+
+
+def teleport(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    T: Sequence[torch.Tensor],
+    eps: float | torch.Tensor | None,
+    exact: bool = True,
+    least_squares: bool = False,
+    X_pinv: torch.Tensor | None = None,
+) -> Weights:
+    """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm eps (None: as given).
+
+    exact=False is the paper's first-order variant: W_{m+1} → W_{m+1}(I − T_m), which leaves the
+    level set by O(eps²).
+    """
+    T = [t if eps is None else normalize(t, eps) for t in T]
+    eye = [torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) for t in T]
+    g = [e + t for e, t in zip(eye, T)]
+    if exact:
+        return group_action(weights, X, g, least_squares, X_pinv)
+    return _act(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), least_squares, X_pinv)
+
+
+def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weights:
+    """Positive diagonal rescaling g_m = diag(exp(s_m)), s_m (B, k_m): exact for any data.
+
+    W_m → diag(e^s) W_m, W_{m+1} → W_{m+1} diag(e^-s), since σ(c z) = c σ(z) for c > 0.
+    """
+    new = list(weights)
+    for m, sm in enumerate(s):
+        new[m] = new[m] * sm.exp()[:, :, None]
+        new[m + 1] = new[m + 1] * (-sm).exp()[:, None, :]
+    return new
+
+
+def grad_norm_sq(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_m ‖∇W_m L‖_F² per task, shape (B,)."""
+    return sum(g.pow(2).sum(dim=(1, 2)) for g in grads)
+
+
+def gradient_ascent_teleport(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    steps: int = 10,
+    lr: float | None = None,
+    least_squares: bool = False,
+    X_pinv: torch.Tensor | None = None,
+) -> Weights:
+    """Teleport towards a steeper point of the level set by ascending ‖∇L(g·W)‖² over T, g = I + T.
+
+    Starts from T = 0 and takes `steps` ascent steps, then applies the exact action once.
+    lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
+    G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
+    moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
+    The result is detached from the input weights' graph.
+    """
+    W0 = [w.detach() for w in weights]
+    X_pinv = pinv_full_rank(X, least_squares) if X_pinv is None else X_pinv
+    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+    with torch.enable_grad():
+        for _ in range(steps):
+            T = [t.detach().requires_grad_() for t in T]
+            Wt = teleport(W0, X, T, eps=None, least_squares=least_squares, X_pinv=X_pinv)
+            _, grads = loss_and_grad(Wt, X, Y, create_graph=True)
+            G = torch.autograd.grad(grad_norm_sq(grads).sum(), T)
+            T = [t + (0.03 * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
+    return [w.detach() for w in teleport(W0, X, [t.detach() for t in T], eps=None,
+                                         least_squares=least_squares, X_pinv=X_pinv)]

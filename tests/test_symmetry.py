@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metatele import symmetry as S
+from metatele import tasks
+from metatele.errors import RankDeficientError
+
+
+def rel_change(W, b, L0):
+    return ((tasks.loss(W, b.X, b.Y) - L0).abs() / L0)
+
+
+def random_T(b, scale=1.0):
+    return [scale * torch.randn(w.shape[0], w.shape[1], w.shape[1], dtype=w.dtype) for w in b.weights[:-1]]
+
+
+@pytest.mark.parametrize("widths", [(20, 20, 20), (20, 20, 20, 20, 20)])
+@pytest.mark.parametrize("eps", [0.01, 0.1, 1.0])
+def test_exact_action_keeps_loss(widths, eps):
+    b = tasks.sample(range(100), widths=widths, n=20, dtype=torch.float64)
+    L0 = tasks.loss(b.weights, b.X, b.Y)
+    W = S.teleport(b.weights, b.X, random_T(b), eps)
+    assert rel_change(W, b, L0).max() <= 1e-10
+    # and it really moved the weights
+    assert (W[0] - b.weights[0]).abs().max() > 1e-4 * eps
+
+
+def test_first_order_drift_grows_as_eps_squared():
+    b = tasks.sample(range(200), dtype=torch.float64)
+    L0 = tasks.loss(b.weights, b.X, b.Y)
+    T = random_T(b)
+    med = {eps: rel_change(S.teleport(b.weights, b.X, T, eps, exact=False), b, L0).median() for eps in (0.01, 0.1)}
+    ratio = float(med[0.1] / med[0.01])
+    assert 50 <= ratio <= 200, ratio
+
+
+def test_gradient_changes_but_loss_does_not():
+    b = tasks.sample(range(50), dtype=torch.float64)
+    L0, g0 = tasks.loss_and_grad(b.weights, b.X, b.Y)
+    W = S.teleport(b.weights, b.X, random_T(b), 0.1)
+    L1, g1 = tasks.loss_and_grad(W, b.X, b.Y)
+    assert ((L1 - L0).abs() / L0).max() <= 1e-10
+    change = sum((a - c).pow(2).sum((1, 2)) for a, c in zip(g1, g0)).sqrt() / S.grad_norm_sq(g0).sqrt()
+    assert change.min() > 1e-3
+
+
+def test_composition():
+    b = tasks.sample(range(20), widths=(20, 20, 20, 20), dtype=torch.float64)
+    eye = torch.eye(20, dtype=torch.float64)
+    g1 = [eye + 0.1 * torch.randn(20, 20, 20, dtype=torch.float64) for _ in range(2)]
+    g2 = [eye + 0.1 * torch.randn(20, 20, 20, dtype=torch.float64) for _ in range(2)]
+    seq = S.group_action(S.group_action(b.weights, b.X, g1), b.X, g2)
+    once = S.group_action(b.weights, b.X, [torch.bmm(a, c) for a, c in zip(g2, g1)])
+    for a, c in zip(seq, once):
+        assert torch.allclose(a, c, rtol=0, atol=1e-9 * c.abs().max())
+
+
+def test_rescaling_exact_for_more_samples_than_width():
+    b = tasks.sample(range(30), widths=(5, 8, 3), n=50, dtype=torch.float64)
+    L0 = tasks.loss(b.weights, b.X, b.Y)
+    W = S.rescale(b.weights, [torch.randn(30, 8, dtype=torch.float64)])
+    assert rel_change(W, b, L0).max() <= 1e-12
+    assert not torch.allclose(W[0], b.weights[0])
+
+
+def test_gradient_ascent_teleport_steepens_at_same_loss():
+    b = tasks.sample(range(1000, 1064), dtype=torch.float64)
+    L0, g0 = tasks.loss_and_grad(b.weights, b.X, b.Y)
+    W = S.gradient_ascent_teleport(b.weights, b.X, b.Y)
+    L1, g1 = tasks.loss_and_grad(W, b.X, b.Y)
+    assert ((L1 - L0).abs() / L0).max() <= 1e-8
+    assert (S.grad_norm_sq(g1) / S.grad_norm_sq(g0)).median() >= 1.10
+
+
+def test_gd_step_after_teleport_beats_plain_gd():
+    # Small step (first-order regime): the decrease is ≈ lr·‖∇L‖², which teleport raised.
+    lr = 1e-5
+    b = tasks.sample(range(2000, 2064), dtype=torch.float64)
+    _, g0 = tasks.loss_and_grad(b.weights, b.X, b.Y)
+    W = S.gradient_ascent_teleport(b.weights, b.X, b.Y)
+    _, g1 = tasks.loss_and_grad(W, b.X, b.Y)
+    plain = tasks.loss([w - lr * g for w, g in zip(b.weights, g0)], b.X, b.Y)
+    tele = tasks.loss([w - lr * g for w, g in zip(W, g1)], b.X, b.Y)
+    assert tele.median() < plain.median()
+
+
+def test_rank_deficient_input_raises():
+    b = tasks.sample(range(4), dtype=torch.float64)
+    X = b.X.clone()
+    X[:, :, 1] = X[:, :, 0]  # two identical samples: rank 19 < n = 20
+    T = random_T(b)
+    with pytest.raises(RankDeficientError):
+        S.teleport(b.weights, X, T, 0.1)
+    wide = tasks.sample([0], widths=(5, 8, 3), n=6, dtype=torch.float64)
+    with pytest.raises(RankDeficientError):
+        S.teleport(wide.weights, wide.X, random_T(wide), 0.1)
+    # explicitly asking for least squares works and still gives finite weights
+    W = S.teleport(b.weights, X, T, 0.1, least_squares=True)
+    assert all(torch.isfinite(w).all() for w in W)
+
+
+def test_float32_batched_matches_single():
+    b = tasks.sample(range(8))
+    T = random_T(b)
+    W = S.teleport(b.weights, b.X, T, 0.01)
+    one = tasks.sample([3])
+    W1 = S.teleport(one.weights, one.X, [t[3:4] for t in T], 0.01)
+    assert torch.allclose(W[0][3], W1[0][0], rtol=1e-5, atol=1e-5)

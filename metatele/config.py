@@ -20,7 +20,7 @@ class TrainConfig:
     method: str = "lstm-update-tele"
     widths: list[int] = field(default_factory=lambda: [20, 20, 20])
     n: int = 20
-    trajectories: int = 700       # tasks meta-trained on, in batches of `batch`
+    trajectories: int = 700       # tasks meta-trained on, in batches of `batch` (the last may be smaller)
     steps: int = 100              # inner steps per trajectory
     unroll: int = 10              # truncated-BPTT window
     batch: int = 16               # trajectories run in parallel
@@ -57,8 +57,6 @@ class TrainConfig:
             raise ConfigError(f"meta_loss must be 'sum' or 'log', got {self.meta_loss!r}")
         if self.steps % self.unroll:
             raise ConfigError(f"steps ({self.steps}) must be a multiple of unroll ({self.unroll})")
-        if self.trajectories % self.batch:
-            raise ConfigError(f"trajectories ({self.trajectories}) must be a multiple of batch ({self.batch})")
         if not (self.meta_lr > 0 and self.eps > 0 and self.clip > 0 and self.out_scale > 0 and self.loss_growth > 0):
             raise ConfigError("meta_lr, eps, clip, out_scale and loss_growth must be positive")
         check_widths(self.widths, self.n, needs_exact=self.method != "lstm-update")

@@ -43,7 +43,7 @@ class TrainState:
 
     @property
     def trajectories_seen(self) -> int:
-        return self.batches_done * self.cfg.batch
+        return min(self.batches_done * self.cfg.batch, self.cfg.trajectories)
 
 
 def build(cfg: TrainConfig, device: str | torch.device = "cpu") -> TrainState:
@@ -63,34 +63,42 @@ def meta_loss(losses: torch.Tensor, kind: str, growth: float = 1.0) -> torch.Ten
     return (w[:, None] * values).sum(0).mean()
 
 
+def unroll_window(model: MetaOptimizer, weights: list[torch.Tensor], mstate: Any, task: tasks.TaskBatch,
+                  X_pinv: torch.Tensor, unroll: int, second_order: bool = True
+                  ) -> tuple[torch.Tensor, list[torch.Tensor], Any, dict[str, list[float]]]:
+    """Differentiably run `unroll` inner steps. Returns the losses after each step (unroll, B), the
+    final weights and LSTM states (still attached to the graph) and logging statistics."""
+    losses, stats = [], {"tele_eps": [], "lr": []}
+    for t in range(unroll):
+        res = step.inner_step(model, weights, mstate, task, X_pinv, differentiable=True, second_order=second_order)
+        weights, mstate = res.weights, res.state
+        if t > 0:
+            losses.append(res.loss)
+        if res.proposal.eps is not None:
+            stats["tele_eps"].append(float(torch.stack([torch.as_tensor(e).detach().mean() for e in res.proposal.eps]).mean()))
+        if res.proposal.lr is not None:
+            stats["lr"].append(float(res.proposal.lr.detach().mean()))
+    losses.append(tasks.loss(weights, task.X, task.Y))
+    return torch.stack(losses), weights, mstate, stats
+
+
 def train_batch(st: TrainState, task: tasks.TaskBatch) -> dict[str, float]:
-    """Meta-train on one batch of trajectories; returns summary statistics."""
+    """Meta-train on one batch of trajectories (one meta-update per window); returns mean statistics."""
     cfg, model, opt = st.cfg, st.model, st.opt
     X_pinv = pinv_full_rank(task.X)
     weights, mstate = list(task.weights), model.init_state(task.weights)
     stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": [], "tele_eps": [], "lr": []}
     skipped = 0
     for _ in range(cfg.steps // cfg.unroll):
-        losses = []
-        for t in range(cfg.unroll):
-            res = step.inner_step(model, weights, mstate, task, X_pinv, differentiable=True,
-                                  second_order=cfg.second_order)
-            weights, mstate = res.weights, res.state
-            if t > 0:
-                losses.append(res.loss)
-            if res.proposal.eps is not None:
-                stats["tele_eps"].append(float(torch.stack([torch.as_tensor(e).mean() for e in res.proposal.eps]).mean()))
-            if res.proposal.lr is not None:
-                stats["lr"].append(float(res.proposal.lr.detach().mean()))
-        losses.append(tasks.loss(weights, task.X, task.Y))
-        L = torch.stack(losses)
+        L, weights, mstate, wstats = unroll_window(model, weights, mstate, task, X_pinv, cfg.unroll, cfg.second_order)
+        for k, v in wstats.items():
+            stats[k] += v
         ml = meta_loss(L, cfg.meta_loss, cfg.loss_growth)
         opt.zero_grad(set_to_none=True)
+        gn = torch.tensor(float("nan"))
         if torch.isfinite(L).all():
             ml.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        else:
-            gn = torch.tensor(float("nan"))
         if not torch.isfinite(gn):  # divergence: no update from this window, abandon the batch
             opt.zero_grad(set_to_none=True)
             skipped += 1
@@ -178,8 +186,9 @@ class _StopFlag:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str | torch.device = "cpu",
-          logdir: str | Path | None = None, progress: bool = True) -> TrainState:
-    """Meta-train per cfg, checkpointing into directory `out` and logging to TensorBoard `logdir`."""
+          logdir: str | Path | None = None, progress: bool = True, max_batches: int | None = None) -> TrainState:
+    """Meta-train per cfg, checkpointing into directory `out` and logging to TensorBoard `logdir`.
+    max_batches: stop (and save) after this many batches in this call; a later resume continues."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -193,19 +202,21 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, device: str |
         raise ConfigError(f"{out} already holds a training state; pass --resume to continue it or choose another --out")
     else:
         st = build(cfg, device)
-    n_batches = cfg.trajectories // cfg.batch
+    n_batches = -(-cfg.trajectories // cfg.batch)
     writer = SummaryWriter(str(logdir)) if logdir is not None else None
     flag = _StopFlag()
     old = signal.signal(signal.SIGINT, flag) if _main_thread() else None
     bar = tqdm(total=n_batches, initial=st.batches_done, disable=not progress, unit="batch", dynamic_ncols=True)
-    t0, steps0 = time.perf_counter(), st.batches_done
+    t0, done = time.perf_counter(), 0
     try:
-        while st.batches_done < n_batches and not flag.stop:
+        stop_at = n_batches if max_batches is None else min(n_batches, st.batches_done + max_batches)
+        while st.batches_done < stop_at and not flag.stop:
             b = st.batches_done
-            seeds = tasks.train_seeds(cfg.seed, b * cfg.batch, cfg.batch)
-            task = tasks.sample(seeds, cfg.widths, cfg.n, device=device)
+            size = min(cfg.batch, cfg.trajectories - b * cfg.batch)
+            task = tasks.sample(tasks.train_seeds(cfg.seed, b * cfg.batch, size), cfg.widths, cfg.n, device=device)
             stats = train_batch(st, task)
-            rate = (st.batches_done - steps0) * cfg.batch * cfg.steps / (time.perf_counter() - t0)
+            done += size * cfg.steps
+            rate = done / (time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(meta_loss=f"{stats.get('meta_loss', math.nan):.4g}", traj_steps_s=f"{rate:.0f}",
                             skipped=st.skipped_windows)

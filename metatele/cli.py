@@ -1,0 +1,172 @@
+"""Command line: `metatele train | eval | compare | repdyn`. User errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from metatele import __version__
+from metatele.errors import ConfigError, MetateleError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        self.exit(2, f"metatele: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
+    return name
+
+
+def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
+    from metatele.tasks import EVAL_FIRST_SEED
+
+    p.add_argument("--tasks", type=positive_int, default=64, help="number of unseen tasks (default 64)")
+    p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
+    p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
+                   help=f"first task seed; tasks are S..S+tasks-1 (default {EVAL_FIRST_SEED}, disjoint from training)")
+    p.add_argument("--logdir", default=logdir_default, help=f"TensorBoard log directory (default {logdir_default})")
+    p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from metatele.meta_optimizers import METHODS
+
+    p = _Parser(prog="metatele", description="Learning to optimize with parameter-space symmetry (learned teleportation).")
+    p.add_argument("--version", action="version", version=f"metatele {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="meta-train a learned optimizer")
+    t.add_argument("--method", choices=METHODS, help="which meta-optimizer (default: the config's, else lstm-update-tele)")
+    t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
+    t.add_argument("--resume", action="store_true", help="continue from the training state in --out")
+    t.add_argument("--logdir", help="TensorBoard log directory (default runs/NAME)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
+    c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
+    _eval_args(c, "results/compare", "runs/compare")
+
+    e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks")
+    e.add_argument("--checkpoint", required=True, help="a model.safetensors or a checkpoint directory")
+    _eval_args(e, "results/eval", "runs/eval")
+
+    r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)")
+    r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
+    r.add_argument("--out", default="results/repdyn", help="directory for figures and the table")
+    r.add_argument("--json", help="write the fits as JSON to this file")
+    r.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from metatele import config, train
+
+    kw = {"method": a.method} if a.method else {}
+    cfg = config.load(a.config, a.set, **kw)
+    device = resolve_device(a.device)
+    out = Path(a.out)
+    logdir = Path(a.logdir) if a.logdir else Path("runs") / out.name
+    st = train.train(cfg, out, resume=a.resume, device=device, logdir=logdir, progress=not a.no_progress)
+    state = "interrupted; saved" if st.interrupted else "done"
+    print(f"{state}: {st.trajectories_seen}/{cfg.trajectories} trajectories, {st.skipped_windows} diverged windows "
+          f"skipped; checkpoint {out}/, TensorBoard {logdir}")
+    return 130 if st.interrupted else 0
+
+
+def _run_eval(a: argparse.Namespace, methods_fn) -> int:
+    from metatele import evaluate, tasks
+
+    device = resolve_device(a.device)
+    print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
+          f"{tasks.TRAIN_SEEDS.start}..{tasks.TRAIN_SEEDS.stop - 1})", file=sys.stderr)
+    test = evaluate.eval_tasks(a.first_seed, a.tasks, tasks.PAPER_WIDTHS, tasks.PAPER_N, device)
+    methods = methods_fn(test, device)
+    results = evaluate.evaluate(methods, test, a.steps, progress=not a.no_progress)
+    out, logdir = Path(a.out), Path(a.logdir)
+    evaluate.report(results, logdir, out)
+    print((out / "results.md").read_text(), end="")
+    print(f"wrote {out}/results.csv, {out}/results.md, {out}/loss_curves.png; TensorBoard: tensorboard --logdir {logdir}")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from metatele import checkpoints, evaluate, tasks
+
+    ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
+    if not ckdir.is_dir():
+        raise ConfigError(f"checkpoint directory not found: {ckdir}")
+
+    def methods(test, device):
+        valid = tasks.sample(range(tasks.VALID_FIRST_SEED, tasks.VALID_FIRST_SEED + 32), test.widths, test.X.shape[-1],
+                             device=device)
+        return evaluate.methods_for(ckdir, valid, a.steps, device)
+
+    return _run_eval(a, methods)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from metatele import checkpoints
+
+    def methods(test, device):
+        model = checkpoints.load_meta_optimizer(a.checkpoint, widths=test.widths, device=device)
+        return [(model, {"checkpoint": str(a.checkpoint)})]
+
+    return _run_eval(a, methods)
+
+
+def cmd_repdyn(a: argparse.Namespace) -> int:
+    from metatele import repdyn
+
+    return repdyn.main(quick=a.quick, out=Path(a.out), json_path=a.json, progress=not a.no_progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.command is None:
+        parser.print_help()
+        return 0
+    handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn}[a.command]
+    try:
+        return handler(a)
+    except MetateleError as e:
+        print(f"metatele: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metatele: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

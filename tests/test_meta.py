@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metatele import checkpoints, config, step, symmetry, tasks, train
+from metatele.evaluate import summarize
+from metatele.meta_optimizers import METHODS, MetaOptimizer, MetaOptSpec
+
+SMALL = (4, 4, 3)
+
+
+def small_setup(method: str, exact: bool = True, preprocessing: str = "logsign", gate: bool = False):
+    torch.manual_seed(1)
+    spec = MetaOptSpec(method=method, widths=SMALL, hidden=5, preprocessing=preprocessing, eps=0.1,
+                       exact=exact, gate=gate, out_scale=0.01)
+    model = MetaOptimizer(spec).double()
+    task = tasks.sample([5, 6], widths=SMALL, n=4, dtype=torch.float64)
+    for w in task.weights:
+        w.mul_(0.5)  # keep the 3-step unroll in a smooth, moderate-loss region
+    return model, task
+
+
+def unrolled_meta_loss(model, task, kind="log"):
+    L, *_ = train.unroll_window(model, list(task.weights), model.init_state(task.weights), task,
+                                symmetry.pinv_full_rank(task.X), unroll=3)
+    return train.meta_loss(L, kind)
+
+
+@pytest.mark.parametrize("method,exact,prep,gate", [(m, True, "logsign", False) for m in METHODS]
+                         + [("lstm-update-tele", False, "raw", True), ("lstm-lr-tele", True, "raw", False)])
+def test_meta_gradient_matches_finite_differences(method, exact, prep, gate):
+    model, task = small_setup(method, exact, prep, gate)
+    params = list(model.parameters())
+    model.zero_grad()
+    unrolled_meta_loss(model, task).backward()
+    g = [p.grad.clone() for p in params]
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(2):  # random directions over all parameters
+        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        analytic = sum((a * b).sum() for a, b in zip(g, v))
+        h = 1e-5
+        vals = []
+        with torch.no_grad():
+            for sgn in (1, -1):
+                for p, d in zip(params, v):
+                    p.add_(sgn * h * d)
+                vals.append(unrolled_meta_loss(model, task))
+                for p, d in zip(params, v):
+                    p.sub_(sgn * h * d)
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert abs(float(fd - analytic)) <= 1e-6 * abs(float(analytic)), (float(fd), float(analytic))
+
+
+def test_learned_lr_meta_gradient_matches_higher():
+    higher = pytest.importorskip("higher")
+    model, task = small_setup("lstm-lr-tele")
+    model.zero_grad()
+    unrolled_meta_loss(model, task, kind="sum").backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ws = torch.nn.ParameterList([torch.nn.Parameter(w.clone()) for w in task.weights])
+
+    net = Net()
+    model.zero_grad()
+    X_pinv = symmetry.pinv_full_rank(task.X)
+    with higher.innerloop_ctx(net, torch.optim.SGD(net.parameters(), lr=1.0), copy_initial_weights=True) as (fnet, opt):
+        state, losses = model.init_state(task.weights), []
+        for _ in range(3):
+            ws = list(fnet.parameters())
+            L = tasks.loss(ws, task.X, task.Y)
+            grads = torch.autograd.grad(L.sum(), ws, create_graph=True)
+            prop, state = model.propose(ws, grads, state)
+            # higher's differentiable SGD with the lr overridden by the learned (per-task) tensor
+            opt.step(L.sum(), override={"lr": [prop.lr[:, None, None]]})
+            T = [symmetry.normalize(t, e) for t, e in zip(prop.T, prop.eps)]
+            fnet.update_params(symmetry.teleport(list(fnet.parameters()), task.X, T, None, X_pinv=X_pinv))
+            losses.append(tasks.loss(list(fnet.parameters()), task.X, task.Y))
+        train.meta_loss(torch.stack(losses), "sum").backward()
+    for a, b in zip(ours, (p.grad for p in model.parameters())):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-12 * float(b.abs().max()))
+
+
+def test_short_meta_training_lowers_heldout_loss():
+    cfg = config.load(method="lstm-update", trajectories=96, batch=16, steps=20, unroll=10, hidden=64, eval_every=0)
+    st = train.build(cfg)
+    held = tasks.sample(range(tasks.VALID_FIRST_SEED, tasks.VALID_FIRST_SEED + 16))
+    before = summarize(step.run(st.model, held, 20).loss[20])["log10_loss_mean"]
+    for b in range(cfg.trajectories // cfg.batch):
+        train.train_batch(st, tasks.sample(tasks.train_seeds(cfg.seed, b * cfg.batch, cfg.batch)))
+    after = summarize(step.run(st.model, held, 20).loss[20])["log10_loss_mean"]
+    assert after < before - 0.5, (before, after)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip_is_bit_identical(tmp_path, method):
+    cfg = config.load(method=method, hidden=16, trajectories=16, batch=8, steps=10, eval_every=0)
+    st = train.build(cfg)
+    train.train_batch(st, tasks.sample(tasks.train_seeds(0, 0, 8)))
+    checkpoints.save_meta_optimizer(tmp_path / "m.safetensors", st.model)
+    loaded = checkpoints.load_meta_optimizer(tmp_path / "m.safetensors", method=method)
+    task = tasks.sample(range(10**9, 10**9 + 4))
+    a = step.run(st.model, task, 5)
+    b = step.run(loaded, task, 5)
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    kw = dict(method="lstm-update-tele", hidden=16, trajectories=40, batch=8, steps=20, unroll=10,
+              eval_every=2, ckpt_every=1)
+    cfg = config.load(**kw)
+    full = train.train(cfg, tmp_path / "full", progress=False)
+    part = train.train(cfg, tmp_path / "part", progress=False, max_batches=2)
+    assert part.batches_done == 2
+    resumed = train.train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert resumed.batches_done == full.batches_done == 5
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "part" / "model.safetensors").read_bytes()
+
+
+def test_training_seeds_disjoint_from_evaluation():
+    seeds = tasks.train_seeds(99, 0, tasks.TRAIN_STRIDE)
+    assert max(seeds) < tasks.EVAL_FIRST_SEED <= tasks.VALID_FIRST_SEED
+    assert tasks.overlaps_training(5, 10) and not tasks.overlaps_training(tasks.EVAL_FIRST_SEED, 10**6)
+    with pytest.raises(ValueError):
+        tasks.train_seeds(100, 0, 1)

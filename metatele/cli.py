@@ -108,10 +108,10 @@ def _run_eval(a: argparse.Namespace, methods_fn) -> int:
     from metatele import evaluate, tasks
 
     device = resolve_device(a.device)
-    print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
-          f"{tasks.TRAIN_SEEDS.start}..{tasks.TRAIN_SEEDS.stop - 1})", file=sys.stderr)
     test = evaluate.eval_tasks(a.first_seed, a.tasks, tasks.PAPER_WIDTHS, tasks.PAPER_N, device)
     methods = methods_fn(test, device)
+    print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
+          f"{tasks.TRAIN_SEEDS.start}..{tasks.TRAIN_SEEDS.stop - 1})", file=sys.stderr)
     results = evaluate.evaluate(methods, test, a.steps, progress=not a.no_progress)
     out, logdir = Path(a.out), Path(a.logdir)
     evaluate.report(results, logdir, out)

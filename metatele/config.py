@@ -29,7 +29,7 @@ class TrainConfig:
     eps: float = 0.01             # teleport magnitude ‖T‖_F
     exact: bool = True            # exact group action; False: the paper's first-order variant
     gate: bool = False            # learned gate scaling eps per step
-    preprocessing: str = "logsign"
+    preprocessing: str = "raw"       # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h)
     meta_loss: str = "log"        # "sum" (paper: Σ inner losses) or "log" (Σ log inner losses)
     loss_growth: float = 1.0      # step weights w_t ∝ loss_growth^t within a window (1: plain sum)

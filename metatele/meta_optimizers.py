@@ -120,7 +120,7 @@ class MetaOptSpec:
     method: str
     widths: tuple[int, ...]
     hidden: int
-    preprocessing: str = "logsign"
+    preprocessing: str = "raw"
     eps: float = 0.01
     exact: bool = True
     gate: bool = False

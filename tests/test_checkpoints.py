@@ -1,0 +1,110 @@
+"""Untrusted and broken checkpoint files are refused with one clear line; nothing is unpickled."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from metatele import checkpoints, cli, config, train
+from metatele.errors import CheckpointError
+
+
+@pytest.fixture
+def good(tmp_path) -> Path:
+    st = train.build(config.load(method="lstm-update-tele", hidden=8, widths=[4, 4, 3], n=4))
+    path = tmp_path / "model.safetensors"
+    checkpoints.save_meta_optimizer(path, st.model)
+    return path
+
+
+class _Marker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (self.path, "w"))
+
+
+def refused(path, needle, **kw):
+    with pytest.raises(CheckpointError) as ei:
+        checkpoints.load_meta_optimizer(path, **kw)
+    assert needle in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_good_checkpoint_loads(good):
+    m = checkpoints.load_meta_optimizer(good, method="lstm-update-tele", widths=(4, 4, 3))
+    assert m.spec.hidden == 8
+
+
+def test_truncated_and_empty(good, tmp_path):
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 100, 8, 3):
+        p = tmp_path / f"cut{cut}.safetensors"
+        p.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError):
+            checkpoints.load_meta_optimizer(p)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    refused(tmp_path / "empty.safetensors", "empty")
+
+
+def test_not_safetensors(tmp_path):
+    p = tmp_path / "x.safetensors"
+    p.write_text("hello, I am a text file")
+    refused(p, "not a safetensors")
+    refused(tmp_path / "missing.safetensors", "not found")
+
+
+def test_pickle_renamed_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "PWNED"
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps({"w": _Marker(str(marker))}))
+    refused(p, "pickle")
+    z = tmp_path / "torchsave.safetensors"
+    torch.save({"w": _Marker(str(marker))}, z)  # zip container with a pickle inside
+    refused(z, "pickle")
+    assert not marker.exists()
+    # sanity: the payload really is live
+    pickle.loads(p.read_bytes())
+    assert marker.exists()
+
+
+def test_metadata_mismatch_with_shapes(good, tmp_path):
+    tensors, meta = checkpoints.read(good)
+    tensors["update.head.weight"] = torch.zeros(3, 3)
+    p = tmp_path / "bad.safetensors"
+    checkpoints.save(p, tensors, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    refused(p, "shape")
+    p2 = tmp_path / "nometa.safetensors"
+    save_file({"a": torch.zeros(2)}, str(p2))
+    refused(p2, "without metatele metadata")
+
+
+def test_method_or_widths_mismatch(good):
+    refused(good, "not the requested", method="lstm-update")
+    refused(good, "widths", widths=(20, 20, 20))
+
+
+def test_cli_reports_bad_checkpoint_in_one_line(tmp_path, capsys):
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps([1, 2, 3]))
+    assert cli.main(["eval", "--checkpoint", str(p), "--tasks", "2", "--steps", "2", "--out", str(tmp_path / "o"),
+                     "--logdir", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pickle" in err
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch):
+    p = tmp_path / "f.txt"
+    checkpoints.atomic_write_text(p, "old")
+
+    def boom(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        checkpoints.atomic_write(p, boom)
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind

@@ -1,0 +1,94 @@
+"""Divergence handling, kill/interrupt safety and determinism of meta-training."""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+
+import pytest
+import torch
+
+from metatele import baselines, checkpoints, config, evaluate, tasks, train
+
+from helpers import popen_cli, run_cli
+
+TINY = dict(method="lstm-update-tele", hidden=8, trajectories=16, batch=8, steps=20, unroll=10, eval_every=1,
+            eval_tasks=4)
+
+
+def test_diverging_trajectories_are_skipped_and_no_nan_is_written(tmp_path):
+    cfg = config.load(**{**TINY, "method": "lstm-update", "out_scale": 1e15})
+    st = train.train(cfg, tmp_path / "o", progress=False)
+    assert st.skipped_windows >= 1
+    model = checkpoints.load_meta_optimizer(tmp_path / "o")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert st.history[-1]["n_diverged_step20"] > 0
+
+
+def test_evaluation_counts_diverged_tasks_and_averages_finite_ones():
+    task = tasks.sample(range(10**9, 10**9 + 8))
+    res = evaluate.evaluate([(baselines.GD(0.05, name="gd-huge"), {"lr": 0.05}), (baselines.GD(), {"lr": 3e-4})],
+                            task, 30, progress=False)
+    rows = {(r["method"], r["step"]): r for r in evaluate.rows(res)}
+    assert rows["gd-huge", 30]["n_diverged"] > 0
+    assert rows["gd", 30]["n_diverged"] == 0 and math.isfinite(rows["gd", 30]["loss_mean"])
+    loss = torch.tensor([1.0, 3.0, float("inf"), float("nan")])
+    s = evaluate.summarize(loss)
+    assert s["n_diverged"] == 2 and s["loss_mean"] == 2.0 and s["n_tasks"] == 4
+
+
+def test_same_config_and_seed_give_bit_identical_checkpoints(tmp_path):
+    cfg = config.load(**TINY)
+    train.train(cfg, tmp_path / "a", progress=False)
+    train.train(cfg, tmp_path / "b", progress=False)
+    for f in (checkpoints.MODEL_FILE, checkpoints.STATE_FILE):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+LONG = ["--set", "hidden=8", "--set", "trajectories=4000", "--set", "batch=4", "--set", "steps=10",
+        "--set", "eval_every=0", "--set", "ckpt_every=1", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_sigkill_always_leaves_a_loadable_checkpoint_and_resume_continues(tmp_path):
+    out = tmp_path / "ck"
+    rng = random.Random(0)
+    seen = []
+    for trial in range(10):
+        args = ["train", "--out", str(out), "--logdir", str(tmp_path / "runs"), *LONG]
+        state = out / checkpoints.STATE_FILE
+        before = state.stat().st_mtime_ns if state.exists() else 0
+        p = popen_cli(*(args + (["--resume"] if state.exists() else [])), cwd=tmp_path)
+        deadline = time.time() + 60  # wait until this process has written a checkpoint, then kill at random
+        while time.time() < deadline and (not state.exists() or state.stat().st_mtime_ns == before):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        p.kill()
+        p.wait()
+        if (out / checkpoints.STATE_FILE).exists():
+            st = train.load_state(out)  # must always load
+            checkpoints.load_meta_optimizer(out)
+            seen.append(st.batches_done)
+    assert len(seen) == 10 and seen == sorted(seen) and seen[-1] > seen[0]  # progress carried across kills
+    r = run_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--resume", *LONG[:-1],
+                "--set", "trajectories=" + str(4 * (seen[-1] + 3)), "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2 and "differs" in r.stderr  # resume refuses a changed config
+    p = popen_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--resume", *LONG, cwd=tmp_path)
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    stdout, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted; saved" in stdout
+    assert train.load_state(out).batches_done > seen[-1]
+
+
+def test_sigint_stops_cleanly_after_saving(tmp_path):
+    out = tmp_path / "ck"
+    p = popen_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), *LONG, cwd=tmp_path)
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted; saved" in stdout
+    st = train.load_state(out)
+    assert 0 < st.batches_done < 1000

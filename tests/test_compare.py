@@ -1,0 +1,121 @@
+"""`metatele compare`: outputs readable by TensorBoard itself (reader and live server), CSV/MD/PNG, and
+the shipped checkpoints beating GD."""
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from metatele import baselines, checkpoints, cli, config, evaluate, step, tasks, train
+
+METHOD_RUNS = {"gd", "gd-tuned", "adam-tuned", "gd-teleport", "lstm-update-tele"}
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    cfg = config.load(method="lstm-update-tele", hidden=8, trajectories=8, batch=8, steps=10, eval_every=0)
+    train.train(cfg, root / "ck" / "lstm-update-tele", progress=False)
+    code = cli.main(["compare", "--checkpoints", str(root / "ck"), "--tasks", "4", "--steps", "12",
+                     "--logdir", str(root / "runs"), "--out", str(root / "out"), "--no-progress"])
+    assert code == 0
+    return root
+
+
+def test_tables_and_plot(compared):
+    out = compared / "out"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["method"] for r in rows} == METHOD_RUNS
+    assert {"loss_mean", "loss_ci95_low", "loss_ci95_high", "loss_median", "n_tasks", "n_diverged",
+            "steps_to_0.1x", "sec_per_step"} <= set(rows[0])
+    assert {int(r["step"]) for r in rows} == {1, 10}
+    assert "| gd-teleport |" in (out / "results.md").read_text()
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_event_files_read_by_tensorboard(compared):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in METHOD_RUNS:
+        acc = EventAccumulator(str(compared / "runs" / run))
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        for t in evaluate.TB_TAGS:
+            assert f"eval/{t}" in tags and f"eval_vs_time_us/{t}" in tags
+        ev = acc.Scalars("eval/loss_median")
+        assert [e.step for e in ev] == list(range(13))
+        assert ev[-1].value < ev[0].value  # every method makes progress on these tasks
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(compared / "runs" / "gd-tuned"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    assert content, "no hparams summary"
+    parsed = [plugin_data_pb2.HParamsPluginData.FromString(v) for v in content.values()]
+    hp = [p.session_start_info.hparams for p in parsed if p.HasField("session_start_info")][0]
+    assert hp["method"].string_value == "gd-tuned" and hp["lr"].number_value > 0
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    root = EventAccumulator(str(compared / "runs"))
+    root.Reload()
+    (tag,) = root.PluginTagToContent("custom_scalars")
+    layout = layout_pb2.Layout.FromString(root.Tensors(tag)[0].tensor_proto.string_val[0])
+    charts = {c.title: c for cat in layout.category for c in cat.chart}
+    margin = charts["loss median with q10–q90"].margin.series[0]
+    assert (margin.value, margin.lower, margin.upper) == ("eval/loss_median", "eval/loss_q10", "eval/loss_q90")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_live_tensorboard_server_serves_runs_and_tags(compared):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(compared / "runs"),
+                             "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline, runs = time.time() + 90, []
+        while time.time() < deadline:
+            try:
+                runs = json.load(urllib.request.urlopen(f"{base}/data/runs", timeout=5))
+                if METHOD_RUNS <= set(runs):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert METHOD_RUNS <= set(runs), runs
+        tags = json.load(urllib.request.urlopen(f"{base}/data/plugin/scalars/tags", timeout=10))
+        assert "eval/loss_mean" in tags["gd"] and "eval/log10_loss_mean" in tags["lstm-update-tele"]
+        q = urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run=gd&tag=eval/loss_mean", timeout=10)
+        points = json.load(q)
+        assert len(points) == 13
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+SHIPPED = checkpoints.pretrained_dir()
+
+
+@pytest.mark.parametrize("name", evaluate.LEARNED)
+def test_pretrained_checkpoints_beat_paper_gd_at_step_30(name):
+    path = SHIPPED / name / checkpoints.MODEL_FILE
+    assert path.exists(), f"shipped checkpoint missing: {path}"
+    model = checkpoints.load_pretrained(name)
+    task = tasks.sample(range(tasks.EVAL_FIRST_SEED + 5000, tasks.EVAL_FIRST_SEED + 5016))
+    learned = step.run(model, task, 30).loss[30]
+    gd = step.run(baselines.GD(), task, 30).loss[30]
+    assert torch.isfinite(learned).all()
+    assert learned.mean() < gd.mean() and learned.median() < gd.median()

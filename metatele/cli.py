@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
+    c.add_argument("--repdyn", action="store_true",
+                   help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
     _eval_args(c, "results/compare", "runs/compare")
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks")
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)")
     r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
+    r.add_argument("--checkpoints", default=None, help="learned optimizers to probe (default: shipped)")
+    r.add_argument("--tasks", type=positive_int, default=8, help="teleport tasks probed per optimizer (default 8)")
     r.add_argument("--out", default="results/repdyn", help="directory for figures and the table")
     r.add_argument("--json", help="write the fits as JSON to this file")
     r.add_argument("--no-progress", action="store_true")
@@ -112,7 +116,8 @@ def _run_eval(a: argparse.Namespace, methods_fn) -> int:
     methods = methods_fn(test, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
           f"{tasks.TRAIN_SEEDS.start}..{tasks.TRAIN_SEEDS.stop - 1})", file=sys.stderr)
-    results = evaluate.evaluate(methods, test, a.steps, progress=not a.no_progress)
+    results = evaluate.evaluate(methods, test, a.steps, progress=not a.no_progress,
+                                probe_layer=1 if getattr(a, "repdyn", False) else None)
     out, logdir = Path(a.out), Path(a.logdir)
     evaluate.report(results, logdir, out)
     print((out / "results.md").read_text(), end="")
@@ -146,9 +151,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_repdyn(a: argparse.Namespace) -> int:
-    from metatele import repdyn
+    from metatele import checkpoints, repdyn_paper
 
-    return repdyn.main(quick=a.quick, out=Path(a.out), json_path=a.json, progress=not a.no_progress)
+    ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
+    return repdyn_paper.main(quick=a.quick, out=Path(a.out), json_path=a.json, checkpoints_dir=ckdir,
+                             n_tasks=a.tasks, progress=not a.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from metatele import baselines, checkpoints, step, tasks
@@ -58,6 +59,7 @@ class Result:
     name: str
     hparams: dict[str, Any]
     traj: step.Trajectory
+    repdyn: Any = None  # (B, steps+1, 3) probe series of (H, Yd, w), when requested
 
 
 def _score(traj: step.Trajectory) -> float:
@@ -95,13 +97,19 @@ def methods_for(checkpoint_dir: Path | None, valid: tasks.TaskBatch, steps: int,
     return out
 
 
-def evaluate(methods: list[tuple[step.Method, dict]], task: tasks.TaskBatch, steps: int, progress: bool = True
-             ) -> list[Result]:
+def evaluate(methods: list[tuple[step.Method, dict]], task: tasks.TaskBatch, steps: int, progress: bool = True,
+             probe_layer: int | None = None) -> list[Result]:
+    """Run every method on the same tasks; probe_layer: also record the two-point (H, Yd, w) of samples
+    0 and 1 at that hidden layer (metatele.repdyn)."""
     from tqdm import tqdm
+
+    from metatele import repdyn
 
     results = []
     for method, hp in tqdm(methods, desc="methods", disable=not progress, unit="method"):
-        results.append(Result(method.name, hp, step.run(method, task, steps)))
+        probe, callback = repdyn.task_probe(task.X, task.Y, probe_layer) if probe_layer else (None, None)
+        traj = step.run(method, task, steps, callback)
+        results.append(Result(method.name, hp, traj, probe.series() if probe is not None else None))
     return results
 
 
@@ -173,6 +181,9 @@ def write_tensorboard(results: list[Result], logdir: Path) -> None:
                     # walltime = elapsed run time, so TensorBoard's "relative" axis is seconds of optimization
                     w.add_scalar(f"eval/{tag}", stats[tag], s, walltime=base + sec)
                     w.add_scalar(f"eval_vs_time_us/{tag}", stats[tag], int(round(sec * 1e6)), walltime=base + sec)
+                if r.repdyn is not None:  # two-point representation dynamics, median over tasks
+                    for k, name in enumerate(("H", "Yd", "w")):
+                        w.add_scalar(f"repdyn/{name}_median", float(np.nanmedian(r.repdyn[:, s, k])), s, walltime=base + sec)
             final = summarize(r.traj.loss[-1])
             hp = {"method": r.name, **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.hparams.items()}}
             metrics = {"hparam/final_log10_loss_mean": final["log10_loss_mean"], "hparam/n_diverged": final["n_diverged"]}

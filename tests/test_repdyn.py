@@ -1,0 +1,109 @@
+"""Two-point effective theory: exact properties of the ODE, the probe and the fitter."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metatele import baselines, cli, repdyn, step, tasks
+from metatele import repdyn_paper as P
+
+ETA_H, ETA_Y, DX, DS = 0.02, 0.5, 1.0, 0.5
+
+
+def test_conserved_quantity_along_stiff_integration():
+    t = np.linspace(0, 5000, 2001)
+    out = repdyn.integrate([0.3, 0.05, -0.05], t, ETA_H, ETA_Y, DX, DS, rtol=1e-11, atol=1e-14)
+    C = repdyn.conserved(out[:, 0], out[:, 1], ETA_H, ETA_Y, DX)
+    assert np.abs(C - C[0]).max() <= 1e-6 * abs(C[0])
+    assert abs(out[-1, 2]) < 1e-8  # reached the fixed point w = 0
+
+
+@pytest.mark.parametrize("state0", [[0.3, 0.05, -0.05], [2.0, 1.5, 0.9], [0.01, 0.002, 0.001]])
+def test_fixed_point_formula_matches_long_integration(state0):
+    out = repdyn.integrate(state0, np.array([0.0, 2e5]), ETA_H, ETA_Y, DX, DS, rtol=1e-11, atol=1e-14)
+    fp = repdyn.fixed_point(state0[0], state0[1], ETA_H, ETA_Y, DX, DS)
+    assert out[-1, 0] == pytest.approx(fp.H_inf, rel=1e-5)
+    assert out[-1, 1] == pytest.approx(DS, rel=1e-5)
+
+
+def test_rich_and_lazy_limits():
+    rich = repdyn.fixed_point(1e-6, 1e-10, ETA_H, ETA_Y, DX, DS)  # small init: H∞ ≈ A_low
+    assert abs(rich.A_high) < 1e-3 * rich.A_low and rich.H_inf == pytest.approx(rich.A_low, rel=1e-3)
+    lazy = repdyn.fixed_point(100.0, 50.0, ETA_H, ETA_Y, DX, DS)  # large init: H∞ ≈ H0
+    assert lazy.A_high > 100 * lazy.A_low and lazy.H_inf == pytest.approx(100.0, rel=1e-2)
+
+
+def test_jacobian_matches_finite_differences():
+    s = np.array([0.3, 0.2, -0.05])
+    J = repdyn.jacobian(s, ETA_H, ETA_Y, DX, DS)
+    for k in range(3):
+        e = np.zeros(3)
+        e[k] = 1e-6
+        fd = (repdyn.rhs(s + e, ETA_H, ETA_Y, DX, DS) - repdyn.rhs(s - e, ETA_H, ETA_Y, DX, DS)) / 2e-6
+        assert np.allclose(J[:, k], fd, rtol=1e-6, atol=1e-9)
+
+
+def test_analytic_loss_matches_two_point_mse():
+    y = torch.tensor([[0.1, -0.2], [0.5, 0.3]])
+    ys = torch.tensor([[0.0, 0.1], [0.6, 0.8]])
+    dy, dys = y[1] - y[0], ys[1] - ys[0]
+    w, Yd, Ds = float(dy @ (dy - dys)), float(dy @ dy), float(dys @ dys)
+    gap = float(((y.mean(0) - ys.mean(0)) ** 2).sum())
+    direct = float(0.5 * ((y - ys) ** 2).sum(1).mean())
+    assert repdyn.analytic_loss(np.array([0.0]), np.array([w]), np.array([Yd]), Ds, gap, 1.0)[0] == pytest.approx(direct)
+
+
+def test_fitter_recovers_known_rates():
+    t = np.arange(3000.0)
+    data = repdyn.integrate([0.001, 1e-4, 1e-4], t, 0.0018, 0.062, DX, DS)
+    f = repdyn.fit(data, DX, DS)
+    assert f.eta_h == pytest.approx(0.0018, rel=1e-3) and f.eta_y == pytest.approx(0.062, rel=1e-3)
+    assert min(f.r2_H, f.r2_Y, f.r2_w) > 0.9999
+
+
+def test_probe_on_generic_sequential_matches_manual():
+    net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    probe = repdyn.Probe(P.Y_PAIR[1] - P.Y_PAIR[0])
+    with torch.no_grad():
+        h, y = repdyn.sequential_split(net, 3)(P.X_PAIR)
+        probe.record(h, y)
+        H, Yd, w = probe.series()[0, 0]
+        dh = net[:4](P.X_PAIR)
+        dh = dh[1] - dh[0]
+        dy = net(P.X_PAIR)
+        dy = dy[1] - dy[0]
+    assert H == pytest.approx(float(dh @ dh)) and Yd == pytest.approx(float(dy @ dy))
+    assert w == pytest.approx(float(dy @ (dy - (P.Y_PAIR[1] - P.Y_PAIR[0]))), rel=1e-6)
+
+
+def test_probe_on_metatele_tasks_records_one_series_per_task():
+    task = tasks.sample(range(10**9, 10**9 + 3))
+    probe, cb = repdyn.task_probe(task.X, task.Y, layer=1)
+    step.run(baselines.GD(), task, 5, cb)
+    s = probe.series()
+    assert s.shape == (3, 6, 3)
+    h = tasks.hidden(task.weights, task.X)[0]
+    dh = h[0, :, 1] - h[0, :, 0]
+    assert s[0, 0, 0] == pytest.approx(float(dh @ dh), rel=1e-5)
+
+
+def test_ode_fits_a_mid_layer_of_a_deep_network():
+    data = P.train_two_point(P.NetSpec(depth=20, width=32, steps=800), [11])[11]
+    f = repdyn.fit(data, P.DX, P.DS)
+    assert min(f.r2_H, f.r2_Y, f.r2_w) >= 0.95, (f.r2_H, f.r2_Y, f.r2_w)
+
+
+@pytest.mark.slow
+def test_quick_cli_writes_json_table_and_figures(tmp_path):
+    out = tmp_path / "rd"
+    assert cli.main(["repdyn", "--quick", "--out", str(out), "--json", str(tmp_path / "f.json"), "--no-progress"]) == 0
+    fits = json.loads((tmp_path / "f.json").read_text())["fits"]
+    keys = {"model", "layer", "eta_h", "eta_y", "r2_H", "r2_Y", "r2_w"}
+    assert fits and all(keys <= set(f) for f in fits)
+    for png in ("fits_by_architecture.png", "gain_sweep.png", "r2_by_layer.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| variant |" in (out / "repdyn.md").read_text()

@@ -54,6 +54,8 @@ def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str
     p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--repdyn", action="store_true",
+                   help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
-    c.add_argument("--repdyn", action="store_true",
-                   help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
     _eval_args(c, "results/compare", "runs/compare")
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks")
@@ -117,7 +117,7 @@ def _run_eval(a: argparse.Namespace, methods_fn) -> int:
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
           f"{tasks.TRAIN_SEEDS.start}..{tasks.TRAIN_SEEDS.stop - 1})", file=sys.stderr)
     results = evaluate.evaluate(methods, test, a.steps, progress=not a.no_progress,
-                                probe_layer=1 if getattr(a, "repdyn", False) else None)
+                                probe_layer=1 if a.repdyn else None)
     out, logdir = Path(a.out), Path(a.logdir)
     evaluate.report(results, logdir, out)
     print((out / "results.md").read_text(), end="")

@@ -11,10 +11,8 @@ training (`Probe`), fits (η_h, η_y) to recordings (`fit`), and runs the paper'
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np

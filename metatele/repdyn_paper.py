@@ -60,7 +60,17 @@ def make_net(s: NetSpec) -> nn.Sequential:
 
 def train_two_point(s: NetSpec, layers: list[int]) -> dict[int, np.ndarray]:
     """Full-batch GD on the two points; (T, 3) series of (H, Yd, w) per probed hidden layer, recorded
-    before each update."""
+    before each update. Runs single-threaded: with a batch of two points, intra-op threads only add
+    synchronization overhead (and stall badly when cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_two_point(s, layers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_two_point(s: NetSpec, layers: list[int]) -> dict[int, np.ndarray]:
     net = make_net(s)
     opt = torch.optim.SGD(net.parameters(), lr=s.lr)
     probes = {k: repdyn.Probe(Y_PAIR[1] - Y_PAIR[0]) for k in layers}

@@ -8,6 +8,7 @@ proposal is applied. Shapes: weights[m] (B, d_{m+1}, d_m); losses (B,).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -92,8 +93,6 @@ def run(method: Method, task: tasks.TaskBatch, steps: int, callback=None) -> Tra
     callback(t, weights) is called before each step and at the end (e.g. a representation probe).
     Diverged tasks (non-finite loss) keep their non-finite values; statistics must mask them.
     """
-    import time
-
     X_pinv = symmetry.pinv_full_rank(task.X)
     weights, state = list(task.weights), method.init_state(task.weights)
     losses, gns, secs = [], [], [0.0]

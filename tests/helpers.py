@@ -19,3 +19,15 @@ def popen_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "metatele.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_write(path: Path, since_ns: int = 0, timeout: float = 120) -> bool:
+    """Wait until `path` exists with a modification time after since_ns (a process wrote it)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.stat().st_mtime_ns > since_ns:
+            return True
+        time.sleep(0.02)
+    return False

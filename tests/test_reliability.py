@@ -11,7 +11,7 @@ import torch
 
 from metatele import baselines, checkpoints, config, evaluate, tasks, train
 
-from helpers import popen_cli, run_cli
+from helpers import popen_cli, run_cli, wait_for_write
 
 TINY = dict(method="lstm-update-tele", hidden=8, trajectories=16, batch=8, steps=20, unroll=10, eval_every=1,
             eval_tasks=4)
@@ -55,14 +55,12 @@ def test_sigkill_always_leaves_a_loadable_checkpoint_and_resume_continues(tmp_pa
     out = tmp_path / "ck"
     rng = random.Random(0)
     seen = []
-    for trial in range(10):
+    for _ in range(10):
         args = ["train", "--out", str(out), "--logdir", str(tmp_path / "runs"), *LONG]
         state = out / checkpoints.STATE_FILE
         before = state.stat().st_mtime_ns if state.exists() else 0
         p = popen_cli(*(args + (["--resume"] if state.exists() else [])), cwd=tmp_path)
-        deadline = time.time() + 60  # wait until this process has written a checkpoint, then kill at random
-        while time.time() < deadline and (not state.exists() or state.stat().st_mtime_ns == before):
-            time.sleep(0.02)
+        assert wait_for_write(state, before)  # this process has started and saved; now kill at random
         time.sleep(rng.uniform(0.0, 1.0))
         p.kill()
         p.wait()
@@ -74,8 +72,9 @@ def test_sigkill_always_leaves_a_loadable_checkpoint_and_resume_continues(tmp_pa
     r = run_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--resume", *LONG[:-1],
                 "--set", "trajectories=" + str(4 * (seen[-1] + 3)), "--no-progress", cwd=tmp_path)
     assert r.returncode == 2 and "differs" in r.stderr  # resume refuses a changed config
+    before = (out / checkpoints.STATE_FILE).stat().st_mtime_ns
     p = popen_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--resume", *LONG, cwd=tmp_path)
-    time.sleep(4)
+    assert wait_for_write(out / checkpoints.STATE_FILE, before)
     p.send_signal(signal.SIGINT)
     stdout, _ = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted; saved" in stdout
@@ -85,7 +84,7 @@ def test_sigkill_always_leaves_a_loadable_checkpoint_and_resume_continues(tmp_pa
 def test_sigint_stops_cleanly_after_saving(tmp_path):
     out = tmp_path / "ck"
     p = popen_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), *LONG, cwd=tmp_path)
-    time.sleep(4)
+    assert wait_for_write(out / checkpoints.STATE_FILE)  # started and training
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, stderr

@@ -22,7 +22,7 @@ from metatele.errors import ConfigError
 REPORT_STEPS = (1, 10, 30, 100)
 REACH_FACTORS = (1e-1, 1e-2, 1e-3)
 GD_GRID = tuple(10 ** (k / 2) for k in range(-12, -4))      # 1e-6 … 3.2e-3
-ADAM_GRID = tuple(10 ** (k / 2) for k in range(-8, 0))      # 1e-4 … 0.32
+ADAM_GRID = tuple(10 ** (k / 2) for k in range(-8, 2))      # 1e-4 … 3.2
 TB_TAGS = ("loss_mean", "log10_loss_mean", "loss_median", "loss_q10", "loss_q90", "grad_norm_sq")
 LEARNED = ("lstm-lr-tele", "lstm-update", "lstm-update-tele")
 
@@ -81,7 +81,7 @@ def methods_for(checkpoint_dir: Path | None, valid: tasks.TaskBatch, steps: int,
     out: list[tuple[step.Method, dict]] = [
         (baselines.GD(), {"lr": baselines.PAPER_GD_LR}),
         (baselines.GD(gd_lr, name="gd-tuned"), {"lr": gd_lr, "grid": "1e-6..3e-3 (x10^0.5)"}),
-        (baselines.Adam(adam_lr, name="adam-tuned"), {"lr": adam_lr, "grid": "1e-4..0.3 (x10^0.5)"}),
+        (baselines.Adam(adam_lr, name="adam-tuned"), {"lr": adam_lr, "grid": "1e-4..3.2 (x10^0.5)"}),
     ]
     ga = baselines.GDTeleport()
     out.append((ga, {"lr": ga.lr, "teleport_every": ga.every, "teleport_until": ga.until, "ascent_steps": ga.ascent_steps}))

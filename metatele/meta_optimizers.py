@@ -63,7 +63,8 @@ class StackedLSTM(nn.Module):
         return h2, (h1, c1, h2, c2)
 
 
-def _small_head(n_in: int, n_out: int, scale: float = 0.01) -> nn.Linear:
+def _head(n_in: int, n_out: int, scale: float = 0.01) -> nn.Linear:
+    """A linear head with zero bias and its default init scaled by `scale` (small: starts near neutral)."""
     head = nn.Linear(n_in, n_out)
     with torch.no_grad():
         head.weight.mul_(scale)
@@ -78,7 +79,7 @@ class UpdateNet(nn.Module):
         super().__init__()
         self.preprocessing, self.out_scale = preprocessing, out_scale
         self.lstm = StackedLSTM(input_size(n_params, preprocessing), hidden)
-        self.head = _small_head(hidden, n_params, scale=1.0)
+        self.head = _head(hidden, n_params, scale=1.0)
 
     def forward(self, g: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         h, state = self.lstm(preprocess(g, self.preprocessing), state)
@@ -94,10 +95,11 @@ class TeleNet(nn.Module):
         self.k, self.preprocessing = k, preprocessing
         self.lstm = StackedLSTM(input_size(n_in, preprocessing), hidden)
         self.head = nn.Linear(hidden, k * k)
-        self.gate = _small_head(hidden, 1) if gate else None
-        self.lr = _small_head(hidden, 1) if lr_head else None
+        self.gate = _head(hidden, 1) if gate else None
+        self.lr = _head(hidden, 1) if lr_head else None
 
-    def forward(self, g: torch.Tensor, state: LSTMState):
+    def forward(self, g: torch.Tensor, state: LSTMState
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LSTMState]:
         h, state = self.lstm(preprocess(g, self.preprocessing), state)
         T = self.head(h).view(-1, self.k, self.k)
         gate = torch.sigmoid(self.gate(h)[:, 0] + 2.0) if self.gate is not None else None

@@ -133,10 +133,6 @@ def run_paper(plan: Plan, progress: bool = True) -> list[dict[str, Any]]:
                 continue
             group = "layer" if k != plan.main_layer else ("gain" if what == "gain" else "variant")
             rows.append(fit_row(name, k, data, kind=spec.kind, gain=spec.gain, group=group))
-    # the default network at the main layer also belongs to the gain sweep
-    for r in rows:
-        if r["kind"] == "leaky_relu" and r["layer"] == plan.main_layer and r["group"] == "variant":
-            rows.append({**r, "group": "gain"})
     return rows
 
 
@@ -185,7 +181,9 @@ def _figures(rows: list[dict[str, Any]], plan: Plan, out: Path) -> None:
     fig.savefig(out / "fits_by_architecture.png", dpi=90)
     plt.close(fig)
 
-    gains = sorted((r for r in rows if r["group"] == "gain"), key=lambda r: r["gain"])
+    # the sweep's points, plus the default network (the leaky-ReLU variant at the main layer)
+    gains = sorted((r for r in rows if r["group"] == "gain" or (r["group"] == "variant" and r["kind"] == "leaky_relu")),
+                   key=lambda r: r["gain"])
     fig, ax = plt.subplots(figsize=(6, 4))
     g = [r["gain"] for r in gains]
     for key, style in (("H0", "o-"), ("H_end", "s-"), ("A_low", "^--"), ("H_inf", "x:")):

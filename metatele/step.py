@@ -70,8 +70,7 @@ def inner_step(method: Method, weights: Sequence[torch.Tensor], state: Any, task
     prop, state = method.propose(weights, grads, state)
     new = list(weights) if prop.update is None else [w - u for w, u in zip(weights, prop.update)]
     if prop.T is not None:
-        T = [symmetry.normalize(t, e) for t, e in zip(prop.T, prop.eps)]
-        new = symmetry.teleport(new, task.X, T, eps=None, exact=prop.exact, X_pinv=X_pinv)
+        new = symmetry.teleport(new, task.X, prop.T, prop.eps, exact=prop.exact, X_pinv=X_pinv)
     elif prop.ascent_steps > 0:
         new = symmetry.gradient_ascent_teleport(new, task.X, task.Y, steps=prop.ascent_steps, X_pinv=X_pinv)
     return StepResult(new, state, L if differentiable else L.detach(),

@@ -94,17 +94,20 @@ def teleport(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     T: Sequence[torch.Tensor],
-    eps: float | torch.Tensor | None,
+    eps: float | torch.Tensor | Sequence[float | torch.Tensor] | None,
     exact: bool = True,
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
 ) -> Weights:
     """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm eps (None: as given).
+    eps may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
 
     exact=False is the paper's first-order variant: W_{m+1} → W_{m+1}(I − T_m), which leaves the
     level set by O(eps²).
     """
-    T = [t if eps is None else normalize(t, eps) for t in T]
+    if eps is not None:
+        per_layer = eps if isinstance(eps, (list, tuple)) else [eps] * len(T)
+        T = [normalize(t, e) for t, e in zip(T, per_layer)]
     eye = [torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) for t in T]
     g = [e + t for e, t in zip(eye, T)]
     if exact:

@@ -76,8 +76,7 @@ def test_learned_lr_meta_gradient_matches_higher():
             prop, state = model.propose(ws, grads, state)
             # higher's differentiable SGD with the lr overridden by the learned (per-task) tensor
             opt.step(L.sum(), override={"lr": [prop.lr[:, None, None]]})
-            T = [symmetry.normalize(t, e) for t, e in zip(prop.T, prop.eps)]
-            fnet.update_params(symmetry.teleport(list(fnet.parameters()), task.X, T, None, X_pinv=X_pinv))
+            fnet.update_params(symmetry.teleport(list(fnet.parameters()), task.X, prop.T, prop.eps, X_pinv=X_pinv))
             losses.append(tasks.loss(list(fnet.parameters()), task.X, task.Y))
         train.meta_loss(torch.stack(losses), "sum").backward()
     for a, b in zip(ours, (p.grad for p in model.parameters())):

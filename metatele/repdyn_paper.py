@@ -84,9 +84,10 @@ def train_two_point(s: NetSpec, layers: list[int]) -> dict[int, np.ndarray]:
 class Plan:
     variants: tuple[NetSpec, ...]  # (a) architectures; variants[0] is the default network
     gains: tuple[NetSpec, ...]     # (b) init-gain sweep of the default network
-    layers: tuple[int, ...]        # (c) layers fitted on the default network
+    layers: tuple[int, ...]        # (c) layers fitted on every `profiled` variant
     main_layer: int
     seeds: int                     # independent initialisations per network
+    profiled: tuple[str, ...]      # kinds of the variants fitted at every layer in `layers`
 
 
 # Gains and learning rates per network are the authors' published settings (their "2 points" settings
@@ -96,13 +97,13 @@ FULL = Plan(
     variants=(NetSpec(), NetSpec(kind="relu"), NetSpec(kind="tanh"), NetSpec(kind="resnet", gain=0.1, lr=0.02)),
     gains=tuple(NetSpec(gain=g, lr=lr) for g, lr in ((0.9, 0.03), (1.0, 0.01), (1.1, 0.005), (1.2, 0.0025),
                                                     (1.3, 0.0015), (1.4, 0.0005))),
-    layers=(1, 2, 3, 5, 8, 11, 14, 17, 19), main_layer=11, seeds=5)
+    layers=(1, 2, 3, 5, 8, 11, 12, 14, 17, 19), main_layer=11, seeds=5, profiled=("leaky_relu", "resnet"))
 # --quick: same depth and layer, width 500 → 32 and 3000 → 800 steps, two seeds, fewer gains and layers,
 # and no optimizer probe (CPU time).
 QUICK = Plan(
     variants=tuple(replace(v, width=32, steps=800) for v in FULL.variants),
     gains=tuple(replace(FULL.gains[i], width=32, steps=800) for i in (1, 3, 5)),
-    layers=(1, 3, 11, 17), main_layer=11, seeds=2)
+    layers=(1, 3, 11, 17), main_layer=11, seeds=2, profiled=("leaky_relu",))
 
 
 FIT_OK = 0.9  # median R²(H) above which the gain plot shows the fitted A_low and H∞
@@ -136,14 +137,19 @@ def _net_job(group: str, spec: NetSpec, layers: list[int], main_layer: int) -> l
     return rows
 
 
+def paper_jobs(plan: Plan) -> list[tuple[str, NetSpec, list[int], int]]:
+    """One (group, spec, probed layers, main layer) per network to train: every variant (the `profiled`
+    ones probed at all plan.layers) and every gain except the default network's, for each seed."""
+    jobs = [("variant", replace(v, seed=s), list(plan.layers) if v.kind in plan.profiled else [plan.main_layer],
+             plan.main_layer) for s in range(plan.seeds) for v in plan.variants]
+    return jobs + [("gain", replace(g, seed=s), [plan.main_layer], plan.main_layer) for s in range(plan.seeds)
+                   for g in plan.gains if g != plan.variants[0]]
+
+
 def run_paper(plan: Plan, workers: int = 0, progress: bool = True) -> list[dict[str, Any]]:
     """(a) architectures at the main layer, (b) init-gain sweep, (c) fit quality by layer, each for
     plan.seeds initialisations; one single-threaded process per network (workers=0: one per core)."""
-    default = plan.variants[0]
-    jobs = [("variant", replace(v, seed=s), list(plan.layers) if v == default else [plan.main_layer], plan.main_layer)
-            for s in range(plan.seeds) for v in plan.variants]
-    jobs += [("gain", replace(g, seed=s), [plan.main_layer], plan.main_layer) for s in range(plan.seeds)
-             for g in plan.gains if g != default]
+    jobs = paper_jobs(plan)
     return [r for rs in _in_processes(_net_job, jobs, workers, progress, "repdyn networks") for r in rs]
 
 
@@ -245,17 +251,19 @@ def _figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Pl
     fig.savefig(out / "gain_sweep.png", dpi=90)
     plt.close(fig)
 
-    layers = sorted((s for s in summary if s["model"] == default and s["group"] in ("layer", "variant")),
-                    key=lambda s: s["layer"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = [s["layer"] for s in layers]
-    for key in ("r2_H", "r2_Y", "r2_w"):
-        line, = ax.plot(x, [max(s[key], -1) for s in layers], "o-", label=key + " median")
-        ax.plot(x, [max(s[key + "_min"], -1) for s in layers], ":", color=line.get_color(), label=key + " min")
-    ax.set_xlabel("hidden layer")
-    ax.set_ylabel("R² over seeds (clipped at −1)")
-    ax.set_title("two-constant ODE fit quality by layer")
-    ax.legend(fontsize=7, ncol=2)
+    profiled = [model_name(v) for v in plan.variants if v.kind in plan.profiled]
+    fig, axes = plt.subplots(1, len(profiled), figsize=(6 * len(profiled), 4), squeeze=False)
+    for ax, model in zip(axes[0], profiled):
+        layers = sorted((s for s in summary if s["model"] == model and s["group"] in ("layer", "variant")),
+                        key=lambda s: s["layer"])
+        x = [s["layer"] for s in layers]
+        for key in ("r2_H", "r2_Y", "r2_w"):
+            line, = ax.plot(x, [max(s[key], -1) for s in layers], "o-", label=key + " median")
+            ax.plot(x, [max(s[key + "_min"], -1) for s in layers], ":", color=line.get_color(), label=key + " min")
+        ax.set_xlabel("hidden layer")
+        ax.set_ylabel("R² over seeds (clipped at −1)")
+        ax.set_title(f"two-constant ODE fit quality by layer\n{model}", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "r2_by_layer.png", dpi=90)
     plt.close(fig)

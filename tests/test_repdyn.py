@@ -105,6 +105,16 @@ def test_resnet_variant_adds_the_activation_from_two_layers_back():
     torch.testing.assert_close(y, net.readout(h4))
 
 
+def test_full_plan_profiles_default_and_resnet_by_layer_and_trains_each_network_once():
+    jobs = P.paper_jobs(P.FULL)
+    specs = [spec for _, spec, _, _ in jobs]
+    assert len(specs) == len(set(specs)) == P.FULL.seeds * (len(P.FULL.variants) + len(P.FULL.gains) - 1)
+    for group, spec, layers, main in jobs:
+        assert main == P.FULL.main_layer and main in layers
+        profiled = group == "variant" and spec.kind in ("leaky_relu", "resnet")
+        assert layers == (list(P.FULL.layers) if profiled else [main]), (group, spec)
+
+
 def test_summarize_takes_median_and_minimum_over_seeds():
     rows = [{"group": "variant", "model": "m", "layer": 11, "r2_H": r, "r2_Y": 1.0, "r2_w": r, "eta_h": e,
              "eta_y": 1.0} for r, e in ((0.9, 1.0), (0.5, 2.0), (0.7, 3.0))]

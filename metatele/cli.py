@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a model.safetensors or a checkpoint directory")
     _eval_args(e, "results/eval", "runs/eval")
 
-    r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)")
+    r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)",
+                       description="Runs on the CPU (there is no --device): each two-point network trains in its "
+                       "own single-threaded process, one per core.")
     r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
     r.add_argument("--checkpoints", default=None, help="learned optimizers to probe (default: shipped)")
     r.add_argument("--tasks", type=positive_int, default=8, help="teleport tasks probed per optimizer (default 8)")

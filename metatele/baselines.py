@@ -2,8 +2,8 @@
 GD, Adam, and GD + gradient-ascent teleport."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -9,9 +9,10 @@ import csv
 import io
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +145,7 @@ def write_tables(results: list[Result], out: Path) -> list[dict[str, Any]]:
 
 
 def _fmt(x: float) -> str:
-    return "never" if x == math.inf else ("nan" if x != x else f"{x:.3g}")
+    return "never" if x == math.inf else ("nan" if math.isnan(x) else f"{x:.3g}")
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
@@ -180,7 +181,7 @@ def write_tensorboard(results: list[Result], logdir: Path) -> None:
                 for tag in TB_TAGS:
                     # walltime = elapsed run time, so TensorBoard's "relative" axis is seconds of optimization
                     w.add_scalar(f"eval/{tag}", stats[tag], s, walltime=base + sec)
-                    w.add_scalar(f"eval_vs_time_us/{tag}", stats[tag], int(round(sec * 1e6)), walltime=base + sec)
+                    w.add_scalar(f"eval_vs_time_us/{tag}", stats[tag], round(sec * 1e6), walltime=base + sec)
                 if r.repdyn is not None:  # two-point representation dynamics, median over tasks
                     for k, name in enumerate(("H", "Yd", "w")):
                         w.add_scalar(f"repdyn/{name}_median", float(np.nanmedian(r.repdyn[:, s, k])), s, walltime=base + sec)

@@ -12,8 +12,8 @@ training (`Probe`), fits (η_h, η_y) to recordings (`fit`), and runs the paper'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -9,8 +9,9 @@ proposal is applied. Shapes: weights[m] (B, d_{m+1}, d_m); losses (B,).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 

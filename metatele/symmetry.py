@@ -10,7 +10,7 @@ g and T are lists with one (B, k_m, k_m) tensor per hidden layer.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

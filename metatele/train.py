@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from metatele import checkpoints, config as config_mod, step, tasks
+from metatele import checkpoints, step, tasks
+from metatele import config as config_mod
 from metatele.config import TrainConfig
 from metatele.errors import CheckpointError, ConfigError
 from metatele.meta_optimizers import MetaOptimizer, MetaOptSpec

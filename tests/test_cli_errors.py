@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers import run_cli
 
 from metatele import cli, tasks
-
-from helpers import run_cli
 
 TINY = ["--set", "trajectories=8", "--set", "batch=8", "--set", "steps=10", "--set", "hidden=8"]
 

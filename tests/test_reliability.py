@@ -8,10 +8,9 @@ import time
 
 import pytest
 import torch
+from helpers import popen_cli, run_cli, wait_for_write
 
 from metatele import baselines, checkpoints, config, evaluate, tasks, train
-
-from helpers import popen_cli, run_cli, wait_for_write
 
 TINY = dict(method="lstm-update-tele", hidden=8, trajectories=16, batch=8, steps=20, unroll=10, eval_every=1,
             eval_tasks=4)

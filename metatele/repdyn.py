@@ -190,10 +190,11 @@ def r2(y: np.ndarray, yhat: np.ndarray) -> float:
     return 1.0 - float(((y - yhat) ** 2).sum()) / sst if sst > 0 else float("nan")
 
 
-def fit(data: np.ndarray, Dx: float, Ds: float, t: np.ndarray | None = None, max_points: int = 300) -> Fit:
+def fit(data: np.ndarray, Dx: float, Ds: float, t: np.ndarray | None = None, max_points: int = 300,
+        search: str = "LSODA") -> Fit:
     """Fit (η_h, η_y) to a recorded (T, 3) series of (H, Yd, w) (time unit = one step): start from the
-    recorded state at t0, integrate (LSODA while searching; the reported fit and R² use Radau, whose own optimum
-    agreed to < 1e-4 relative on the networks we checked), minimise Σ(H−Ĥ)² + Σ(Yd−Ŷd)² + Σ(w−ŵ)². A grid over a
+    recorded state at t0, integrate (with `search` while searching, LSODA by default for speed; the reported fit
+    and R² use Radau), minimise Σ(H−Ĥ)² + Σ(Yd−Ŷd)² + Σ(w−ŵ)². A grid over a
     log-scale multiplier g·(ratio, 1), ratio = H_end²/(Dx·Ds), seeds a Nelder–Mead refinement in log space."""
     from scipy.optimize import minimize
 
@@ -204,7 +205,8 @@ def fit(data: np.ndarray, Dx: float, Ds: float, t: np.ndarray | None = None, max
     def cost(log_eta: np.ndarray) -> float:
         if not (LOG_ETA_RANGE[0] <= log_eta.min() and log_eta.max() <= LOG_ETA_RANGE[1]):
             return 1e300
-        pred = integrate(data[0], t, math.exp(log_eta[0]), math.exp(log_eta[1]), Dx, Ds, 1e-7, 1e-12, "LSODA", 0.5)
+        pred = integrate(data[0], t, math.exp(log_eta[0]), math.exp(log_eta[1]), Dx, Ds, 1e-7, 1e-12, search,
+                         0.5 if search == "LSODA" else 10.0)
         c = float(((pred - data) ** 2).sum())
         return c if math.isfinite(c) else 1e300
 

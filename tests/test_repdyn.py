@@ -57,10 +57,11 @@ def test_analytic_loss_matches_two_point_mse():
     assert repdyn.analytic_loss(np.array([0.0]), np.array([w]), np.array([Yd]), Ds, gap, 1.0)[0] == pytest.approx(direct)
 
 
-def test_fitter_recovers_known_rates():
+@pytest.mark.parametrize("search", ["LSODA", pytest.param("Radau", marks=pytest.mark.slow)])
+def test_fitter_recovers_known_rates(search):
     t = np.arange(3000.0)
     data = repdyn.integrate([0.001, 1e-4, 1e-4], t, 0.0018, 0.062, DX, DS)
-    f = repdyn.fit(data, DX, DS)
+    f = repdyn.fit(data, DX, DS, search=search)
     assert f.eta_h == pytest.approx(0.0018, rel=1e-3) and f.eta_y == pytest.approx(0.062, rel=1e-3)
     assert min(f.r2_H, f.r2_Y, f.r2_w) > 0.9999
 

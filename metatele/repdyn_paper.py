@@ -150,7 +150,7 @@ def run_paper(plan: Plan, workers: int = 0, progress: bool = True) -> list[dict[
     """(a) architectures at the main layer, (b) init-gain sweep, (c) fit quality by layer, each for
     plan.seeds initialisations; one single-threaded process per network (workers=0: one per core)."""
     jobs = paper_jobs(plan)
-    return [r for rs in _in_processes(_net_job, jobs, workers, progress, "repdyn networks") for r in rs]
+    return [r for rs in in_processes(_net_job, jobs, workers, progress, "repdyn networks") for r in rs]
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,10 +191,10 @@ def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, worke
     jobs = [(res.name, b, res.repdyn[b], float(Dx[b]), float(Ds[b]))
             for res in evaluate.evaluate(methods, test, steps, progress=progress, probe_layer=1)
             for b in range(n_tasks) if np.isfinite(res.repdyn[b]).all()]
-    return _in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits")
+    return in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits")
 
 
-def _in_processes(fn: Any, jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str) -> list[Any]:
+def in_processes(fn: Any, jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str) -> list[Any]:
     """[fn(*job) for job in jobs] in `workers` processes (0: one per core); train_two_point keeps each to one thread."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context

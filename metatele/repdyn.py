@@ -7,7 +7,7 @@ follows a closed ODE with two effective learning rates (η_h, η_y); Dx = ‖Δx
     dYd/dt = − w (η_y H + η_h Dx Yd / H)
     dw/dt  = − ½ η_y (3w − Yd + Ds) H − ½ η_h Dx (Yd + w) w / H
 This module integrates it, gives its fixed point and conserved quantity, records (H, Yd, w) during
-training (`Probe`), fits (η_h, η_y) to recordings (`fit`), and runs the paper's experiments (`main`).
+training (`Probe`) and fits (η_h, η_y) to recordings (`fit`); metatele.repdyn_paper runs the paper's experiments.
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def jacobian(state: np.ndarray, eta_h: float, eta_y: float, Dx: float, Ds: float
 
 def integrate(state0: Sequence[float], t: np.ndarray, eta_h: float, eta_y: float, Dx: float, Ds: float,
               rtol: float = 1e-8, atol: float = 1e-12, method: str = "Radau", max_seconds: float = 2.0) -> np.ndarray:
-    """(H, Yd, w) at times t (len T) → (T, 3) with a stiff solve_ivp method (Radau by default; LSODA is
-    ~20× faster for the fitter's search); NaN rows where it fails or takes over max_seconds."""
+    """(H, Yd, w) at times t (len T) → (T, 3) with a stiff solve_ivp method (Radau by default; the fitter
+    searches with LSODA, 2–7× faster per fit in experiments/repdyn/check_fitter.py); NaN rows where it
+    fails or takes over max_seconds."""
     import time
 
     from scipy.integrate import solve_ivp
@@ -116,12 +117,8 @@ def mlp_split(layer: int) -> Callable[[Sequence[torch.Tensor], torch.Tensor], tu
     from metatele import tasks
 
     def split(weights: Sequence[torch.Tensor], X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = X
-        hs = []
-        for W in weights[:-1]:
-            h = tasks.act(torch.bmm(W, h))
-            hs.append(h)
-        return hs[layer - 1], torch.bmm(weights[-1], h)
+        hs = tasks.hidden(weights, X)
+        return hs[layer - 1], torch.bmm(weights[-1], hs[-1])
 
     return split
 
@@ -172,6 +169,7 @@ class Probe:
 
 
 LOG_ETA_RANGE = (math.log(1e-9), math.log(1e4))  # the fitter's search box for η_h and η_y (per step)
+SEARCH_SECONDS = {"LSODA": 0.5, "Radau": 10.0}  # time limit per integration while searching (a candidate over it loses)
 
 
 @dataclass
@@ -206,7 +204,7 @@ def fit(data: np.ndarray, Dx: float, Ds: float, t: np.ndarray | None = None, max
         if not (LOG_ETA_RANGE[0] <= log_eta.min() and log_eta.max() <= LOG_ETA_RANGE[1]):
             return 1e300
         pred = integrate(data[0], t, math.exp(log_eta[0]), math.exp(log_eta[1]), Dx, Ds, 1e-7, 1e-12, search,
-                         0.5 if search == "LSODA" else 10.0)
+                         SEARCH_SECONDS[search])
         c = float(((pred - data) ** 2).sum())
         return c if math.isfinite(c) else 1e300
 

@@ -14,6 +14,8 @@ import time
 import torch
 
 from metatele import config, tasks, train
+from metatele.learned.trainer import train_batch
+from metatele.tasks.seeds import train_seeds
 
 
 def sgemm_peak(n: int = 2048, reps: int = 10) -> float:
@@ -39,14 +41,13 @@ def flops_per_traj_step(model: torch.nn.Module) -> float:
 def measure(B: int, windows: int, cfg_kw: dict) -> float:
     cfg = config.load(method="lstm-update-tele", batch=B, trajectories=B, steps=10 * (windows + 1), unroll=10,
                       eval_every=0, **cfg_kw)
-    st = train.build(cfg)
-    task = tasks.sample(tasks.train_seeds(0, 0, B))
+    run = train.build(cfg)
+    task = tasks.sample(train_seeds(0, 0, B))
     # warm-up on a one-window trajectory, then time `windows` windows
-    warm = config.load(**{**config.to_dict(cfg), "steps": 10})
-    train.train_batch(train.TrainState(warm, st.model, st.opt), task)
+    train_batch(run.model, run.opt, task, config.load(**{**config.to_dict(cfg), "steps": 10}))
     timed = config.load(**{**config.to_dict(cfg), "steps": 10 * windows})
     t = time.perf_counter()
-    train.train_batch(train.TrainState(timed, st.model, st.opt), task)
+    train_batch(run.model, run.opt, task, timed)
     return B * 10 * windows / (time.perf_counter() - t)
 
 

@@ -13,14 +13,19 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
+from metatele._version import __version__
 from metatele.errors import CheckpointError
+from metatele.learned.meta_optimizer import MetaOptimizer, MetaOptSpec
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -28,7 +33,7 @@ META_KEY = "metatele"
 FORMAT = 1
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call write(tmp_path) and rename the finished file over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,8 +57,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    from metatele import __version__
-
     meta = {"format": FORMAT, "version": __version__, **meta}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)}))
@@ -101,44 +104,88 @@ def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def save_meta_optimizer(path: str | Path, model: torch.nn.Module, **extra: Any) -> None:
-    """Write a deployable checkpoint: parameters + spec + any extra JSON metadata."""
-    from dataclasses import asdict
+LEGACY_SPEC_KEYS = {"eps": "magnitude"}  # format-1 files written before 0.2 named the teleport magnitude "eps"
 
+
+def spec_from_meta(meta: dict[str, Any], path: str | Path) -> MetaOptSpec:
+    """The MetaOptSpec in (untrusted) checkpoint metadata, or CheckpointError."""
+    try:
+        spec_d = {LEGACY_SPEC_KEYS.get(k, k): v for k, v in dict(meta["spec"]).items()}
+        spec_d["widths"] = tuple(spec_d["widths"])
+        return MetaOptSpec(**spec_d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata has no valid meta-optimizer spec ({e})") from None
+
+
+def save_model(path: str | Path, model: MetaOptimizer, **extra: Any) -> None:
+    """Write a deployable checkpoint: parameters + spec + any extra JSON metadata."""
     save(path, model.state_dict(), {"kind": "meta_optimizer", "spec": asdict(model.spec), **extra})
 
 
-def load_meta_optimizer(path: str | Path, method: str | None = None, widths: list[int] | tuple[int, ...] | None = None,
-                        device: str | torch.device = "cpu"):
-    """Rebuild a MetaOptimizer from a checkpoint's metadata alone and load its weights.
-
-    `path` may be a model.safetensors, a train_state.safetensors or a directory holding them.
-    method/widths, if given, must match the checkpoint.
-    """
-    from metatele.meta_optimizers import MetaOptimizer, MetaOptSpec
-
-    tensors, meta = read(path)
-    try:
-        spec_d = dict(meta["spec"])
-        spec_d["widths"] = tuple(spec_d["widths"])
-        spec = MetaOptSpec(**spec_d)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: metadata has no valid meta-optimizer spec ({e})") from None
-    if method is not None and spec.method != method:
-        raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
-    if widths is not None and tuple(widths) != spec.widths:
-        raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
-    model = MetaOptimizer(spec)
-    params = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")} or tensors
-    expected = model.state_dict()
+def load_state_dict_checked(module: nn.Module, params: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load `params` into `module` after checking names and shapes against it (the template)."""
+    expected = module.state_dict()
     if set(params) != set(expected):
         raise CheckpointError(f"{path}: weights do not match the metadata (tensor names differ)")
     for k, v in expected.items():
         if params[k].shape != v.shape:
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(params[k].shape)}, metadata implies {tuple(v.shape)}")
-    model.load_state_dict(params)
+    module.load_state_dict(params)
+
+
+def model_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path,
+               method: str | None = None, widths: Sequence[int] | None = None) -> MetaOptimizer:
+    """Rebuild a MetaOptimizer from read tensors and metadata (a model file or a training state)."""
+    spec = spec_from_meta(meta, path)
+    if method is not None and spec.method != method:
+        raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
+    if widths is not None and tuple(widths) != spec.widths:
+        raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
+    model = MetaOptimizer(spec)
+    load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+                            or tensors, path)
     model.metadata = meta
-    return model.to(device)
+    return model
+
+
+def load_model(path: str | Path, method: str | None = None, widths: Sequence[int] | None = None,
+               device: str | torch.device = "cpu") -> MetaOptimizer:
+    """Rebuild a MetaOptimizer from a checkpoint's metadata alone and load its weights.
+
+    `path` may be a model.safetensors, a train_state.safetensors or a directory holding them.
+    method/widths, if given, must match the checkpoint.
+    """
+    tensors, meta = read(path)
+    return model_from(tensors, meta, path, method, widths).to(device)
+
+
+def save_train_state(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    """Write a resumable training state: the model's and the optimizer's state dicts as tensors, the
+    optimizer's param groups and `meta` (progress, config) as JSON."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for i, s in osd["state"].items():
+        for k, v in s.items():
+            tensors[f"adam.{i}.{k}"] = torch.as_tensor(v)
+    save(path, tensors, {"kind": "train_state", **meta, "adam_param_groups": osd["param_groups"]})
+
+
+def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module,
+                        opt: torch.optim.Optimizer, path: str | Path) -> None:
+    """Load a read training state into template `model` and `opt` (built from the stored config)."""
+    if meta.get("kind") != "train_state":
+        raise CheckpointError(f"{path} is not a training state")
+    load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    device = next(model.parameters()).device
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("adam."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["adam_param_groups"]})
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
 
 
 def pretrained_dir() -> Path:
@@ -147,6 +194,6 @@ def pretrained_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu"):
-    """A shipped pretrained meta-optimizer by method name ('lstm-update-tele', 'lstm-update', 'lstm-lr-tele')."""
-    return load_meta_optimizer(pretrained_dir() / name / MODEL_FILE, method=name, device=device)
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> MetaOptimizer:
+    """A shipped pretrained meta-optimizer by method name (see `metatele.methods.LEARNED`)."""
+    return load_model(pretrained_dir() / name / MODEL_FILE, method=name, device=device)

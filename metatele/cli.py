@@ -3,11 +3,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from metatele import __version__
-from metatele.errors import ConfigError, MetateleError
+import torch
+
+from metatele import checkpoints, config, train
+from metatele._version import __version__
+from metatele.errors import CheckpointError, ConfigError, MetateleError, SeedOverlapError, TrainStateExistsError
+from metatele.evaluation import compare, report
+from metatele.methods.registry import LEARNED
+from metatele.repdyn import paper as repdyn_paper
+from metatele.tasks import PAPER_N, RegressionFamily, TaskFamily, family_from_dict
+from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
+
+VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
 
 
 class _Parser(argparse.ArgumentParser):
@@ -15,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"metatele: error: {message} (see '{self.prog} --help')\n")
 
 
-def _int_at_least(lo: int, what: str):
+def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -33,16 +43,12 @@ nonneg_int = _int_at_least(0, "non-negative")
 
 
 def resolve_device(name: str) -> str:
-    import torch
-
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
     return name
 
 
 def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
-    from metatele.tasks import EVAL_FIRST_SEED
-
     p.add_argument("--tasks", type=positive_int, default=64, help="number of unseen tasks (default 64)")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
@@ -56,14 +62,12 @@ def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metatele.meta_optimizers import METHODS
-
     p = _Parser(prog="metatele", description="Learning to optimize with parameter-space symmetry (learned teleportation).")
     p.add_argument("--version", action="version", version=f"metatele {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="meta-train a learned optimizer")
-    t.add_argument("--method", choices=METHODS, help="which meta-optimizer (default: the config's, else lstm-update-tele)")
+    t.add_argument("--method", choices=tuple(LEARNED), help="which meta-optimizer (default: the config's, else lstm-update-tele)")
     t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
@@ -76,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
     _eval_args(c, "results/compare", "runs/compare")
 
-    e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks")
+    e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks (of the family it was trained on)")
     e.add_argument("--checkpoint", required=True, help="a model.safetensors or a checkpoint directory")
     _eval_args(e, "results/eval", "runs/eval")
 
@@ -95,65 +99,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from metatele import config, train
-
     kw = {"method": a.method} if a.method else {}
     cfg = config.load(a.config, a.set, **kw)
     device = resolve_device(a.device)
     out = Path(a.out)
     logdir = Path(a.logdir) if a.logdir else Path("runs") / out.name
-    st = train.train(cfg, out, resume=a.resume, device=device, logdir=logdir, progress=not a.no_progress)
-    state = "interrupted; saved" if st.interrupted else "done"
-    print(f"{state}: {st.trajectories_seen}/{cfg.trajectories} trajectories, {st.skipped_windows} diverged windows "
-          f"skipped; checkpoint {out}/, TensorBoard {logdir}")
-    return 130 if st.interrupted else 0
+    try:
+        run = train.run(cfg, out, resume=a.resume, device=device, logdir=logdir, progress=not a.no_progress)
+    except TrainStateExistsError as e:
+        raise ConfigError(f"{e} (pass --resume to continue it, or another --out)") from None
+    state = "interrupted; saved" if run.interrupted else "done"
+    print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} diverged "
+          f"windows skipped; checkpoint {out}/, TensorBoard {logdir}")
+    return 130 if run.interrupted else 0
 
 
-def _run_eval(a: argparse.Namespace, methods_fn) -> int:
-    from metatele import evaluate, tasks
+def _check_seeds(a: argparse.Namespace) -> None:
+    try:
+        compare.check_test_seeds(a.first_seed, a.tasks)
+    except SeedOverlapError as e:
+        raise SeedOverlapError(f"{e} (--first-seed)") from None
 
+
+def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[TaskFamily, str], list[compare.Entry]]) -> int:
     device = resolve_device(a.device)
-    test = evaluate.eval_tasks(a.first_seed, a.tasks, tasks.PAPER_WIDTHS, tasks.PAPER_N, device)
-    methods = methods_fn(test, device)
+    test = compare.test_tasks(family, a.first_seed, a.tasks, device)
+    methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
-          f"{tasks.TRAIN_SEEDS.start}..{tasks.TRAIN_SEEDS.stop - 1})", file=sys.stderr)
-    results = evaluate.evaluate(methods, test, a.steps, progress=not a.no_progress,
-                                probe_layer=1 if a.repdyn else None)
+          f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1})", file=sys.stderr)
+    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, probe_layer=1 if a.repdyn else None)
     out, logdir = Path(a.out), Path(a.logdir)
-    evaluate.report(results, logdir, out)
+    report.report(results, logdir, out)
     print((out / "results.md").read_text(), end="")
     print(f"wrote {out}/results.csv, {out}/results.md, {out}/loss_curves.png; TensorBoard: tensorboard --logdir {logdir}")
     return 0
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from metatele import checkpoints, evaluate, tasks
-
+    _check_seeds(a)
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     if not ckdir.is_dir():
         raise ConfigError(f"checkpoint directory not found: {ckdir}")
 
-    def methods(test, device):
-        valid = tasks.sample(range(tasks.VALID_FIRST_SEED, tasks.VALID_FIRST_SEED + 32), test.widths, test.X.shape[-1],
-                             device=device)
-        return evaluate.methods_for(ckdir, valid, a.steps, device)
+    def entries(family: TaskFamily, device: str) -> list[compare.Entry]:
+        valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + VALIDATION_TASKS), device=device)
+        return compare.baselines(valid, a.steps) + compare.learned(ckdir, family.widths, device)
 
-    return _run_eval(a, methods)
+    return _run_eval(a, RegressionFamily(), entries)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from metatele import checkpoints
-
-    def methods(test, device):
-        model = checkpoints.load_meta_optimizer(a.checkpoint, widths=test.widths, device=device)
-        return [(model, {"checkpoint": str(a.checkpoint)})]
-
-    return _run_eval(a, methods)
+    _check_seeds(a)
+    device = resolve_device(a.device)
+    model = checkpoints.load_model(a.checkpoint, device=device)
+    try:  # the family it was trained on; checkpoints from before 0.2 store none: the paper's family at their widths
+        family = family_from_dict(model.metadata["family"]) if "family" in model.metadata else \
+            RegressionFamily(model.spec.widths, PAPER_N)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{a.checkpoint}: invalid task family in the metadata ({e})") from None
+    return _run_eval(a, family, lambda f, d: [compare.Entry(model, {"checkpoint": str(a.checkpoint)})])
 
 
 def cmd_repdyn(a: argparse.Namespace) -> int:
-    from metatele import checkpoints, repdyn_paper
-
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     return repdyn_paper.main(quick=a.quick, out=Path(a.out), json_path=a.json, checkpoints_dir=ckdir,
                              n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)

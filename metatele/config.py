@@ -1,4 +1,8 @@
-"""Meta-training configuration: a typed dataclass, read from TOML and overridden by `--set key=value`."""
+"""Meta-training configuration: one typed dataclass, read from TOML and overridden by `key=value` strings.
+
+`TrainConfig` is the single source of truth: it is validated once (`validate`), and it derives the task
+family (`family()`) and the meta-optimizer spec (`spec()`) that training builds.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,28 +12,41 @@ from pathlib import Path
 from typing import Any
 
 from metatele.errors import ConfigError
+from metatele.learned.meta_optimizer import MetaOptSpec
+from metatele.methods.registry import LEARNED
+from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, RegressionFamily, TaskFamily
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+__all__ = ["TrainConfig", "load", "to_dict", "TASKS", "META_LOSSES"]
+
+TASKS = ("regression", "classification")
+META_LOSSES = ("sum", "log")
+
 
 @dataclass
 class TrainConfig:
     method: str = "lstm-update-tele"
+    task: str = "regression"      # task family: "regression" (the paper's) or "classification"
     widths: list[int] = field(default_factory=lambda: [20, 20, 20])
-    n: int = 20
+    n: int = 20                   # regression: samples per task
+    law: str = "paper"            # regression: how tasks are drawn (metatele.tasks.LAWS)
+    dataset: str = "mnist5k"      # classification: metatele.datasets name
+    data_batch: int = 20          # classification: mini-batch size
+    slope: float = 0.1            # LeakyReLU negative slope of the task networks
     trajectories: int = 700       # tasks meta-trained on, in batches of `batch` (the last may be smaller)
     steps: int = 100              # inner steps per trajectory
     unroll: int = 10              # truncated-BPTT window
     batch: int = 16               # trajectories run in parallel
     meta_lr: float = 1e-3
-    hidden: int = 300
-    eps: float = 0.01             # teleport magnitude ‖T‖_F
+    hidden: int = 300             # LSTM size of the meta-optimizer's nets
+    magnitude: float = 0.01       # teleport magnitude ‖T‖_F
     exact: bool = True            # exact group action; False: the paper's first-order variant
-    gate: bool = False            # learned gate scaling eps per step
-    preprocessing: str = "raw"       # measured better than "logsign" (experiments/README.md)
+    gate: bool = False            # learned gate scaling the magnitude per step
+    preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h)
     meta_loss: str = "log"        # "sum" (paper: Σ inner losses) or "log" (Σ log inner losses)
     loss_growth: float = 1.0      # step weights w_t ∝ loss_growth^t within a window (1: plain sum)
@@ -38,40 +55,48 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 20          # held-out evaluation every N batches (0: never)
     eval_tasks: int = 16
-    ckpt_every: int = 20          # checkpoint every N batches (and at the end / on SIGINT)
+    ckpt_every: int = 20          # checkpoint every N batches (and at the end / on interrupt)
 
     def validate(self) -> TrainConfig:
-        from metatele.meta_optimizers import METHODS, PREPROCESS
-
-        for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks"):
+        """Check every value once; raise ConfigError naming the config key."""
+        for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks", "data_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("eval_every", "ckpt_every", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if self.preprocessing not in PREPROCESS:
-            raise ConfigError(f"unknown preprocessing {self.preprocessing!r}; choose one of: {', '.join(PREPROCESS)}")
-        if self.meta_loss not in ("sum", "log"):
-            raise ConfigError(f"meta_loss must be 'sum' or 'log', got {self.meta_loss!r}")
+        for name, value, allowed in (("method", self.method, tuple(LEARNED)), ("task", self.task, TASKS),
+                                     ("meta_loss", self.meta_loss, META_LOSSES), ("law", self.law, tuple(LAWS))):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
         if self.steps % self.unroll:
             raise ConfigError(f"steps ({self.steps}) must be a multiple of unroll ({self.unroll})")
-        if not (self.meta_lr > 0 and self.eps > 0 and self.clip > 0 and self.out_scale > 0 and self.loss_growth > 0):
-            raise ConfigError("meta_lr, eps, clip, out_scale and loss_growth must be positive")
-        check_widths(self.widths, self.n, needs_exact=self.method != "lstm-update")
+        if not (self.meta_lr > 0 and self.magnitude > 0 and self.clip > 0 and self.out_scale > 0
+                and self.loss_growth > 0):
+            raise ConfigError("meta_lr, magnitude, clip, out_scale and loss_growth must be positive")
+        try:
+            self.family()
+            self.spec()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if LEARNED[self.method].teleport and self.task == "regression" and self.n > min(self.widths[:-2]):
+            raise ConfigError(
+                f"n={self.n} samples exceed a hidden-layer input width in {self.widths}: the exact group action "
+                "needs n ≤ every width from the input to the last hidden layer's input")
         return self
 
+    def family(self) -> TaskFamily:
+        """The task family meta-training samples from."""
+        act = LeakyReLU(self.slope)
+        if self.task == "classification":
+            return ClassificationFamily(self.dataset, tuple(self.widths), self.data_batch, activation=act)
+        return RegressionFamily(tuple(self.widths), self.n, LAWS[self.law], act)
 
-def check_widths(widths: list[int], n: int, needs_exact: bool) -> None:
-    """Refuse shapes the task family or the exact group action cannot handle."""
-    if len(widths) < 3 or min(widths) < 1:
-        raise ConfigError(f"widths need ≥ 3 positive entries (input, hidden..., output), got {widths}")
-    if needs_exact and n > min(widths[:-2]):
-        raise ConfigError(
-            f"n={n} samples exceed a hidden-layer input width in {widths}: the exact group action needs "
-            "n ≤ every width from the input to the last hidden layer's input"
-        )
+    def spec(self) -> MetaOptSpec:
+        """The meta-optimizer these settings build."""
+        return MetaOptSpec(method=self.method, widths=tuple(self.widths), hidden=self.hidden,
+                           preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
+                           gate=self.gate, out_scale=self.out_scale)
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
@@ -88,7 +113,7 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
         if typ is list:
             if isinstance(value, str):
                 value = [v for v in value.strip("[]() ").split(",") if v.strip()]
-            return [int(v) for v in value]
+            return [_coerce(name, int, v) for v in value]
         if typ is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
             raise ValueError
         if typ is float and isinstance(value, bool):
@@ -113,7 +138,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     values.update(kw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         values[k.strip()] = v.strip()
     types = {f.name: f.type for f in fields(TrainConfig)}

@@ -9,7 +9,7 @@ class MetateleError(Exception):
 class RankDeficientError(MetateleError, ValueError):
     """A layer input h (d × n) has rank < n, so h⁺h ≠ I and the group action cannot be exact.
 
-    Raised by `metatele.symmetry` unless the caller passes ``least_squares=True``.
+    Raised by `metatele.teleport.action` unless the caller passes ``least_squares=True``.
     """
 
 
@@ -19,3 +19,15 @@ class CheckpointError(MetateleError):
 
 class ConfigError(MetateleError):
     """A configuration value or command-line option is invalid."""
+
+
+class TrainStateError(MetateleError):
+    """A training state cannot be used as asked: missing, already there, or from a different config."""
+
+
+class TrainStateExistsError(TrainStateError):
+    """The output directory already holds a training state and resuming was not asked for."""
+
+
+class SeedOverlapError(ConfigError):
+    """Evaluation task seeds overlap the seeds meta-training draws from."""

@@ -14,9 +14,9 @@ from metatele.errors import CheckpointError
 
 @pytest.fixture
 def good(tmp_path) -> Path:
-    st = train.build(config.load(method="lstm-update-tele", hidden=8, widths=[4, 4, 3], n=4))
+    run = train.build(config.load(method="lstm-update-tele", hidden=8, widths=[4, 4, 3], n=4))
     path = tmp_path / "model.safetensors"
-    checkpoints.save_meta_optimizer(path, st.model)
+    checkpoints.save_model(path, run.model)
     return path
 
 
@@ -30,12 +30,12 @@ class _Marker:
 
 def refused(path, needle, **kw):
     with pytest.raises(CheckpointError) as ei:
-        checkpoints.load_meta_optimizer(path, **kw)
+        checkpoints.load_model(path, **kw)
     assert needle in str(ei.value) and "\n" not in str(ei.value)
 
 
 def test_good_checkpoint_loads(good):
-    m = checkpoints.load_meta_optimizer(good, method="lstm-update-tele", widths=(4, 4, 3))
+    m = checkpoints.load_model(good, method="lstm-update-tele", widths=(4, 4, 3))
     assert m.spec.hidden == 8
 
 
@@ -45,7 +45,7 @@ def test_truncated_and_empty(good, tmp_path):
         p = tmp_path / f"cut{cut}.safetensors"
         p.write_bytes(data[:cut])
         with pytest.raises(CheckpointError):
-            checkpoints.load_meta_optimizer(p)
+            checkpoints.load_model(p)
     (tmp_path / "empty.safetensors").write_bytes(b"")
     refused(tmp_path / "empty.safetensors", "empty")
 

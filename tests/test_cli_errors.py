@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from helpers import run_cli
 
-from metatele import cli, tasks
+from metatele import cli
+from metatele.tasks import seeds
 
 TINY = ["--set", "trajectories=8", "--set", "batch=8", "--set", "steps=10", "--set", "hidden=8"]
 
@@ -33,7 +34,7 @@ def one_line_error(capsys, argv, needle):
     (["train", "--out", "X", "--set", "widths=10,20,20", "--set", "n=20"], "exact group action"),
     (["train", "--out", "X", "--set", "steps=25", "--set", "unroll=10"], "multiple of unroll"),
     (["compare", "--first-seed", "5"], "overlap the training range"),
-    (["eval", "--checkpoint", "x", "--first-seed", str(tasks.TRAIN_SEEDS.stop - 3)], "overlap the training range"),
+    (["eval", "--checkpoint", "x", "--first-seed", str(seeds.TRAIN_SEEDS.stop - 3)], "overlap the training range"),
     (["compare", "--device", "cuda"], "CUDA is not available"),
     (["train", "--out", "X", "--device", "cuda"], "CUDA is not available"),
 ])
@@ -65,4 +66,4 @@ def test_train_refuses_to_overwrite_without_resume(capsys, tmp_path):
     capsys.readouterr()
     one_line_error(capsys, ["train", "--out", out, "--no-progress", *TINY], "--resume")
     one_line_error(capsys, ["train", "--out", out, "--no-progress", "--resume", *TINY, "--set", "meta_lr=0.5"],
-                   "differs from the checkpoint")
+                   "config differs from the training state")

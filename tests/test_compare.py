@@ -13,7 +13,10 @@ import urllib.request
 import pytest
 import torch
 
-from metatele import baselines, checkpoints, cli, config, evaluate, step, tasks, train
+from metatele import checkpoints, cli, config, step, tasks, train
+from metatele.evaluation import report
+from metatele.methods import LEARNED, baseline
+from metatele.tasks import seeds
 
 METHOD_RUNS = {"gd", "gd-tuned", "adam-tuned", "gd-teleport", "lstm-update-tele"}
 
@@ -22,7 +25,7 @@ METHOD_RUNS = {"gd", "gd-tuned", "adam-tuned", "gd-teleport", "lstm-update-tele"
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     cfg = config.load(method="lstm-update-tele", hidden=8, trajectories=8, batch=8, steps=10, eval_every=0)
-    train.train(cfg, root / "ck" / "lstm-update-tele", progress=False)
+    train.run(cfg, root / "ck" / "lstm-update-tele", progress=False)
     code = cli.main(["compare", "--checkpoints", str(root / "ck"), "--tasks", "4", "--steps", "12",
                      "--logdir", str(root / "runs"), "--out", str(root / "out"), "--no-progress"])
     assert code == 0
@@ -47,7 +50,7 @@ def test_event_files_read_by_tensorboard(compared):
         acc = EventAccumulator(str(compared / "runs" / run))
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
-        for t in evaluate.TB_TAGS:
+        for t in report.TB_TAGS:
             assert f"eval/{t}" in tags and f"eval_vs_time_us/{t}" in tags
         ev = acc.Scalars("eval/loss_median")
         assert [e.step for e in ev] == list(range(13))
@@ -108,13 +111,13 @@ def test_live_tensorboard_server_serves_runs_and_tags(compared):
 SHIPPED = checkpoints.pretrained_dir()
 
 
-@pytest.mark.parametrize("name", evaluate.LEARNED)
+@pytest.mark.parametrize("name", LEARNED)
 def test_pretrained_checkpoints_beat_paper_gd_at_step_30(name):
     path = SHIPPED / name / checkpoints.MODEL_FILE
     assert path.exists(), f"shipped checkpoint missing: {path}"
     model = checkpoints.load_pretrained(name)
-    task = tasks.sample(range(tasks.EVAL_FIRST_SEED + 5000, tasks.EVAL_FIRST_SEED + 5016))
-    learned = step.run(model, task, 30).loss[30]
-    gd = step.run(baselines.GD(), task, 30).loss[30]
+    task = tasks.sample(range(seeds.EVAL_FIRST_SEED + 5000, seeds.EVAL_FIRST_SEED + 5016))
+    learned = step.rollout(model, task, 30).loss[30]
+    gd = step.rollout(baseline("gd"), task, 30).loss[30]
     assert torch.isfinite(learned).all()
     assert learned.mean() < gd.mean() and learned.median() < gd.median()

@@ -3,16 +3,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metatele import checkpoints, config, step, symmetry, tasks, train
-from metatele.evaluate import summarize
-from metatele.meta_optimizers import METHODS, MetaOptimizer, MetaOptSpec
+from metatele import checkpoints, config, step, tasks, train
+from metatele.evaluation.stats import summarize
+from metatele.learned import MetaOptimizer, MetaOptSpec
+from metatele.learned.trainer import meta_loss, train_batch, unroll_window
+from metatele.methods import LEARNED
+from metatele.tasks import seeds
+from metatele.teleport.action import teleport
+
+METHODS = tuple(LEARNED)
 
 SMALL = (4, 4, 3)
 
 
 def small_setup(method: str, exact: bool = True, preprocessing: str = "logsign", gate: bool = False):
     torch.manual_seed(1)
-    spec = MetaOptSpec(method=method, widths=SMALL, hidden=5, preprocessing=preprocessing, eps=0.1,
+    spec = MetaOptSpec(method=method, widths=SMALL, hidden=5, preprocessing=preprocessing, magnitude=0.1,
                        exact=exact, gate=gate, out_scale=0.01)
     model = MetaOptimizer(spec).double()
     task = tasks.sample([5, 6], widths=SMALL, n=4, dtype=torch.float64)
@@ -22,9 +28,8 @@ def small_setup(method: str, exact: bool = True, preprocessing: str = "logsign",
 
 
 def unrolled_meta_loss(model, task, kind="log"):
-    L, *_ = train.unroll_window(model, list(task.weights), model.init_state(task.weights), task,
-                                symmetry.pinv_full_rank(task.X), unroll=3)
-    return train.meta_loss(L, kind)
+    win = unroll_window(model, task, task.weights, model.init_state(task.weights), 0, 3)
+    return meta_loss(win.losses, kind)
 
 
 @pytest.mark.parametrize("method,exact,prep,gate", [(m, True, "logsign", False) for m in METHODS]
@@ -66,44 +71,46 @@ def test_learned_lr_meta_gradient_matches_higher():
 
     net = Net()
     model.zero_grad()
-    X_pinv = symmetry.pinv_full_rank(task.X)
+    data = task.teleport_data(0)
     with higher.innerloop_ctx(net, torch.optim.SGD(net.parameters(), lr=1.0), copy_initial_weights=True) as (fnet, opt):
         state, losses = model.init_state(task.weights), []
         for _ in range(3):
             ws = list(fnet.parameters())
-            L = tasks.loss(ws, task.X, task.Y)
+            L = task.loss(ws, task.data(0))
             grads = torch.autograd.grad(L.sum(), ws, create_graph=True)
             prop, state = model.propose(ws, grads, state)
             # higher's differentiable SGD with the lr overridden by the learned (per-task) tensor
-            opt.step(L.sum(), override={"lr": [prop.lr[:, None, None]]})
-            fnet.update_params(symmetry.teleport(list(fnet.parameters()), task.X, prop.T, prop.eps, X_pinv=X_pinv))
-            losses.append(tasks.loss(list(fnet.parameters()), task.X, task.Y))
-        train.meta_loss(torch.stack(losses), "sum").backward()
+            opt.step(L.sum(), override={"lr": [prop.info["lr"][:, None, None]]})
+            tele = prop.teleport
+            fnet.update_params(teleport(list(fnet.parameters()), task.X, tele.T, tele.magnitude, act=task.activation,
+                                        X_pinv=data.X_pinv))
+            losses.append(task.loss(list(fnet.parameters()), task.data(0)))
+        meta_loss(torch.stack(losses), "sum").backward()
     for a, b in zip(ours, (p.grad for p in model.parameters())):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-12 * float(b.abs().max()))
 
 
 def test_short_meta_training_lowers_heldout_loss():
     cfg = config.load(method="lstm-update", trajectories=96, batch=16, steps=20, unroll=10, hidden=64, eval_every=0)
-    st = train.build(cfg)
-    held = tasks.sample(range(tasks.VALID_FIRST_SEED, tasks.VALID_FIRST_SEED + 16))
-    before = summarize(step.run(st.model, held, 20).loss[20])["log10_loss_mean"]
+    run = train.build(cfg)
+    held = tasks.sample(range(seeds.VALID_FIRST_SEED, seeds.VALID_FIRST_SEED + 16))
+    before = summarize(step.rollout(run.model, held, 20).loss[20])["log10_loss_mean"]
     for b in range(cfg.trajectories // cfg.batch):
-        train.train_batch(st, tasks.sample(tasks.train_seeds(cfg.seed, b * cfg.batch, cfg.batch)))
-    after = summarize(step.run(st.model, held, 20).loss[20])["log10_loss_mean"]
+        train_batch(run.model, run.opt, tasks.sample(seeds.train_seeds(cfg.seed, b * cfg.batch, cfg.batch)), cfg)
+    after = summarize(step.rollout(run.model, held, 20).loss[20])["log10_loss_mean"]
     assert after < before - 0.5, (before, after)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip_is_bit_identical(tmp_path, method):
     cfg = config.load(method=method, hidden=16, trajectories=16, batch=8, steps=10, eval_every=0)
-    st = train.build(cfg)
-    train.train_batch(st, tasks.sample(tasks.train_seeds(0, 0, 8)))
-    checkpoints.save_meta_optimizer(tmp_path / "m.safetensors", st.model)
-    loaded = checkpoints.load_meta_optimizer(tmp_path / "m.safetensors", method=method)
+    run = train.build(cfg)
+    train_batch(run.model, run.opt, tasks.sample(seeds.train_seeds(0, 0, 8)), cfg)
+    checkpoints.save_model(tmp_path / "m.safetensors", run.model)
+    loaded = checkpoints.load_model(tmp_path / "m.safetensors", method=method)
     task = tasks.sample(range(10**9, 10**9 + 4))
-    a = step.run(st.model, task, 5)
-    b = step.run(loaded, task, 5)
+    a = step.rollout(run.model, task, 5)
+    b = step.rollout(loaded, task, 5)
     assert torch.equal(a.loss, b.loss)
 
 
@@ -111,19 +118,19 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     kw = dict(method="lstm-update-tele", hidden=16, trajectories=40, batch=8, steps=20, unroll=10,
               eval_every=2, ckpt_every=1)
     cfg = config.load(**kw)
-    full = train.train(cfg, tmp_path / "full", progress=False)
-    part = train.train(cfg, tmp_path / "part", progress=False, max_batches=2)
-    assert part.batches_done == 2
-    resumed = train.train(cfg, tmp_path / "part", resume=True, progress=False)
-    assert resumed.batches_done == full.batches_done == 5
+    full = train.run(cfg, tmp_path / "full", progress=False)
+    part = train.run(cfg, tmp_path / "part", progress=False, max_batches=2)
+    assert part.progress.batches_done == 2
+    resumed = train.run(cfg, tmp_path / "part", resume=True, progress=False)
+    assert resumed.progress.batches_done == full.progress.batches_done == 5
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "part" / "model.safetensors").read_bytes()
 
 
 def test_training_seeds_disjoint_from_evaluation():
-    seeds = tasks.train_seeds(99, 0, tasks.TRAIN_STRIDE)
-    assert max(seeds) < tasks.EVAL_FIRST_SEED <= tasks.VALID_FIRST_SEED
-    assert tasks.overlaps_training(5, 10) and not tasks.overlaps_training(tasks.EVAL_FIRST_SEED, 10**6)
+    used = seeds.train_seeds(99, 0, seeds.TRAIN_STRIDE)
+    assert max(used) < seeds.EVAL_FIRST_SEED <= seeds.VALID_FIRST_SEED
+    assert seeds.overlaps_training(5, 10) and not seeds.overlaps_training(seeds.EVAL_FIRST_SEED, 10**6)
     with pytest.raises(ValueError):
-        tasks.train_seeds(100, 0, 1)
+        seeds.train_seeds(100, 0, 1)

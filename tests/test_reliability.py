@@ -10,7 +10,9 @@ import pytest
 import torch
 from helpers import popen_cli, run_cli, wait_for_write
 
-from metatele import baselines, checkpoints, config, evaluate, tasks, train
+from metatele import checkpoints, config, tasks, train
+from metatele.evaluation import compare, report, stats
+from metatele.methods import baseline
 
 TINY = dict(method="lstm-update-tele", hidden=8, trajectories=16, batch=8, steps=20, unroll=10, eval_every=1,
             eval_tasks=4)
@@ -18,29 +20,29 @@ TINY = dict(method="lstm-update-tele", hidden=8, trajectories=16, batch=8, steps
 
 def test_diverging_trajectories_are_skipped_and_no_nan_is_written(tmp_path):
     cfg = config.load(**{**TINY, "method": "lstm-update", "out_scale": 1e15})
-    st = train.train(cfg, tmp_path / "o", progress=False)
-    assert st.skipped_windows >= 1
-    model = checkpoints.load_meta_optimizer(tmp_path / "o")
+    run = train.run(cfg, tmp_path / "o", progress=False)
+    assert run.progress.skipped_windows >= 1
+    model = checkpoints.load_model(tmp_path / "o")
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert st.history[-1]["n_diverged_step20"] > 0
+    assert run.progress.history[-1]["n_diverged_step20"] > 0
 
 
 def test_evaluation_counts_diverged_tasks_and_averages_finite_ones():
     task = tasks.sample(range(10**9, 10**9 + 8))
-    res = evaluate.evaluate([(baselines.GD(0.05, name="gd-huge"), {"lr": 0.05}), (baselines.GD(), {"lr": 3e-4})],
-                            task, 30, progress=False)
-    rows = {(r["method"], r["step"]): r for r in evaluate.rows(res)}
+    res = compare.evaluate([compare.Entry(baseline("gd", "gd-huge", lr=0.05), {"lr": 0.05}),
+                            compare.Entry(baseline("gd"), {"lr": 3e-4})], task, 30, progress=False)
+    rows = {(r["method"], r["step"]): r for r in report.rows(res)}
     assert rows["gd-huge", 30]["n_diverged"] > 0
     assert rows["gd", 30]["n_diverged"] == 0 and math.isfinite(rows["gd", 30]["loss_mean"])
     loss = torch.tensor([1.0, 3.0, float("inf"), float("nan")])
-    s = evaluate.summarize(loss)
+    s = stats.summarize(loss)
     assert s["n_diverged"] == 2 and s["loss_mean"] == 2.0 and s["n_tasks"] == 4
 
 
 def test_same_config_and_seed_give_bit_identical_checkpoints(tmp_path):
     cfg = config.load(**TINY)
-    train.train(cfg, tmp_path / "a", progress=False)
-    train.train(cfg, tmp_path / "b", progress=False)
+    train.run(cfg, tmp_path / "a", progress=False)
+    train.run(cfg, tmp_path / "b", progress=False)
     for f in (checkpoints.MODEL_FILE, checkpoints.STATE_FILE):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
 
@@ -64,9 +66,9 @@ def test_sigkill_always_leaves_a_loadable_checkpoint_and_resume_continues(tmp_pa
         p.kill()
         p.wait()
         if (out / checkpoints.STATE_FILE).exists():
-            st = train.load_state(out)  # must always load
-            checkpoints.load_meta_optimizer(out)
-            seen.append(st.batches_done)
+            run = train.restore(out / checkpoints.STATE_FILE)  # must always load
+            checkpoints.load_model(out)
+            seen.append(run.progress.batches_done)
     assert len(seen) == 10 and seen == sorted(seen) and seen[-1] > seen[0]  # progress carried across kills
     r = run_cli("train", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--resume", *LONG[:-1],
                 "--set", "trajectories=" + str(4 * (seen[-1] + 3)), "--no-progress", cwd=tmp_path)
@@ -77,7 +79,7 @@ def test_sigkill_always_leaves_a_loadable_checkpoint_and_resume_continues(tmp_pa
     p.send_signal(signal.SIGINT)
     stdout, _ = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted; saved" in stdout
-    assert train.load_state(out).batches_done > seen[-1]
+    assert train.restore(out / checkpoints.STATE_FILE).progress.batches_done > seen[-1]
 
 
 def test_sigint_stops_cleanly_after_saving(tmp_path):
@@ -88,5 +90,5 @@ def test_sigint_stops_cleanly_after_saving(tmp_path):
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted; saved" in stdout
-    st = train.load_state(out)
-    assert 0 < st.batches_done < 1000
+    run = train.restore(out / checkpoints.STATE_FILE)
+    assert 0 < run.progress.batches_done < 1000

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from metatele import baselines, cli, repdyn, step, tasks
-from metatele import repdyn_paper as P
+from metatele import cli, repdyn, step, tasks
+from metatele.methods import baseline
+from metatele.repdyn import paper as P
+from metatele.tasks.mlp import activations
 
 ETA_H, ETA_Y, DX, DS = 0.02, 0.5, 1.0, 0.5
 
@@ -83,11 +85,11 @@ def test_probe_on_generic_sequential_matches_manual():
 
 def test_probe_on_metatele_tasks_records_one_series_per_task():
     task = tasks.sample(range(10**9, 10**9 + 3))
-    probe, cb = repdyn.task_probe(task.X, task.Y, layer=1)
-    step.run(baselines.GD(), task, 5, cb)
+    probe, cb = repdyn.task_probe(task, layer=1)
+    step.rollout(baseline("gd"), task, 5, cb)
     s = probe.series()
     assert s.shape == (3, 6, 3)
-    h = tasks.hidden(task.weights, task.X)[0]
+    h = activations(task.weights, task.X, task.activation)[0]
     dh = h[0, :, 1] - h[0, :, 0]
     assert s[0, 0, 0] == pytest.approx(float(dh @ dh), rel=1e-5)
 
@@ -116,10 +118,10 @@ def test_full_plan_profiles_default_and_resnet_by_layer_and_trains_each_network_
         assert layers == (list(P.FULL.layers) if profiled else [main]), (group, spec)
 
 
-def test_summarize_takes_median_and_minimum_over_seeds():
+def test_aggregate_takes_median_and_minimum_over_seeds():
     rows = [{"group": "variant", "model": "m", "layer": 11, "r2_H": r, "r2_Y": 1.0, "r2_w": r, "eta_h": e,
              "eta_y": 1.0} for r, e in ((0.9, 1.0), (0.5, 2.0), (0.7, 3.0))]
-    (s,) = P.summarize(rows)
+    (s,) = P.aggregate_seeds(rows)
     assert s["n"] == 3 and s["r2_w"] == pytest.approx(0.7) and s["r2_w_min"] == pytest.approx(0.5)
     assert s["eta_h"] == pytest.approx(2.0)
 

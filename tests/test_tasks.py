@@ -24,7 +24,7 @@ def test_float64_is_rounded_to_float32():
 def test_general_widths_and_loss():
     b = tasks.sample([1, 2], widths=(5, 7, 6, 3), n=4, dtype=torch.float64)
     assert [w.shape for w in b.weights] == [(2, 7, 5), (2, 6, 7), (2, 3, 6)]
-    L = tasks.loss(b.weights, b.X, b.Y)
+    L = b.loss(b.weights, b.data(0))
     assert L.shape == (2,)
     # the loss is the plain sum ½‖Y − f(X)‖² computed task by task
     for i in range(2):
@@ -37,12 +37,12 @@ def test_general_widths_and_loss():
 
 def test_gradients_match_finite_differences():
     b = tasks.sample([11], widths=(4, 5, 3), n=4, dtype=torch.float64)
-    _, grads = tasks.loss_and_grad(b.weights, b.X, b.Y)
+    _, grads = b.loss_and_grad(b.weights, b.data(0))
     h = 1e-6
     for m, W in enumerate(b.weights):
         E = torch.zeros_like(W)
         E[0, 1, 2] = h
         up = [w + E if j == m else w for j, w in enumerate(b.weights)]
         dn = [w - E if j == m else w for j, w in enumerate(b.weights)]
-        fd = (tasks.loss(up, b.X, b.Y) - tasks.loss(dn, b.X, b.Y)) / (2 * h)
+        fd = (b.loss(up, b.data(0)) - b.loss(dn, b.data(0))) / (2 * h)
         assert torch.allclose(fd, grads[m][:, 1, 2], rtol=1e-6)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from metatele import repdyn
-from metatele.repdyn_paper import DS, DX, FULL, in_processes, train_two_point
+from metatele.repdyn.paper import DS, DX, FULL, in_processes, train_two_point
 
 CASES = {"relu": [11, 17], "resnet": [11]}
 

@@ -1,18 +1,31 @@
-"""Reproduce the two-point theory's claims (van Rossem & Saxe 2024) and apply the probe to metatele's
-optimizers. Used by `metatele repdyn`; shapes and formulas are in metatele.repdyn."""
+"""The experiments of van Rossem & Saxe (2024), reproduced, and the probe applied to metatele's optimizers:
+the networks, the plan of runs, running them one process per core, and the `metatele repdyn` entry point.
+Formulas are in `metatele.repdyn.theory`; figures and tables in `metatele.repdyn.figures`."""
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from metatele import repdyn
+from metatele.checkpoints import atomic_write_text
+from metatele.evaluation.compare import baselines, evaluate, learned
+from metatele.repdyn.figures import figures, tables
+from metatele.repdyn.fit import Fit, fit
+from metatele.repdyn.probe import Probe, pair_constants
+from metatele.repdyn.theory import fixed_point
+from metatele.tasks import sample
+from metatele.tasks.seeds import EVAL_FIRST_SEED, VALID_FIRST_SEED
 
 DX, DS = 1.0, 0.5
 X_PAIR = torch.tensor([[-1.0], [-1.0 + math.sqrt(DX)]])
@@ -29,6 +42,11 @@ class NetSpec:
     lr: float = 0.01
     steps: int = 3000
     seed: int = 0
+
+    @property
+    def label(self) -> str:
+        """The network's name in tables and figures (the seed is not part of it)."""
+        return f"{self.kind} gain={self.gain:g} lr={self.lr:g} {self.depth}x{self.width}"
 
 
 class PaperNet(nn.Module):
@@ -66,7 +84,7 @@ def train_two_point(s: NetSpec, layers: list[int]) -> dict[int, np.ndarray]:
     try:
         net = PaperNet(s)
         opt = torch.optim.SGD(net.parameters(), lr=s.lr)
-        probes = {k: repdyn.Probe(Y_PAIR[1] - Y_PAIR[0]) for k in layers}
+        probes = {k: Probe(Y_PAIR[1] - Y_PAIR[0]) for k in layers}
         for _ in range(s.steps):
             y, hs = net(X_PAIR)
             for k, p in probes.items():
@@ -106,21 +124,14 @@ QUICK = Plan(
     layers=(1, 3, 11, 17), main_layer=11, seeds=2, profiled=("leaky_relu",))
 
 
-FIT_OK = 0.9  # median R²(H) above which the gain plot shows the fitted A_low and H∞
-
-
-def model_name(s: NetSpec) -> str:
-    return f"{s.kind} gain={s.gain:g} lr={s.lr:g} {s.depth}x{s.width}"
-
-
-def _fit_fields(f: repdyn.Fit) -> dict[str, float]:
+def _fit_fields(f: Fit) -> dict[str, float]:
     return {"eta_h": f.eta_h, "eta_y": f.eta_y, "eta_ratio": f.eta_h / f.eta_y, "r2_H": f.r2_H, "r2_Y": f.r2_Y,
             "r2_w": f.r2_w}
 
 
 def fit_row(model: str, layer: int, data: np.ndarray, **extra: Any) -> dict[str, Any]:
-    f = repdyn.fit(data, DX, DS)
-    fp = repdyn.fixed_point(data[0, 0], data[0, 1], f.eta_h, f.eta_y, DX, DS)
+    f = fit(data, DX, DS)
+    fp = fixed_point(data[0, 0], data[0, 1], f.eta_h, f.eta_y, DX, DS)
     return {"model": model, "layer": layer, **_fit_fields(f), "H0": float(data[0, 0]), "H_end": float(data[-1, 0]),
             "A_low": fp.A_low, "A_high": fp.A_high, "H_inf": fp.H_inf, **extra, "_data": data, "_pred": f.pred}
 
@@ -130,9 +141,9 @@ def _net_job(group: str, spec: NetSpec, layers: list[int], main_layer: int) -> l
     rows = []
     for k, data in train_two_point(spec, layers).items():
         if not np.isfinite(data).all():  # diverged: say so instead of fitting
-            print(f"repdyn: {model_name(spec)} seed {spec.seed} diverged; no fit")
+            print(f"repdyn: {spec.label} seed {spec.seed} diverged; no fit")
             continue
-        rows.append(fit_row(model_name(spec), k, data, kind=spec.kind, gain=spec.gain, lr=spec.lr, seed=spec.seed,
+        rows.append(fit_row(spec.label, k, data, kind=spec.kind, gain=spec.gain, lr=spec.lr, seed=spec.seed,
                             group=group if k == main_layer else "layer"))
     return rows
 
@@ -153,7 +164,7 @@ def run_paper(plan: Plan, workers: int = 0, progress: bool = True) -> list[dict[
     return [r for rs in in_processes(_net_job, jobs, workers, progress, "repdyn networks") for r in rs]
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median and minimum over seeds of each (group, model, layer)'s fit, in first-seen order."""
     keys: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in rows:
@@ -174,7 +185,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _task_fit(method: str, task: int, data: np.ndarray, Dx: float, Ds: float) -> dict[str, Any]:
     return {"group": "optimizer", "model": f"teleport-task/{method}", "layer": 1, "seed": task,
-            **_fit_fields(repdyn.fit(data, Dx, Ds))}
+            **_fit_fields(fit(data, Dx, Ds))}
 
 
 def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, workers: int = 0, progress: bool = True
@@ -182,129 +193,37 @@ def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, worke
     """Probe hidden layer 1 of the paper's teleport task (samples 0 and 1) under every compare method and
     fit the two-constant ODE per task (one row per task; `summarize` takes medians). Here the network
     trains on all 20 samples and has one hidden layer, so the two-point model is only an approximation."""
-    from metatele import evaluate, tasks
-
-    test = tasks.sample(range(tasks.EVAL_FIRST_SEED, tasks.EVAL_FIRST_SEED + n_tasks))
-    valid = tasks.sample(range(tasks.VALID_FIRST_SEED, tasks.VALID_FIRST_SEED + 16))
-    methods = evaluate.methods_for(checkpoints_dir, valid, steps, "cpu")
-    Dx, Ds = repdyn.pair_constants(test.X, test.Y)
+    test = sample(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + n_tasks))
+    valid = sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + 16))
+    entries = baselines(valid, steps) + (learned(checkpoints_dir, test.widths, "cpu") if checkpoints_dir else [])
+    Dx, Ds = pair_constants(test.X, test.Y)
     jobs = [(res.name, b, res.repdyn[b], float(Dx[b]), float(Ds[b]))
-            for res in evaluate.evaluate(methods, test, steps, progress=progress, probe_layer=1)
+            for res in evaluate(entries, test, steps, progress=progress, probe_layer=1)
             for b in range(n_tasks) if np.isfinite(res.repdyn[b]).all()]
     return in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits")
 
 
-def in_processes(fn: Any, jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str) -> list[Any]:
+def in_processes(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str
+                 ) -> list[Any]:
     """[fn(*job) for job in jobs] in `workers` processes (0: one per core); train_two_point keeps each to one thread."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         return [f.result() for f in tqdm(futures, desc=desc, disable=not progress)]
 
 
-def _figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Plan, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = [r for r in rows if r["group"] == "variant" and r["seed"] == 0]
-    med = {(s["group"], s["model"], s["layer"]): s for s in summary}
-    fig, axes = plt.subplots(len(variants), 3, figsize=(12, 2.6 * len(variants)), squeeze=False)
-    for i, r in enumerate(variants):
-        f_t = np.unique(np.linspace(0, len(r["_data"]) - 1, len(r["_pred"])).round().astype(int))
-        m = med[("variant", r["model"], r["layer"])]
-        for j, (name, key) in enumerate((("H = ‖Δh‖²", "r2_H"), ("Yd = ‖Δy‖²", "r2_Y"), ("w", "r2_w"))):
-            ax = axes[i, j]
-            ax.plot(r["_data"][:, j], color="k", lw=2, alpha=0.4, label="network (seed 0)")
-            ax.plot(f_t, r["_pred"][:, j], "--", color="C3", label="ODE fit")
-            ax.set_title(f"{r['model']} L{r['layer']}: {name}\nR² {r[key]:.3f} (median of {m['n']} seeds "
-                         f"{m[key]:.3f})", fontsize=8)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fits_by_architecture.png", dpi=90)
-    plt.close(fig)
-
-    # the sweep's points, plus the default network (variants[0] at the main layer) as its default-gain point
-    default = model_name(plan.variants[0])
-    gains = sorted((s for s in summary if s["group"] == "gain" or (s["group"] == "variant" and s["model"] == default)),
-                   key=lambda s: s["gain"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    g = [s["gain"] for s in gains]
-    fitted = [s["r2_H"] >= FIT_OK for s in gains]
-    for key, style in (("H0", "o-"), ("H_end", "s-"), ("A_low", "^--"), ("H_inf", "x:")):
-        from_fit = key in ("A_low", "H_inf")  # meaningless where the ODE does not fit H
-        ax.plot(g, [s[key] if ok or not from_fit else np.nan for s, ok in zip(gains, fitted)], style,
-                label=key + " (median over seeds)")
-    ax.set_yscale("log")
-    ax.set_xlabel("init gain")
-    ax.set_ylabel("representational distance")
-    ax.set_title(f"lazy (H_end≈H0) vs rich (H_end≈A_low), layer {plan.main_layer}\n"
-                 f"A_low, H∞ shown where the fit of H has median R² ≥ {FIT_OK}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gain_sweep.png", dpi=90)
-    plt.close(fig)
-
-    profiled = [model_name(v) for v in plan.variants if v.kind in plan.profiled]
-    fig, axes = plt.subplots(1, len(profiled), figsize=(6 * len(profiled), 4), squeeze=False)
-    for ax, model in zip(axes[0], profiled):
-        layers = sorted((s for s in summary if s["model"] == model and s["group"] in ("layer", "variant")),
-                        key=lambda s: s["layer"])
-        x = [s["layer"] for s in layers]
-        for key in ("r2_H", "r2_Y", "r2_w"):
-            line, = ax.plot(x, [max(s[key], -1) for s in layers], "o-", label=key + " median")
-            ax.plot(x, [max(s[key + "_min"], -1) for s in layers], ":", color=line.get_color(), label=key + " min")
-        ax.set_xlabel("hidden layer")
-        ax.set_ylabel("R² over seeds (clipped at −1)")
-        ax.set_title(f"two-constant ODE fit quality by layer\n{model}", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "r2_by_layer.png", dpi=90)
-    plt.close(fig)
-
-
-def _fmt(v: Any) -> str:
-    return "" if v is None else f"{v:.3g}"
-
-
-def _tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
-    cols = ("eta_h", "eta_y", "r2_H", "r2_Y", "r2_w", "r2_H_min", "r2_Y_min", "r2_w_min", "H0", "H_end", "A_low",
-            "H_inf")
-    lines = ["Median over seeds (and minimum R² over seeds):", "",
-             ("| group | model | layer | seeds | η_h | η_y | R²(H) | R²(Yd) | R²(w) | min R²(H) | min R²(Yd) "
-              "| min R²(w) | H0 | H_end | A_low | H∞ |"), "|" + "---|" * 16]
-    lines += [f"| {s['group']} | {s['model']} | {s['layer']} | {s['n']} | " + " | ".join(_fmt(s.get(k)) for k in cols)
-              + " |" for s in summary]
-    lines += ["", "Every fit:", "", "| group | model | seed | layer | η_h | η_y | R²(H) | R²(Yd) | R²(w) | H0 | H_end |",
-              "|" + "---|" * 11]
-    lines += [f"| {r['group']} | {r['model']} | {r.get('seed', '')} | {r['layer']} | "
-              + " | ".join(_fmt(r.get(k)) for k in ("eta_h", "eta_y", "r2_H", "r2_Y", "r2_w", "H0", "H_end")) + " |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(quick: bool, out: Path, json_path: str | None, checkpoints_dir: Path | None, n_tasks: int = 8,
          workers: int = 0, progress: bool = True) -> int:
-    import json
-
-    from metatele.checkpoints import atomic_write_text
-
     plan = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
     rows = run_paper(plan, workers, progress)
     if not quick:  # ~6 s per fitted task and method: part of the full run only
         rows += run_optimizers(checkpoints_dir, n_tasks, 100, workers, progress)
-    summary = summarize(rows)
-    _figures(rows, summary, plan, out)
-    tables = _tables(rows, summary)
-    atomic_write_text(out / "repdyn.md", tables)
-    print(tables, end="")
+    summary = aggregate_seeds(rows)
+    figures(rows, summary, plan, out)
+    text = tables(rows, summary)
+    atomic_write_text(out / "repdyn.md", text)
+    print(text, end="")
     if json_path:
         fits = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         atomic_write_text(json_path, json.dumps({"fits": fits, "summary": summary}, indent=1))

@@ -6,16 +6,22 @@ Group action of g_m ∈ GL(k_m) on hidden layer m (input h_{m-1}, weights W_m, W
 
 It keeps the loss on X exactly when every h_{m-1} (d × n) has full column rank n. Layers are
 processed in order, propagating h_m' = g_m h_m. Shapes: weights[m] (B, d_{m+1}, d_m); X (B, d0, n);
-g and T are lists with one (B, k_m, k_m) tensor per hidden layer.
+g and T are lists with one (B, k_m, k_m) tensor per hidden layer. `act` is the network's invertible
+activation (`metatele.tasks.LeakyReLU`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from metatele.errors import RankDeficientError
-from metatele.tasks import act, act_inv, loss_and_grad
+
+if TYPE_CHECKING:
+    from metatele.tasks.mlp import LeakyReLU
+
+__all__ = ["pinv_full_rank", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
 
 Weights = list[torch.Tensor]
 
@@ -47,11 +53,12 @@ def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor
     return torch.linalg.solve_triangular(R, Q.transpose(-2, -1), upper=True)
 
 
-def _act(
+def _pairwise_action(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     g: Sequence[torch.Tensor],
     right: Callable[[torch.Tensor, int], torch.Tensor],
+    act: LeakyReLU,
     least_squares: bool,
     X_pinv: torch.Tensor | None,
 ) -> Weights:
@@ -63,7 +70,7 @@ def _act(
     for m, gm in enumerate(g):
         hp = X_pinv if (m == 0 and X_pinv is not None) else pinv_full_rank(h, least_squares)
         a = torch.bmm(gm, act(torch.bmm(new[m], h)))  # g σ(W_m h_{m-1}) = h_m'
-        z = act_inv(a)
+        z = act.inverse(a)
         W = torch.bmm(z, hp)
         # One step of iterative refinement on the residual z − W h: deep layers of all-positive
         # nets have cond(h) up to ~1e9, and this brings the loss change back to ~1e-15.
@@ -77,42 +84,47 @@ def group_action(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     g: Sequence[torch.Tensor],
+    *,
+    act: LeakyReLU,
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
 ) -> Weights:
     """Exact action of invertible g_m (B, k_m, k_m) on every hidden layer. X_pinv: optional cached X⁺."""
-    return _act(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), least_squares, X_pinv)
+    return _pairwise_action(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), act,
+                            least_squares, X_pinv)
 
 
-def normalize(T: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-    """Scale each T (B, k, k) to Frobenius norm eps (broadcast over B if eps is (B,))."""
+def normalize(T: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Tensor:
+    """Scale each T (B, k, k) to Frobenius norm `magnitude` (broadcast over B if it is (B,))."""
     norm = torch.linalg.matrix_norm(T).clamp_min(torch.finfo(T.dtype).tiny)
-    return T * (torch.as_tensor(eps, dtype=T.dtype, device=T.device) / norm)[:, None, None]
+    return T * (torch.as_tensor(magnitude, dtype=T.dtype, device=T.device) / norm)[:, None, None]
 
 
 def teleport(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     T: Sequence[torch.Tensor],
-    eps: float | torch.Tensor | Sequence[float | torch.Tensor] | None,
+    magnitude: float | torch.Tensor | Sequence[float | torch.Tensor] | None,
+    *,
+    act: LeakyReLU,
     exact: bool = True,
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
 ) -> Weights:
-    """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm eps (None: as given).
-    eps may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
+    """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm `magnitude` (None: as given).
+    magnitude may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
 
     exact=False is the paper's first-order variant: W_{m+1} → W_{m+1}(I − T_m), which leaves the
-    level set by O(eps²).
+    level set by O(magnitude²).
     """
-    if eps is not None:
-        per_layer = eps if isinstance(eps, (list, tuple)) else [eps] * len(T)
+    if magnitude is not None:
+        per_layer = magnitude if isinstance(magnitude, (list, tuple)) else [magnitude] * len(T)
         T = [normalize(t, e) for t, e in zip(T, per_layer)]
     eye = [torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) for t in T]
     g = [e + t for e, t in zip(eye, T)]
     if exact:
-        return group_action(weights, X, g, least_squares, X_pinv)
-    return _act(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), least_squares, X_pinv)
+        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv)
+    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv)
 
 
 def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weights:
@@ -130,34 +142,3 @@ def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weigh
 def grad_norm_sq(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ_m ‖∇W_m L‖_F² per task, shape (B,)."""
     return sum(g.pow(2).sum(dim=(1, 2)) for g in grads)
-
-
-def gradient_ascent_teleport(
-    weights: Sequence[torch.Tensor],
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    steps: int = 10,
-    lr: float | None = None,
-    least_squares: bool = False,
-    X_pinv: torch.Tensor | None = None,
-) -> Weights:
-    """Teleport towards a steeper point of the level set by ascending ‖∇L(g·W)‖² over T, g = I + T.
-
-    Starts from T = 0 and takes `steps` ascent steps, then applies the exact action once.
-    lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
-    G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
-    moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
-    The result is detached from the input weights' graph.
-    """
-    W0 = [w.detach() for w in weights]
-    X_pinv = pinv_full_rank(X, least_squares) if X_pinv is None else X_pinv
-    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
-    with torch.enable_grad():
-        for _ in range(steps):
-            T = [t.detach().requires_grad_() for t in T]
-            Wt = teleport(W0, X, T, eps=None, least_squares=least_squares, X_pinv=X_pinv)
-            _, grads = loss_and_grad(Wt, X, Y, create_graph=True)
-            G = torch.autograd.grad(grad_norm_sq(grads).sum(), T)
-            T = [t + (0.03 * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [w.detach() for w in teleport(W0, X, [t.detach() for t in T], eps=None,
-                                         least_squares=least_squares, X_pinv=X_pinv)]

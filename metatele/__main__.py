@@ -1,0 +1,8 @@
+"""`python -m metatele` runs the command line (also under torchrun)."""
+from __future__ import annotations
+
+import sys
+
+from metatele.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""Evaluation on unseen tasks: the methods to compare (baselines tuned on validation tasks, learned
+methods from checkpoints) and running them all on the same tasks.
+
+Every method runs on the same tasks (seeds S..S+tasks−1, disjoint from training). Statistics are taken over
+the finite tasks only (`metatele.evaluation.stats`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from metatele import checkpoints
+from metatele.errors import ConfigError, SeedOverlapError
+from metatele.methods.base import Method
+from metatele.methods.registry import LEARNED, PAPER_GD_LR, baseline
+from metatele.repdyn.probe import task_probe
+from metatele.step import Trajectory, rollout
+from metatele.tasks.base import TaskBatch, TaskFamily
+from metatele.tasks.seeds import TRAIN_SEEDS, overlaps_training
+
+__all__ = ["GD_GRID", "ADAM_GRID", "Entry", "Result", "tune", "baselines", "learned", "evaluate", "check_test_seeds", "test_tasks"]
+
+GD_GRID = tuple(10 ** (k / 2) for k in range(-12, -4))      # 1e-6 … 3.2e-3
+ADAM_GRID = tuple(10 ** (k / 2) for k in range(-8, 2))      # 1e-4 … 3.2
+
+
+@dataclass
+class Entry:
+    """A method to evaluate and the hyper-parameters to report with it."""
+
+    method: Method
+    hparams: dict[str, Any]
+
+
+@dataclass
+class Result:
+    name: str
+    hparams: dict[str, Any]
+    traj: Trajectory
+    repdyn: np.ndarray | None = None  # (B, steps+1, 3) probe series of (H, Yd, w), when requested
+
+
+def _score(traj: Trajectory) -> float:
+    """Tuning score: mean log10 final loss; +inf if any task diverged."""
+    final = traj.loss[-1]
+    return float(final.clamp_min(1e-300).log10().mean()) if torch.isfinite(final).all() else math.inf
+
+
+def tune(make: Callable[[float], Method], grid: Sequence[float], valid: TaskBatch, steps: int) -> float:
+    """The lr from `grid` with the best validation score for method `make(lr)`."""
+    scores = [(_score(rollout(make(lr), valid, steps)), lr) for lr in grid]
+    return min(scores)[1]
+
+
+def baselines(valid: TaskBatch, steps: int) -> list[Entry]:
+    """GD at the paper's lr, GD and Adam tuned on `valid` for `steps` steps, and GD with ascent teleport."""
+    gd_lr = tune(lambda lr: baseline("gd", lr=lr), GD_GRID, valid, steps)
+    adam_lr = tune(lambda lr: baseline("adam", lr=lr), ADAM_GRID, valid, steps)
+    ga = baseline("gd-teleport")
+    return [
+        Entry(baseline("gd"), {"lr": PAPER_GD_LR}),
+        Entry(baseline("gd", "gd-tuned", lr=gd_lr), {"lr": gd_lr, "grid": "1e-6..3e-3 (x10^0.5)"}),
+        Entry(baseline("adam", "adam-tuned", lr=adam_lr), {"lr": adam_lr, "grid": "1e-4..3.2 (x10^0.5)"}),
+        Entry(ga, dict(ga.hparams)),
+    ]
+
+
+def learned(checkpoint_dir: Path, widths: Sequence[int], device: str | torch.device) -> list[Entry]:
+    """Every learned method (registry order) with a model.safetensors under checkpoint_dir/<name>/."""
+    out = []
+    for name in LEARNED:
+        path = checkpoint_dir / name / checkpoints.MODEL_FILE
+        if path.exists():
+            model = checkpoints.load_model(path, method=name, widths=widths, device=device)
+            spec = model.spec
+            out.append(Entry(model, {"hidden": spec.hidden, "magnitude": spec.magnitude, "exact": spec.exact,
+                                     "preprocessing": spec.preprocessing, "gate": spec.gate,
+                                     "trajectories_seen": model.metadata.get("trajectories_seen", -1)}))
+    return out
+
+
+def evaluate(entries: Sequence[Entry], task: TaskBatch, steps: int, progress: bool = True,
+             probe_layer: int | None = None) -> list[Result]:
+    """Run every method on the same tasks; probe_layer: also record the two-point (H, Yd, w) of samples
+    0 and 1 at that hidden layer (metatele.repdyn)."""
+    results = []
+    for e in tqdm(entries, desc="methods", disable=not progress, unit="method"):
+        probe, callback = task_probe(task, probe_layer) if probe_layer else (None, None)
+        traj = rollout(e.method, task, steps, callback)
+        results.append(Result(e.method.name, e.hparams, traj, probe.series() if probe is not None else None))
+    return results
+
+
+def check_test_seeds(first_seed: int, n_tasks: int) -> None:
+    """Refuse test seeds first_seed … first_seed+n_tasks−1 that overlap training (SeedOverlapError)."""
+    if n_tasks <= 0:
+        raise ConfigError(f"the number of tasks must be positive, got {n_tasks}")
+    if overlaps_training(first_seed, n_tasks):
+        raise SeedOverlapError(f"evaluation seeds {first_seed}..{first_seed + n_tasks - 1} overlap the training range "
+                          f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}; start at {TRAIN_SEEDS.stop} or later")
+
+
+def test_tasks(family: TaskFamily, first_seed: int, n_tasks: int, device: str | torch.device) -> TaskBatch:
+    """Tasks first_seed … first_seed+n_tasks−1 of `family`, refusing seeds that overlap training."""
+    check_test_seeds(first_seed, n_tasks)
+    return family.sample(range(first_seed, first_seed + n_tasks), device=device)

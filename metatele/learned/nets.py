@@ -1,0 +1,110 @@
+"""The networks inside the learned methods: batched stacked LSTMs that read gradients.
+
+- m1 `UpdateNet` (LSTM(update)): flattened gradients of all layers (B, P) → the local update (B, P).
+- m2 `TeleNet` (LSTM(tele)) for one hidden layer of width k: [vec ∇W_m, vec ∇W_{m+1}] → T (B, k, k),
+  an optional gate logit and an optional step-size logit (LSTM(lr,tele)).
+Every tensor has a leading trajectory dimension B.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["PREPROCESSING", "LR_RANGE", "LR_INIT", "preprocess", "LSTMState", "StackedLSTM", "UpdateNet", "TeleNet",
+           "learned_lr"]
+
+PREPROCESSING = ("logsign", "raw")
+LR_RANGE = (1e-7, 5e-3)
+LR_INIT = 1e-4  # the step size an untrained step-size head starts from
+LOGSIGN_P = 10.0
+
+
+def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, P) gradients → LSTM input. 'raw': as is (the paper). 'logsign': Andrychowicz et al. (2016),
+    each coordinate → (log|g|/p, sign g) if |g| ≥ e^-p else (−1, e^p g), with p = 10; (B, 2P)."""
+    if kind == "raw":
+        return g
+    big = g.abs() >= math.exp(-LOGSIGN_P)
+    first = torch.where(big, g.abs().clamp_min(math.exp(-LOGSIGN_P)).log() / LOGSIGN_P, -torch.ones_like(g))
+    second = torch.where(big, torch.sign(g), math.exp(LOGSIGN_P) * g)
+    return torch.cat([first, second], dim=-1)
+
+
+def input_size(n_grads: int, kind: str) -> int:
+    return 2 * n_grads if kind == "logsign" else n_grads
+
+
+LSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class StackedLSTM(nn.Module):
+    """Two stacked LSTMCells; state = (h1, c1, h2, c2), each (B, size)."""
+
+    def __init__(self, n_in: int, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.cell1 = nn.LSTMCell(n_in, size)
+        self.cell2 = nn.LSTMCell(size, size)
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> LSTMState:
+        z = torch.zeros(batch, self.size, device=device, dtype=dtype)
+        return (z, z, z, z)
+
+    def forward(self, x: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        h1, c1 = self.cell1(x, (state[0], state[1]))
+        h2, c2 = self.cell2(h1, (state[2], state[3]))
+        return h2, (h1, c1, h2, c2)
+
+
+def scaled_linear(n_in: int, n_out: int, scale: float = 0.01) -> nn.Linear:
+    """A linear layer with zero bias and its default init scaled by `scale` (small: starts near neutral)."""
+    head = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        head.bias.zero_()
+    return head
+
+
+class UpdateNet(nn.Module):
+    """m1: (B, P) gradients → (B, P) update u = out_scale · head(LSTM(pre(g)))."""
+
+    def __init__(self, n_params: int, size: int, preprocessing: str, out_scale: float) -> None:
+        super().__init__()
+        self.preprocessing, self.out_scale = preprocessing, out_scale
+        self.lstm = StackedLSTM(input_size(n_params, preprocessing), size)
+        self.head = scaled_linear(size, n_params, scale=1.0)
+
+    def forward(self, g: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        h, state = self.lstm(preprocess(g, self.preprocessing), state)
+        return self.out_scale * self.head(h), state
+
+
+class TeleNet(nn.Module):
+    """m2 for one hidden layer of width k: (B, P_pair) gradients → T (B, k, k), an optional gate
+    in (0, 1) per task (B,) and an optional step-size logit (B,)."""
+
+    def __init__(self, n_in: int, k: int, size: int, preprocessing: str, gate: bool, step_size: bool) -> None:
+        super().__init__()
+        self.k, self.preprocessing = k, preprocessing
+        self.lstm = StackedLSTM(input_size(n_in, preprocessing), size)
+        self.head = nn.Linear(size, k * k)
+        self.gate = scaled_linear(size, 1) if gate else None
+        self.lr = scaled_linear(size, 1) if step_size else None
+
+    def forward(self, g: torch.Tensor, state: LSTMState
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LSTMState]:
+        h, state = self.lstm(preprocess(g, self.preprocessing), state)
+        T = self.head(h).view(-1, self.k, self.k)
+        gate = torch.sigmoid(self.gate(h)[:, 0] + 2.0) if self.gate is not None else None
+        lr = self.lr(h)[:, 0] if self.lr is not None else None
+        return T, gate, lr, state
+
+
+def learned_lr(logit: torch.Tensor) -> torch.Tensor:
+    """Map a logit to a step size in LR_RANGE, log-uniformly and smoothly (a clamp that keeps
+    gradients); logit 0 gives LR_INIT."""
+    lo, hi = math.log(LR_RANGE[0]), math.log(LR_RANGE[1])
+    frac = (math.log(LR_INIT) - lo) / (hi - lo)
+    return torch.exp(lo + (hi - lo) * torch.sigmoid(logit + math.log(frac / (1 - frac))))

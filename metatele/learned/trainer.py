@@ -1,0 +1,138 @@
+"""Truncated-BPTT meta-training of a learned method over batched inner trajectories.
+
+B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `steps` inner
+steps is cut into windows of `unroll` steps; after each window the meta-loss (a weighted sum of the inner
+losses after each step, plain or log) is back-propagated into the method's parameters, Adam takes a
+clipped step, and the weights and method state are detached. A window whose losses or meta-gradient are
+non-finite is skipped (no update), counted, and its batch abandoned.
+
+The trainer knows the `Method` protocol and the task protocol only. Held-out evaluation, logging,
+checkpoints and stopping are the caller's (`metatele.train` wires them in as callbacks).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from metatele.methods.base import Method
+from metatele.step import inner_step
+from metatele.tasks.base import TaskBatch
+
+if TYPE_CHECKING:
+    from metatele.config import TrainConfig
+
+__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "train_batch", "meta_train"]
+
+
+class Learnable(Method, Protocol):
+    """A method with meta-parameters."""
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+
+@dataclass
+class Progress:
+    """How far a meta-training run has got (saved in the training state)."""
+
+    batches_done: int = 0
+    skipped_windows: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # held-out evaluations
+
+
+def meta_loss(losses: torch.Tensor, kind: str, growth: float = 1.0) -> torch.Tensor:
+    """losses (U, B) after each step of a window → scalar: Σ_t w_t ℓ(L_t), mean over B.
+    ℓ = identity ("sum", the paper) or log ("log", scale-free); w_t ∝ growth^t with mean 1."""
+    U = losses.shape[0]
+    w = growth ** torch.arange(1, U + 1, dtype=losses.dtype, device=losses.device)
+    w = w * (U / w.sum())
+    values = losses.log() if kind == "log" else losses
+    return (w[:, None] * values).sum(0).mean()
+
+
+@dataclass
+class Window:
+    losses: torch.Tensor          # (unroll, B) loss after each step, differentiable
+    weights: list[torch.Tensor]   # weights after the window (attached to the graph)
+    state: Any                    # method state after the window (attached)
+    info: dict[str, list[float]]  # per-step means of the proposals' diagnostics
+
+
+def unroll_window(method: Method, task: TaskBatch, weights: Sequence[torch.Tensor], state: Any, start: int,
+                  unroll: int, second_order: bool = True) -> Window:
+    """Differentiably run inner steps start … start+unroll−1."""
+    losses: list[torch.Tensor] = []
+    info: dict[str, list[float]] = {}
+    weights = list(weights)
+    for t in range(start, start + unroll):
+        res = inner_step(method, weights, state, task, t, differentiable=True, second_order=second_order)
+        weights, state = res.weights, res.state
+        if t > start:
+            losses.append(res.loss)
+        for k, v in res.proposal.info.items():
+            info.setdefault(k, []).append(float(v.detach().float().mean()))
+    losses.append(task.loss(weights, task.data(start + unroll)))
+    return Window(torch.stack(losses), weights, state, info)
+
+
+def detach(tree: Any) -> Any:
+    """The same nested structure (lists, tuples, dataclasses of tensors) with every tensor detached."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach()
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(detach(x) for x in tree)
+    if hasattr(tree, "__dataclass_fields__"):
+        return type(tree)(**{k: detach(getattr(tree, k)) for k in tree.__dataclass_fields__})
+    return tree
+
+
+def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig) -> dict[str, float]:
+    """Meta-train on one batch of trajectories (one meta-update per window); returns mean statistics,
+    including "skipped" (1 if a window diverged and the batch was abandoned)."""
+    params = list(method.parameters())
+    weights = task.init_weights()
+    state = method.init_state(weights)
+    stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": []}
+    skipped = 0
+    for start in range(0, cfg.steps, cfg.unroll):
+        win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order)
+        for k, v in win.info.items():
+            stats.setdefault(k, []).extend(v)
+        ml = meta_loss(win.losses, cfg.meta_loss, cfg.loss_growth)
+        opt.zero_grad(set_to_none=True)
+        gn = torch.tensor(float("nan"))
+        if torch.isfinite(win.losses).all():
+            ml.backward()
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        if not torch.isfinite(gn):  # divergence: no update from this window, abandon the batch
+            opt.zero_grad(set_to_none=True)
+            skipped += 1
+            break
+        opt.step()
+        stats["meta_loss"].append(float(ml.detach()))
+        stats["grad_norm"].append(float(gn))
+        weights, state = detach(win.weights), detach(win.state)
+    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    out["skipped"] = float(skipped)
+    return out
+
+
+def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, progress: Progress, *,
+               sample: Callable[[int, int], TaskBatch],
+               after_batch: Callable[[Progress, dict[str, float], int], None],
+               stop: Callable[[], bool], max_batches: int | None = None) -> Progress:
+    """The outer loop: batch after batch of trajectories until cfg.trajectories are done, `stop()` is
+    true, or `max_batches` batches ran in this call. sample(first, count) gives the tasks of trajectories
+    first … first+count−1; after_batch(progress, stats, trajectories in the batch) logs, evaluates and saves."""
+    n_batches = -(-cfg.trajectories // cfg.batch)
+    stop_at = n_batches if max_batches is None else min(n_batches, progress.batches_done + max_batches)
+    while progress.batches_done < stop_at and not stop():
+        first = progress.batches_done * cfg.batch
+        size = min(cfg.batch, cfg.trajectories - first)
+        stats = train_batch(method, opt, sample(first, size), cfg)
+        progress.batches_done += 1
+        progress.skipped_windows += int(stats["skipped"])
+        after_batch(progress, stats, size)
+    return progress

@@ -1,0 +1,127 @@
+"""Methods as composed transforms: an update rule chained with a teleport policy.
+
+Each step a method reads the gradients at the current weights and returns a `Proposal`: what to subtract
+(`update`) and how to teleport afterwards (`teleport`, any object with an `apply`). `metatele.step` is the
+one place that applies a proposal. Transforms follow optax/torchopt: `init(weights) → state` and
+`propose(proposal, grads, state, *, weights) → (proposal, state)`, composed with `chain`. Update rules add
+their step to the proposal's update, so `chain(sgd(lr), learned_residual)` sums two rules; teleport
+policies set its teleport. Shapes: weights[m] and grads[m] (B, d_{m+1}, d_m).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from metatele.tasks.base import TaskBatch
+
+__all__ = ["Proposal", "Teleport", "Transform", "Method", "Composed", "chain", "identity", "add_update"]
+
+Tensors = list[torch.Tensor]
+
+
+class Teleport(Protocol):
+    """A teleport to apply after the update, computed from the start-of-step gradients."""
+
+    def apply(self, weights: Tensors, task: TaskBatch, step: int) -> Tensors: ...
+
+
+@dataclass
+class Proposal:
+    """What a method wants done this step.
+
+    update: subtracted from the weights (None: no local update).
+    teleport: applied to the updated weights (None: no teleport).
+    info: per-task diagnostics for logging, e.g. "lr" or "teleport_magnitude", each (B,).
+    """
+
+    update: Tensors | None = None
+    teleport: Teleport | None = None
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def add_update(prop: Proposal, update: Tensors) -> Proposal:
+    """The proposal with `update` added to its update (the update itself if there was none)."""
+    total = update if prop.update is None else [a + b for a, b in zip(prop.update, update)]
+    return replace(prop, update=total)
+
+
+@runtime_checkable
+class Transform(Protocol):
+    def init(self, weights: Sequence[torch.Tensor]) -> Any: ...
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], state: Any, *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, Any]: ...
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What `metatele.step.inner_step` runs: a name, a state initializer and a proposer."""
+
+    name: str
+
+    def init_state(self, weights: Sequence[torch.Tensor]) -> Any: ...
+
+    def propose(self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any
+                ) -> tuple[Proposal, Any]: ...
+
+
+@dataclass
+class _Chain:
+    transforms: tuple[Transform, ...]
+
+    def init(self, weights: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+        return tuple(t.init(weights) for t in self.transforms)
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], state: tuple[Any, ...], *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, tuple[Any, ...]]:
+        new_state = []
+        for t, s in zip(self.transforms, state):
+            prop, s = t.propose(prop, grads, s, weights=weights)
+            new_state.append(s)
+        return prop, tuple(new_state)
+
+
+class identity:
+    """The transform that proposes nothing (for example, teleport off)."""
+
+    def init(self, weights: Sequence[torch.Tensor]) -> None:
+        return None
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], state: None, *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, None]:
+        return prop, state
+
+
+def chain(*transforms: Transform) -> Transform:
+    """Apply transforms in order. chain() is `identity()`; chain(t) is t itself.
+
+    >>> from metatele.methods.rules import sgd
+    >>> t = sgd(0.1)
+    >>> chain(t) is t
+    True
+    """
+    if not transforms:
+        return identity()
+    if len(transforms) == 1:
+        return transforms[0]
+    return _Chain(tuple(transforms))
+
+
+@dataclass
+class Composed:
+    """A named method made of one transform (usually `chain(update rule, teleport policy)`)."""
+
+    name: str
+    transform: Transform
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    def init_state(self, weights: Sequence[torch.Tensor]) -> Any:
+        return self.transform.init(weights)
+
+    def propose(self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any
+                ) -> tuple[Proposal, Any]:
+        return self.transform.propose(Proposal(), grads, state, weights=weights)

@@ -1,0 +1,67 @@
+"""Teleports (what to apply after the update) and non-learned teleport policies (when to teleport).
+
+`LieTeleport` applies g = I + T with T given (a learned group element); `AscentTeleport` searches the
+level set by gradient ascent on ‖∇L‖². Both act on the task's teleport data for the step, with the
+task's activation; the task must support the exact GL action (`Symmetry.GL`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from metatele.methods.base import Proposal
+from metatele.teleport.action import teleport
+from metatele.teleport.ascent import gradient_ascent_teleport
+
+if TYPE_CHECKING:
+    from metatele.tasks.base import TaskBatch
+
+__all__ = ["LieTeleport", "AscentTeleport", "ascent_every"]
+
+
+@dataclass
+class LieTeleport:
+    """g_m = I + T_m with T_m (B, k_m, k_m) normalized to `magnitude[m]` (a float or (B,)); exact or the
+    paper's first-order action."""
+
+    T: list[torch.Tensor]
+    magnitude: list[float | torch.Tensor]
+    exact: bool = True
+
+    def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        data = task.teleport_data(step)
+        return teleport(weights, data.batch.X, self.T, self.magnitude, act=task.activation, exact=self.exact,
+                        X_pinv=data.X_pinv)
+
+
+@dataclass
+class AscentTeleport:
+    """`steps` gradient-ascent steps on ‖∇L(g·W)‖² (normalized steps if lr is None)."""
+
+    steps: int = 10
+    lr: float | None = None
+
+    def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr)
+
+
+@dataclass
+class ascent_every:
+    """Teleport by gradient ascent after the update at steps 0, every, 2·every, … (< until)."""
+
+    every: int = 10
+    until: int = 50
+    ascent_steps: int = 10
+    lr: float | None = None
+
+    def init(self, weights: Sequence[torch.Tensor]) -> int:
+        return 0
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], t: int, *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, int]:
+        if t % self.every == 0 and t < self.until:
+            prop = replace(prop, teleport=AscentTeleport(self.ascent_steps, self.lr))
+        return prop, t + 1

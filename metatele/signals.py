@@ -1,0 +1,41 @@
+"""Graceful stopping: the first SIGINT or SIGTERM asks the running loop to stop after its current batch
+(it then saves); a second one aborts at once (KeyboardInterrupt)."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["StopFlag", "stop_on_signals"]
+
+
+class StopFlag:
+    """Callable: True once a stop was requested; `signum` says which signal asked."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[StopFlag]:
+    """Install the handlers for the duration of the block (only in the main thread, where Python allows it)."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {s: signal.signal(s, flag.handle) for s in signums}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

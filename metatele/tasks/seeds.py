@@ -1,0 +1,33 @@
+"""Disjoint task-seed ranges, so that no evaluated task was trained on.
+
+Meta-training draws only from TRAIN_SEEDS (config seed s uses s·TRAIN_STRIDE + i); evaluation defaults to
+EVAL_FIRST_SEED; baseline tuning and held-out logging during training use VALID_FIRST_SEED onwards.
+"""
+from __future__ import annotations
+
+__all__ = ["TRAIN_SEEDS", "EVAL_FIRST_SEED", "VALID_FIRST_SEED", "TRAIN_STRIDE", "MAX_SEED", "train_seeds",
+           "overlaps_training", "overlaps_validation"]
+
+TRAIN_SEEDS = range(10**9)
+EVAL_FIRST_SEED = 10**9
+VALID_FIRST_SEED = 3 * 10**9
+VALID_RANGE = range(VALID_FIRST_SEED, VALID_FIRST_SEED + 10**9)
+TRAIN_STRIDE = 10**7
+MAX_SEED = 2**63 - 1  # torch.Generator seeds are 64-bit
+
+
+def train_seeds(seed: int, start: int, count: int) -> list[int]:
+    """Training task seeds for trajectories start..start+count−1 of a run with config seed `seed`."""
+    first = seed * TRAIN_STRIDE + start
+    if seed < 0 or start < 0 or start + count > TRAIN_STRIDE or first + count > TRAIN_SEEDS.stop:
+        raise ValueError(f"config seed must be in [0, {TRAIN_SEEDS.stop // TRAIN_STRIDE}) and trajectories "
+                         f"≤ {TRAIN_STRIDE}")
+    return list(range(first, first + count))
+
+
+def overlaps_training(first_seed: int, count: int) -> bool:
+    return first_seed < TRAIN_SEEDS.stop and first_seed + count > TRAIN_SEEDS.start
+
+
+def overlaps_validation(first_seed: int, count: int) -> bool:
+    return first_seed < VALID_RANGE.stop and first_seed + count > VALID_RANGE.start

@@ -1,7 +1,8 @@
 """Bias-free MLPs batched over tasks: the activation, the forward pass and the two losses.
 
 Shapes carry a leading task dimension B: X (B, d0, n) with samples as columns, weights[m] (B, d_{m+1}, d_m),
-outputs (B, dL, n). h_0 = X, h_m = σ(W_m h_{m-1}) for m = 1..L-1, f(X) = W_L h_{L-1}.
+outputs (B, dL, n). h_0 = X, h_m = σ(W_m h_{m-1}) for m = 1..L-1, f(X) = W_L h_{L-1}. With bias=True each
+weight is augmented, [W_m b_m] (B, d_{m+1}, d_m + 1), and acts on [h_{m-1}; 1].
 """
 from __future__ import annotations
 
@@ -31,21 +32,29 @@ class LeakyReLU:
         return F.leaky_relu(a, 1.0 / self.slope)
 
 
-def activations(weights: Sequence[torch.Tensor], X: torch.Tensor, act: LeakyReLU) -> list[torch.Tensor]:
+def _linear(W: torch.Tensor, h: torch.Tensor, bias: bool) -> torch.Tensor:
+    """W h, or [W b][h; 1] = W h + b for augmented weights."""
+    if bias:
+        return torch.baddbmm(W[..., -1:], W[..., :-1], h)
+    return torch.bmm(W, h)
+
+
+def activations(weights: Sequence[torch.Tensor], X: torch.Tensor, act: LeakyReLU, bias: bool = False
+                ) -> list[torch.Tensor]:
     """Post-activation hidden layers [h_1, ..., h_{L-1}], each (B, d_m, n)."""
     hs, h = [], X
     for W in weights[:-1]:
-        h = act(torch.bmm(W, h))
+        h = act(_linear(W, h, bias))
         hs.append(h)
     return hs
 
 
-def forward(weights: Sequence[torch.Tensor], X: torch.Tensor, act: LeakyReLU) -> torch.Tensor:
-    """Network output W_L h_{L-1}, shape (B, dL, n)."""
+def forward(weights: Sequence[torch.Tensor], X: torch.Tensor, act: LeakyReLU, bias: bool = False) -> torch.Tensor:
+    """Network output W_L h_{L-1} (+ b_L), shape (B, dL, n)."""
     h = X
     for W in weights[:-1]:
-        h = act(torch.bmm(W, h))
-    return torch.bmm(weights[-1], h)
+        h = act(_linear(W, h, bias))
+    return _linear(weights[-1], h, bias)
 
 
 def squared_loss(out: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,10 @@ It keeps the loss on X exactly when every h_{m-1} (d × n) has full column rank 
 processed in order, propagating h_m' = g_m h_m. Shapes: weights[m] (B, d_{m+1}, d_m); X (B, d0, n);
 g and T are lists with one (B, k_m, k_m) tensor per hidden layer. `act` is the network's invertible
 activation (`metatele.tasks.LeakyReLU`).
+
+With bias=True every weight is augmented, W̃_m = [W_m b_m] (B, d_{m+1}, d_m + 1), acting on [h; 1]: the
+action uses h̃ = [h; 1] in place of h (exact when n ≤ d + 1) and W_{m+1} g⁻¹ touches only the first k_m
+columns of W̃_{m+1}, so the biases of the next layer are unchanged.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from metatele.errors import RankDeficientError
 if TYPE_CHECKING:
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["pinv_full_rank", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
+__all__ = ["pinv_full_rank", "with_ones", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
 
 Weights = list[torch.Tensor]
 
@@ -53,6 +57,11 @@ def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor
     return torch.linalg.solve_triangular(R, Q.transpose(-2, -1), upper=True)
 
 
+def with_ones(h: torch.Tensor) -> torch.Tensor:
+    """[h; 1]: h (B, d, n) with a row of ones appended, (B, d + 1, n)."""
+    return torch.cat([h, h.new_ones(h.shape[0], 1, h.shape[2])], dim=1)
+
+
 def _pairwise_action(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
@@ -61,21 +70,28 @@ def _pairwise_action(
     act: LeakyReLU,
     least_squares: bool,
     X_pinv: torch.Tensor | None,
+    bias: bool = False,
 ) -> Weights:
-    """Shared pair-by-pair action; `right(W_next, m)` maps W_{m+1} to its transformed value."""
+    """Shared pair-by-pair action; `right(W_next, m)` maps W_{m+1} (its first k_m columns if bias) to its
+    transformed value. X_pinv, if given, is the pseudo-inverse of the first layer's input ([X; 1] if bias)."""
     if len(g) != len(weights) - 1:
         raise ValueError(f"need one group element per hidden layer ({len(weights) - 1}), got {len(g)}")
     new = list(weights)
     h = X
     for m, gm in enumerate(g):
-        hp = X_pinv if (m == 0 and X_pinv is not None) else pinv_full_rank(h, least_squares)
-        a = torch.bmm(gm, act(torch.bmm(new[m], h)))  # g σ(W_m h_{m-1}) = h_m'
+        hin = with_ones(h) if bias else h
+        hp = X_pinv if (m == 0 and X_pinv is not None) else pinv_full_rank(hin, least_squares)
+        a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
         W = torch.bmm(z, hp)
         # One step of iterative refinement on the residual z − W h: deep layers of all-positive
         # nets have cond(h) up to ~1e9, and this brings the loss change back to ~1e-15.
-        new[m] = W + torch.bmm(z - torch.bmm(W, h), hp)
-        new[m + 1] = right(new[m + 1], m)
+        new[m] = W + torch.bmm(z - torch.bmm(W, hin), hp)
+        if bias:
+            k = gm.shape[-1]
+            new[m + 1] = torch.cat([right(new[m + 1][..., :k], m), new[m + 1][..., k:]], dim=-1)
+        else:
+            new[m + 1] = right(new[m + 1], m)
         h = a
     return new
 
@@ -88,10 +104,11 @@ def group_action(
     act: LeakyReLU,
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
+    bias: bool = False,
 ) -> Weights:
     """Exact action of invertible g_m (B, k_m, k_m) on every hidden layer. X_pinv: optional cached X⁺."""
     return _pairwise_action(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), act,
-                            least_squares, X_pinv)
+                            least_squares, X_pinv, bias)
 
 
 def normalize(T: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Tensor:
@@ -110,6 +127,7 @@ def teleport(
     exact: bool = True,
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
+    bias: bool = False,
 ) -> Weights:
     """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm `magnitude` (None: as given).
     magnitude may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
@@ -123,19 +141,22 @@ def teleport(
     eye = [torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) for t in T]
     g = [e + t for e, t in zip(eye, T)]
     if exact:
-        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv)
-    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv)
+        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias)
+    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv, bias)
 
 
 def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weights:
     """Positive diagonal rescaling g_m = diag(exp(s_m)), s_m (B, k_m): exact for any data.
 
-    W_m → diag(e^s) W_m, W_{m+1} → W_{m+1} diag(e^-s), since σ(c z) = c σ(z) for c > 0.
+    W_m → diag(e^s) W_m, W_{m+1} → W_{m+1} diag(e^-s), since σ(c z) = c σ(z) for c > 0. With augmented
+    weights [W b] the bias of layer m scales with its row and the next layer's bias column is unchanged.
     """
     new = list(weights)
     for m, sm in enumerate(s):
+        k = sm.shape[-1]
         new[m] = new[m] * sm.exp()[:, :, None]
-        new[m + 1] = new[m + 1] * (-sm).exp()[:, None, :]
+        nxt = new[m + 1]
+        new[m + 1] = torch.cat([nxt[..., :k] * (-sm).exp()[:, None, :], nxt[..., k:]], dim=-1)
     return new
 
 

@@ -30,4 +30,4 @@ def test_refuses_what_it_cannot_teleport():
         inspect_mlp(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
     m = mlp(True)
     with pytest.raises(ConfigError, match="too large"):
-        teleport_(m, torch.randn(7, 8, dtype=torch.float64), [torch.zeros(6, 6), torch.zeros(5, 5)], 0.1)
+        teleport_(m, torch.randn(8, 8, dtype=torch.float64), [torch.zeros(6, 6), torch.zeros(5, 5)], 0.1)

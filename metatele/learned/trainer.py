@@ -1,7 +1,8 @@
 """Truncated-BPTT meta-training of a learned method over batched inner trajectories.
 
-B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `steps` inner
-steps is cut into windows of `unroll` steps; after each window the meta-loss (a weighted sum of the inner
+B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `horizon(cfg, b)`
+inner steps (fixed, or log-uniform between cfg.min_steps and cfg.steps per batch b) is cut into windows of
+`unroll` steps; after each window the meta-loss (a weighted sum of the inner
 losses after each step, plain or log) is back-propagated into the method's parameters, Adam takes a
 clipped step, and the weights and method state are detached. A window whose losses or meta-gradient are
 non-finite is skipped (no update), counted, and its batch abandoned.
@@ -11,6 +12,7 @@ checkpoints and stopping are the caller's (`metatele.train` wires them in as cal
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,7 +26,8 @@ from metatele.tasks.base import TaskBatch
 if TYPE_CHECKING:
     from metatele.config import TrainConfig
 
-__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "train_batch", "meta_train"]
+__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "horizon", "train_batch",
+           "meta_train"]
 
 
 class Learnable(Method, Protocol):
@@ -88,15 +91,26 @@ def detach(tree: Any) -> Any:
     return tree
 
 
-def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig) -> dict[str, float]:
-    """Meta-train on one batch of trajectories (one meta-update per window); returns mean statistics,
-    including "skipped" (1 if a window diverged and the batch was abandoned)."""
+def horizon(cfg: TrainConfig, batch: int) -> int:
+    """The trajectory length of batch `batch`: cfg.steps, or, if cfg.min_steps > 0, a draw log-uniform in
+    [min_steps, steps] rounded to a multiple of unroll (deterministic in cfg.seed and the batch index)."""
+    if not cfg.min_steps:
+        return cfg.steps
+    u = float(torch.rand((), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch), dtype=torch.float64))
+    length = math.exp(math.log(cfg.min_steps) + u * (math.log(cfg.steps) - math.log(cfg.min_steps)))
+    return min(cfg.steps, max(cfg.unroll, cfg.unroll * round(length / cfg.unroll)))
+
+
+def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig,
+                steps: int | None = None) -> dict[str, float]:
+    """Meta-train on one batch of trajectories of `steps` inner steps (default cfg.steps), one meta-update per
+    window; returns mean statistics, including "skipped" (1 if a window diverged and the batch was abandoned)."""
     params = list(method.parameters())
     weights = task.init_weights()
     state = method.init_state(weights)
     stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": []}
     skipped = 0
-    for start in range(0, cfg.steps, cfg.unroll):
+    for start in range(0, steps or cfg.steps, cfg.unroll):
         win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order)
         for k, v in win.info.items():
             stats.setdefault(k, []).extend(v)
@@ -131,7 +145,7 @@ def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, 
     while progress.batches_done < stop_at and not stop():
         first = progress.batches_done * cfg.batch
         size = min(cfg.batch, cfg.trajectories - first)
-        stats = train_batch(method, opt, sample(first, size), cfg)
+        stats = train_batch(method, opt, sample(first, size), cfg, horizon(cfg, progress.batches_done))
         progress.batches_done += 1
         progress.skipped_windows += int(stats["skipped"])
         after_batch(progress, stats, size)

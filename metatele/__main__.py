@@ -3,6 +3,6 @@ from __future__ import annotations
 
 import sys
 
-from metatele.cli import main
+from metatele.entry import main
 
 sys.exit(main())

@@ -10,36 +10,39 @@ a file that is not safetensors (a pickle, a zip from torch.save, truncated, empt
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from metatele import checks, io_safety
 from metatele._version import __version__
-from metatele.errors import CheckpointError
+from metatele.errors import CheckpointError, NonFiniteError
 from metatele.learned.meta_optimizer import MetaOptimizer, MetaOptSpec
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_KEY = "metatele"
 FORMAT = 1
+ADAM_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch.optim.Adam's per-parameter state
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Call write(tmp_path) and rename the finished file over `path`."""
+    """Call write(tmp_path) and rename the finished file over `path`. An operating-system error (disk full,
+    read-only, permission denied, …) raises StorageError; `path` is then as it was and no temporary file stays."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = io_safety.temp_file(path.parent, path.name)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
@@ -47,29 +50,59 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        kept = " (the previous file is unchanged)" if path.is_file() else ""
+        raise io_safety.storage_error(e, f"cannot write {path}{kept}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _write_bytes(path: str, data: bytes) -> None:
+    """The writer behind every atomic write of bytes (tests replace it to simulate a full disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: _write_bytes(tmp, data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_bytes(path, text.encode())
+
+
+def _nonfinite_keys(obj: Any, where: str = "") -> list[str]:
+    """Where in a JSON-like value a float is NaN or ±inf (dotted keys, [i] for list items)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [where or "(top)"]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in _nonfinite_keys(v, f"{where}.{key}" if where else str(key))]
+    if isinstance(obj, (list, tuple)):
+        return [k for i, v in enumerate(obj) for k in _nonfinite_keys(v, f"{where}[{i}]")]
+    return []
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors and JSON metadata atomically. NaN and inf are refused (NonFiniteError), in the tensors
+    and in the metadata alike: they never reach the disk."""
     meta = {"format": FORMAT, "version": __version__, **meta}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)}))
+    bad = [f"tensor {k}" for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad += [f"metadata {k}" for k in _nonfinite_keys(meta)]
+    if bad:
+        raise NonFiniteError(f"refusing to write {path}: {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} "
+                             "holds NaN or inf")
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
 def _sniff(path: Path) -> None:
-    """Refuse files that are clearly not safetensors before handing them to the parser."""
+    """Refuse files that are clearly not safetensors before handing them to the parser (a FIFO or a device at
+    once, without reading it)."""
+    size = io_safety.regular_file(path, CheckpointError, "checkpoint")
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(9)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
     if size == 0:
@@ -100,19 +133,31 @@ def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path} is a safetensors file without metatele metadata")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path} has unreadable metatele metadata") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has metatele metadata that is not a JSON object")
     return tensors, meta
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights that are not floating point (an int or bool tensor would be silently cast) or that hold
+    NaN or inf."""
+    for k, v in tensors.items():
+        if not v.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {k} has dtype {v.dtype}; weights must be floating point")
+        if not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: tensor {k} holds NaN or inf")
 
 
 LEGACY_SPEC_KEYS = {"eps": "magnitude"}  # format-1 files written before 0.2 named the teleport magnitude "eps"
 
 
 def spec_from_meta(meta: dict[str, Any], path: str | Path) -> MetaOptSpec:
-    """The MetaOptSpec in (untrusted) checkpoint metadata, or CheckpointError."""
+    """The MetaOptSpec in (untrusted) checkpoint metadata, or CheckpointError. Types and ranges are checked
+    (by MetaOptSpec) before anything is allocated."""
     try:
         spec_d = {LEGACY_SPEC_KEYS.get(k, k): v for k, v in dict(meta["spec"]).items()}
-        spec_d["widths"] = tuple(spec_d["widths"])
         return MetaOptSpec(**spec_d)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata has no valid meta-optimizer spec ({e})") from None
@@ -142,6 +187,7 @@ def model_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str
         raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
     if widths is not None and tuple(widths) != spec.widths:
         raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
+    check_tensors(tensors, path)
     model = MetaOptimizer(spec)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
                             or tensors, path)
@@ -173,18 +219,36 @@ def save_train_state(path: str | Path, model: nn.Module, opt: torch.optim.Optimi
 
 def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module,
                         opt: torch.optim.Optimizer, path: str | Path) -> None:
-    """Load a read training state into template `model` and `opt` (built from the stored config)."""
+    """Load a read training state into template `model` and `opt` (built from the stored config), after
+    checking it as untrusted input: tensor names, dtypes, shapes and finiteness, and param groups equal to
+    the template's (the config fixes them)."""
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state")
+    check_tensors(tensors, path)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     device = next(model.parameters()).device
+    params = list(model.parameters())
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
-        if k.startswith("adam."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
+        if k.startswith("model."):
+            continue
+        _, i, name = (k.split(".", 2) + ["", ""])[:3] if k.startswith("adam.") else ("", "", "")
+        if not (i.isdigit() and int(i) < len(params) and name in ADAM_STATE):
+            raise CheckpointError(f"{path}: unexpected tensor {k} in the training state")
+        want = () if name == "step" else tuple(params[int(i)].shape)
+        if tuple(v.shape) != want:
+            raise CheckpointError(f"{path}: optimizer tensor {k} has shape {tuple(v.shape)}, the model implies {want}")
+        if name == "step" and float(v) < 0:
+            raise CheckpointError(f"{path}: optimizer step count {k} is negative ({float(v)})")
+        state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
+    groups = meta.get("adam_param_groups")
+    fresh = json.loads(json.dumps(opt.state_dict()["param_groups"]))  # what the stored config implies
+    if not (isinstance(groups, list) and len(groups) == len(fresh) and all(
+            isinstance(g, dict) and "params" in g and all(g[k] == f[k] for k in g.keys() & f.keys())
+            for g, f in zip(groups, fresh))):
+        raise CheckpointError(f"{path}: the optimizer's settings (adam_param_groups) do not match its config")
     try:
-        opt.load_state_dict({"state": state, "param_groups": meta["adam_param_groups"]})
+        opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
 

@@ -1,23 +1,29 @@
-"""Command line: `metatele train | eval | compare | repdyn`. User errors print one line and exit 2."""
+"""Command line: `metatele train | eval | compare | repdyn`. User errors print one line and exit 2, and so do
+operating-system errors (disk full, permission denied, …); Ctrl-C prints one line and exits 130. Output
+locations are checked before any long work. The program's entry point is `metatele.entry`."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, config, train
+from metatele import checkpoints, config, io_safety, train
 from metatele._version import __version__
-from metatele.errors import CheckpointError, ConfigError, MetateleError, SeedOverlapError, TrainStateExistsError
+from metatele.errors import CheckpointError, ConfigError, MetateleError, TrainStateExistsError
 from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
 from metatele.tasks import PAPER_N, RegressionFamily, TaskFamily, family_from_dict
-from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
+from metatele.tasks.seeds import EVAL_FIRST_SEED, MAX_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
 
 VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
+MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
+MAX_WORKERS = 1024     # repdyn --workers
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,37 +31,76 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"metatele: error: {message} (see '{self.prog} --help')\n")
 
 
-def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (a float such as 2.5 is refused, not truncated)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {v}")
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {v}")
         return v
 
     return parse
 
 
-positive_int = _int_at_least(1, "positive")
-nonneg_int = _int_at_least(0, "non-negative")
+positive_int = _int_in(1, 10**7)
+nonneg_int = _int_in(0, MAX_SEED)
+task_count = _int_in(1, MAX_TASKS)
+
+
+def device_name(text: str) -> str:
+    """An argparse type: cpu, cuda or cuda:N."""
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def resolve_device(name: str) -> str:
+    """`name` if this machine has that device, else ConfigError."""
+    if not DEVICE.fullmatch(name):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
     return name
 
 
+def _check_outputs(out: Path, logdir: Path | None) -> None:
+    """Before long work: --out and --logdir must be writable directories; stray temporary files of earlier,
+    interrupted runs in --out are removed."""
+    io_safety.check_output_dir(out, "--out")
+    if logdir is not None:
+        io_safety.check_output_dir(logdir, "--logdir")
+    io_safety.clean_stray_temps(out)
+
+
+def _warn(message: str) -> None:
+    print(f"metatele: warning: {message}", file=sys.stderr)
+
+
+def _warn_missing_checkpoints(ckdir: Path) -> None:
+    """One warning line naming the learned methods without a checkpoint in `ckdir` (they are skipped)."""
+    missing = [name for name, path in compare.learned_paths(ckdir).items() if not path.exists()]
+    if len(missing) == len(LEARNED):
+        _warn(f"{ckdir} holds no learned checkpoint (<method>/{checkpoints.MODEL_FILE}); skipped "
+              f"{', '.join(missing)}: only the baselines run")
+    elif missing:
+        _warn(f"{ckdir} has no checkpoint for {', '.join(missing)}; skipped")
+
+
 def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
-    p.add_argument("--tasks", type=positive_int, default=64, help="number of unseen tasks (default 64)")
+    p.add_argument("--tasks", type=task_count, default=64, help=f"number of unseen tasks, 1..{MAX_TASKS} (default 64)")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
-                   help=f"first task seed; tasks are S..S+tasks-1 (default {EVAL_FIRST_SEED}, disjoint from training)")
+                   help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint from "
+                   "training and validation)")
     p.add_argument("--logdir", default=logdir_default, help=f"TensorBoard log directory (default {logdir_default})")
     p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--repdyn", action="store_true",
                    help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
@@ -71,9 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
-    t.add_argument("--resume", action="store_true", help="continue from the training state in --out")
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if --out holds checkpoints (they are replaced at the first save)")
     t.add_argument("--logdir", help="TensorBoard log directory (default runs/NAME)")
-    t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    t.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
@@ -89,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "own single-threaded process, one per core.")
     r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
     r.add_argument("--checkpoints", default=None, help="learned optimizers to probe (default: shipped)")
-    r.add_argument("--tasks", type=positive_int, default=8, help="teleport tasks probed per optimizer (default 8)")
+    r.add_argument("--tasks", type=task_count, default=8, help="teleport tasks probed per optimizer (default 8)")
     r.add_argument("--out", default="results/repdyn", help="directory for figures and the table")
     r.add_argument("--json", help="write the fits as JSON to this file")
-    r.add_argument("--workers", type=nonneg_int, default=0,
+    r.add_argument("--workers", type=_int_in(0, MAX_WORKERS), default=0,
                    help="networks trained at once, one process each (default 0: one per CPU core)")
     r.add_argument("--no-progress", action="store_true")
     return p
@@ -104,25 +152,30 @@ def cmd_train(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     out = Path(a.out)
     logdir = Path(a.logdir) if a.logdir else Path("runs") / out.name
+    _check_outputs(out, logdir)
     try:
-        run = train.run(cfg, out, resume=a.resume, device=device, logdir=logdir, progress=not a.no_progress)
+        run = train.run(cfg, out, resume=a.resume, overwrite=a.overwrite, device=device, logdir=logdir,
+                        progress=not a.no_progress)
     except TrainStateExistsError as e:
-        raise ConfigError(f"{e} (pass --resume to continue it, or another --out)") from None
+        resume = "--resume to continue its training state, " if (out / checkpoints.STATE_FILE).exists() else ""
+        raise ConfigError(f"{e}; refusing to replace it (pass {resume}--overwrite to replace it, or choose "
+                          "another --out)") from None
     state = "interrupted; saved" if run.interrupted else "done"
     print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} diverged "
           f"windows skipped; checkpoint {out}/, TensorBoard {logdir}")
-    return 130 if run.interrupted else 0
+    return 128 + (run.stop_signal or 0) if run.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
 
 
 def _check_seeds(a: argparse.Namespace) -> None:
     try:
         compare.check_test_seeds(a.first_seed, a.tasks)
-    except SeedOverlapError as e:
-        raise SeedOverlapError(f"{e} (--first-seed)") from None
+    except ConfigError as e:
+        raise type(e)(f"{e} (--first-seed)") from None
 
 
 def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[TaskFamily, str], list[compare.Entry]]) -> int:
     device = resolve_device(a.device)
+    _check_outputs(Path(a.out), Path(a.logdir))
     test = compare.test_tasks(family, a.first_seed, a.tasks, device)
     methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
@@ -140,6 +193,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     if not ckdir.is_dir():
         raise ConfigError(f"checkpoint directory not found: {ckdir}")
+    _warn_missing_checkpoints(ckdir)
 
     def entries(family: TaskFamily, device: str) -> list[compare.Entry]:
         valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + VALIDATION_TASKS), device=device)
@@ -162,21 +216,36 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_repdyn(a: argparse.Namespace) -> int:
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
+    _check_outputs(Path(a.out), None)
+    if a.json:
+        io_safety.check_output_file(Path(a.json), "--json")
+        io_safety.clean_stray_temps(Path(a.json).parent)
+    if not a.quick:  # the full run also probes the learned optimizers
+        if not ckdir.is_dir():
+            raise ConfigError(f"checkpoint directory not found: {ckdir}")
+        _warn_missing_checkpoints(ckdir)
     return repdyn_paper.main(quick=a.quick, out=Path(a.out), json_path=a.json, checkpoints_dir=ckdir,
                              n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    if a.command is None:
-        parser.print_help()
-        return 0
-    handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn}[a.command]
     try:
+        parser = build_parser()
+        a = parser.parse_args(argv)
+        if a.command is None:
+            parser.print_help()
+            return 0
+        handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn}[a.command]
         return handler(a)
     except MetateleError as e:
         print(f"metatele: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file-system error no check foresaw: one line too, never a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"metatele: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError):
+        print("metatele: error: out of memory; use fewer --tasks or a smaller config", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metatele: interrupted", file=sys.stderr)

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from metatele import checks, io_safety
+from metatele.datasets import DATASETS
 from metatele.errors import ConfigError
 from metatele.learned.meta_optimizer import MetaOptSpec
 from metatele.methods.registry import LEARNED
 from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, RegressionFamily, TaskFamily
+from metatele.tasks.seeds import TRAIN_SEEDS, TRAIN_STRIDE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +28,18 @@ __all__ = ["TrainConfig", "load", "to_dict", "TASKS", "META_LOSSES"]
 
 TASKS = ("regression", "classification")
 META_LOSSES = ("sum", "log")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_META_LR = 10.0  # Adam's first steps move by ≈ 10·meta_lr: far above this, float32 overflows in the update
+INT_RANGES = {  # allowed ranges of the integer keys: sane upper bounds, so that a typo cannot exhaust memory
+    "trajectories": (1, TRAIN_STRIDE), "steps": (1, 10**7), "min_steps": (0, 10**7), "unroll": (1, 10**4),
+    "batch": (1, 4096), "hidden": (1, checks.MAX_HIDDEN), "n": (1, checks.MAX_SAMPLES), "eval_tasks": (1, 4096),
+    "data_batch": (1, checks.MAX_SAMPLES), "eval_every": (0, 10**9), "ckpt_every": (0, 10**9),
+    "seed": (0, TRAIN_SEEDS.stop // TRAIN_STRIDE - 1),
+}
+RANGE_NOTES = {
+    "trajectories": f" (each config seed owns {TRAIN_STRIDE} training task seeds)",
+    "seed": f" (config seed s meta-trains on task seeds s·{TRAIN_STRIDE} … (s+1)·{TRAIN_STRIDE}−1)",
+}
 
 
 @dataclass
@@ -60,34 +75,46 @@ class TrainConfig:
     ckpt_every: int = 20          # checkpoint every N batches (and at the end / on interrupt)
 
     def validate(self) -> TrainConfig:
-        """Check every value once; raise ConfigError naming the config key."""
-        for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks", "data_batch"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "ckpt_every", "seed", "min_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        for name, value, allowed in (("method", self.method, tuple(LEARNED)), ("task", self.task, TASKS),
-                                     ("meta_loss", self.meta_loss, META_LOSSES), ("law", self.law, tuple(LAWS))):
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+        """Check every value once, types and ranges first (before anything is built); raise ConfigError naming
+        the config key, and for a combination the `--set`/`--method` options that change it."""
+        for name, (lo, hi) in INT_RANGES.items():
+            try:
+                checks.integer(name, getattr(self, name), lo, hi)
+            except ValueError as e:
+                raise ConfigError(f"{e}{RANGE_NOTES.get(name, '')}") from None
+        try:
+            for name in ("magnitude", "clip", "out_scale", "loss_growth", "slope"):
+                checks.positive_float(name, getattr(self, name))
+            checks.positive_float("meta_lr", self.meta_lr, MAX_META_LR)
+            for name in ("exact", "gate", "second_order"):
+                checks.boolean(name, getattr(self, name))
+            for name, allowed in (("method", tuple(LEARNED)), ("task", TASKS), ("meta_loss", META_LOSSES),
+                                  ("law", tuple(LAWS)), ("dataset", DATASETS)):
+                checks.choice(name, getattr(self, name), allowed)
+            checks.widths("widths", self.widths)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.steps % self.unroll:
-            raise ConfigError(f"steps ({self.steps}) must be a multiple of unroll ({self.unroll})")
+            raise ConfigError(f"steps ({self.steps}) must be a multiple of unroll ({self.unroll}) "
+                              "(--set steps=… or --set unroll=…)")
         if self.min_steps and not self.unroll <= self.min_steps <= self.steps:
             raise ConfigError(f"min_steps ({self.min_steps}) must be between unroll ({self.unroll}) and steps "
                               f"({self.steps}), or 0 for a fixed length")
-        if not (self.meta_lr > 0 and self.magnitude > 0 and self.clip > 0 and self.out_scale > 0
-                and self.loss_growth > 0):
-            raise ConfigError("meta_lr, magnitude, clip, out_scale and loss_growth must be positive")
         try:
-            self.family()
+            family = self.family()
             self.spec()
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if LEARNED[self.method].teleport and self.task == "regression" and self.n > min(self.widths[:-2]):
             raise ConfigError(
                 f"n={self.n} samples exceed a hidden-layer input width in {self.widths}: the exact group action "
-                "needs n ≤ every width from the input to the last hidden layer's input")
+                "needs n ≤ every width from the input to the last hidden layer's input (lower --set n=…, widen "
+                "--set widths=…, or train a method without teleport, --method lstm-update)")
+        if isinstance(family, ClassificationFamily):
+            try:
+                family.check_dataset()
+            except ConfigError as e:
+                raise ConfigError(f"{e} (--set widths=…)") from None
         return self
 
     def family(self) -> TaskFamily:
@@ -104,53 +131,71 @@ class TrainConfig:
                            gate=self.gate, out_scale=self.out_scale, update_form=self.update_form)
 
 
-def _coerce(name: str, typ: Any, value: Any) -> Any:
-    typ = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list}.get(typ, typ)
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list}
+
+
+def _name(typ: type) -> str:
+    return "a list of int" if typ is list else typ.__name__
+
+
+def _parse(name: str, typ: Any, text: str) -> Any:
+    """A `--set KEY=VALUE` string as the key's type (int("20.7") and int("1e3") fail: no truncation)."""
+    typ = _TYPES.get(typ, typ)
     try:
         if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes"):
-                return True
-            if str(value).lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
+            if text.lower() not in ("true", "1", "yes", "false", "0", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
         if typ is list:
-            if isinstance(value, str):
-                value = [v for v in value.strip("[]() ").split(",") if v.strip()]
-            return [_coerce(name, int, v) for v in value]
-        if typ is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
-            raise ValueError
-        if typ is float and isinstance(value, bool):
-            raise ValueError
-        return typ(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {name!r} expects {typ.__name__}, got {value!r}") from None
+            return [int(v) for v in text.strip("[]() ").split(",") if v.strip()]
+        return typ(text)
+    except ValueError:
+        raise ConfigError(f"config key {name!r} expects {_name(typ)}, got {text!r}") from None
+
+
+def _typed(name: str, typ: Any, value: Any) -> Any:
+    """A TOML or keyword value, if it has the key's type. Strict: a float is not an int (20.7 and 20.0 are
+    refused, not truncated), a bool is not a number, a string is not a number or a bool."""
+    typ = _TYPES.get(typ, typ)
+    integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    ok = {bool: lambda: isinstance(value, bool), int: lambda: integer(value), str: lambda: isinstance(value, str),
+          float: lambda: integer(value) or isinstance(value, float),
+          list: lambda: isinstance(value, (list, tuple)) and all(integer(v) for v in value)}[typ]()
+    if not ok or (typ is float and integer(value) and abs(value) > 1e308):  # an int too large for a float
+        raise ConfigError(f"config key {name!r} expects {_name(typ)}, got {value!r}")
+    return float(value) if typ is float else list(value) if typ is list else value
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **kw: Any) -> TrainConfig:
     """Build a config: defaults ← TOML file ← keyword values ← `key=value` overrides; then validate."""
     values: dict[str, Any] = {}
     if path is not None:
+        if io_safety.regular_file(Path(path), ConfigError, "config file") > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; not a config")
         try:
             values.update(tomllib.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
     values.update(kw)
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    texts: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
-        values[k.strip()] = v.strip()
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - set(types))
+        texts[k.strip()] = v.strip()
+    unknown = sorted((set(values) | set(texts)) - set(types))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(types)}")
-    return TrainConfig(**{k: _coerce(k, types[k], v) for k, v in values.items()}).validate()
+    typed = {k: _typed(k, types[k], v) for k, v in values.items()}  # an overridden value must still be valid
+    typed.update({k: _parse(k, types[k], v) for k, v in texts.items()})
+    return TrainConfig(**typed).validate()
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

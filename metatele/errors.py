@@ -31,3 +31,16 @@ class TrainStateExistsError(TrainStateError):
 
 class SeedOverlapError(ConfigError):
     """Evaluation task seeds overlap the seeds meta-training draws from."""
+
+
+class StorageError(MetateleError):
+    """A file or directory cannot be read or written: disk full, read-only, permission denied, a file where a
+    directory is needed, a name too long. Earlier files are left as they were."""
+
+
+class NonFiniteError(MetateleError):
+    """NaN or inf was about to be written, or meta-training produced non-finite meta-parameters."""
+
+
+class OutputInUseError(TrainStateError):
+    """Another running training holds the lock on the output directory."""

@@ -1,5 +1,6 @@
 """Graceful stopping: the first SIGINT or SIGTERM asks the running loop to stop after its current batch
-(it then saves); a second one aborts at once (KeyboardInterrupt)."""
+(it then saves); a second one aborts at once (KeyboardInterrupt). And worker processes that leave Ctrl-C to
+their parent (`sigint_ignored_by_children`)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["StopFlag", "stop_on_signals"]
+__all__ = ["StopFlag", "stop_on_signals", "sigint_ignored_by_children"]
 
 
 class StopFlag:
@@ -39,3 +40,19 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_children() -> Iterator[None]:
+    """Start worker processes inside this block: they inherit SIGINT ignored (Python keeps an inherited
+    "ignore"), so Ctrl-C, which the terminal sends to the whole process group, is handled by this process
+    alone (one line, no traceback from each worker). The block should only start processes: a SIGINT
+    arriving during it is ignored here too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

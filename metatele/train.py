@@ -2,14 +2,16 @@
 the trainer (`metatele.learned.trainer`) to held-out evaluation, logging, checkpoints and signals."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from metatele import checkpoints, config
+from metatele import checkpoints, checks, config, io_safety
 from metatele.config import TrainConfig
-from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError
+from metatele.errors import ConfigError, NonFiniteError, TrainStateError, TrainStateExistsError
 from metatele.evaluation.heldout import HeldOut
 from metatele.learned.log import TrainLog
 from metatele.learned.meta_optimizer import MetaOptimizer
@@ -17,7 +19,7 @@ from metatele.learned.trainer import Progress, meta_train
 from metatele.signals import stop_on_signals
 from metatele.tasks.seeds import train_seeds
 
-__all__ = ["Run", "build", "restore", "save", "run"]
+__all__ = ["Run", "build", "restore", "start", "save", "run"]
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Run:
     opt: torch.optim.Adam
     progress: Progress
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that interrupted it (SIGINT or SIGTERM)
 
     @property
     def trajectories_seen(self) -> int:
@@ -51,13 +54,59 @@ def restore(path: Path, device: str | torch.device = "cpu") -> Run:
         raise TrainStateError(f"{path} is not a training state")
     try:
         cfg = config.load(**meta["config"])
-        progress = Progress(int(meta["batches_done"]), int(meta["skipped_windows"]), list(meta.get("history", [])))
+        progress = _progress(meta, cfg)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise TrainStateError(f"{path}: the training state's metadata is invalid ({e})") from None
     run_ = build(cfg, device)
     run_.progress = progress
     checkpoints.restore_train_state(tensors, meta, run_.model, run_.opt, path)
     return run_
+
+
+def _progress(meta: dict[str, Any], cfg: TrainConfig) -> Progress:
+    """The progress in (untrusted) training-state metadata: counters in range (at most one skipped window per
+    batch), the held-out history a list of {name: finite number or null}."""
+    done = checks.integer("batches_done", meta["batches_done"], 0, -(-cfg.trajectories // cfg.batch))
+    skipped = checks.integer("skipped_windows", meta["skipped_windows"], 0, done)
+    history = meta.get("history", [])
+    number = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))  # noqa: E731
+    if not (isinstance(history, list)
+            and all(isinstance(h, dict) and all(isinstance(k, str) and number(v) for k, v in h.items()) for h in history)):
+        raise ValueError("history must be a list of {name: finite number or null}")
+    return Progress(done, skipped, history)
+
+
+def start(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
+          device: str | torch.device = "cpu") -> Run:
+    """The run to continue or to begin in `out`, never silently replacing what is there: `resume` needs a
+    training state there (with an equal config); a fresh run needs a directory without checkpoints, unless
+    `overwrite` (then they are replaced at the first save)."""
+    state = out / checkpoints.STATE_FILE
+    if resume:
+        if not state.exists():
+            raise TrainStateError(f"{out} holds no training state ({checkpoints.STATE_FILE}) to resume")
+        run_ = restore(state, device)
+        old, new = config.to_dict(run_.cfg), config.to_dict(cfg)
+        if old != new:
+            raise TrainStateError(f"the config differs from the training state's in {', '.join(k for k in new if old[k] != new[k])}")
+        return run_
+    found = [f for f in (checkpoints.STATE_FILE, checkpoints.MODEL_FILE) if (out / f).exists()]
+    if found and not overwrite:
+        raise TrainStateExistsError(f"{out} already holds {' and '.join(found)}")
+    return build(cfg, device)
+
+
+def _check_finite(run_: Run, out: Path) -> None:
+    """Stop with NonFiniteError as soon as a meta-parameter is NaN or inf. Nothing more is saved, so `out`
+    keeps the last (finite) checkpoint."""
+    params = dict(run_.model.named_parameters())
+    if bool(torch.stack([torch.isfinite(p).all() for p in params.values()]).all()):
+        return
+    bad = next(n for n, p in params.items() if not bool(torch.isfinite(p).all()))
+    kept = (f"{out} keeps its last finite checkpoint" if (out / checkpoints.STATE_FILE).exists()
+            else "nothing was saved")
+    raise NonFiniteError(f"meta-parameters became non-finite in batch {run_.progress.batches_done} ({bad} holds NaN "
+                         f"or inf); training stopped and {kept} (try a smaller meta_lr or clip)")
 
 
 def save(run_: Run, out: Path) -> None:
@@ -71,25 +120,30 @@ def save(run_: Run, out: Path) -> None:
                            trajectories_seen=run_.trajectories_seen, history=p.history)
 
 
-def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str | torch.device = "cpu",
-        logdir: str | Path | None = None, progress: bool = True, max_batches: int | None = None) -> Run:
+def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+        device: str | torch.device = "cpu", logdir: str | Path | None = None, progress: bool = True,
+        max_batches: int | None = None) -> Run:
     """Meta-train per cfg, checkpointing into directory `out` and logging to TensorBoard `logdir`.
 
-    resume: continue the training state in `out` (its config must equal cfg). max_batches: stop (and save)
-    after this many batches in this call; a later resume continues. The first SIGINT/SIGTERM stops after
-    the current batch and saves (`Run.interrupted`).
+    resume: continue the training state in `out` (its config must equal cfg); overwrite: start afresh even
+    if `out` holds checkpoints (see `start`). max_batches: stop (and save) after this many batches in this
+    call; a later resume continues. The first SIGINT/SIGTERM stops after the current batch and saves
+    (`Run.interrupted`, `Run.stop_signal`). Both directories are checked before any work; `out` is locked
+    against a second training for the duration, and stray temporary files there are removed.
     """
     out = Path(out)
-    state = out / checkpoints.STATE_FILE
-    if resume and state.exists():
-        run_ = restore(state, device)
-        old, new = config.to_dict(run_.cfg), config.to_dict(cfg)
-        if old != new:
-            raise TrainStateError(f"the config differs from the training state's in {', '.join(k for k in new if old[k] != new[k])}")
-    elif not resume and state.exists():
-        raise TrainStateExistsError(f"{out} already holds a training state; resume it or choose another output directory")
-    else:
-        run_ = build(cfg, device)
+    io_safety.check_output_dir(out, "output directory")
+    if logdir is not None:
+        io_safety.check_output_dir(Path(logdir), "log directory")
+    with io_safety.OutputLock(out):
+        io_safety.clean_stray_temps(out)
+        run_ = start(cfg, out, resume=resume, overwrite=overwrite, device=device)
+        return _train(run_, out, device, logdir, progress, max_batches)
+
+
+def _train(run_: Run, out: Path, device: str | torch.device, logdir: str | Path | None, progress: bool,
+           max_batches: int | None) -> Run:
+    cfg = run_.cfg
     family = cfg.family()
     heldout = HeldOut(family, cfg.eval_tasks, cfg.steps, device)
     n_batches = -(-cfg.trajectories // cfg.batch)
@@ -99,10 +153,11 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str 
 
     with TrainLog(logdir, n_batches, run_.progress.batches_done, progress) as log, stop_on_signals() as stop:
         def after_batch(p: Progress, stats: dict[str, float], size: int) -> None:
+            _check_finite(run_, out)
             log.batch(stats, size * cfg.steps, run_.trajectories_seen, p.skipped_windows)
             if cfg.eval_every and (p.batches_done % cfg.eval_every == 0 or p.batches_done == n_batches):
                 values = heldout(run_.model)
-                p.history.append({"trajectories": run_.trajectories_seen, **values})
+                p.history.append({"trajectories": run_.trajectories_seen, **checks.finite_or_none(values)})
                 log.heldout(values, run_.trajectories_seen)
             if cfg.ckpt_every and p.batches_done % cfg.ckpt_every == 0:
                 save(run_, out)
@@ -110,5 +165,5 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str 
         meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample, after_batch=after_batch, stop=stop,
                    max_batches=max_batches)
         save(run_, out)
-        run_.interrupted = stop()
+        run_.interrupted, run_.stop_signal = stop(), stop.signum
     return run_

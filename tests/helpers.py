@@ -11,13 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env_extra: dict | None = None
             ) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "metatele.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "metatele", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
 def popen_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "metatele.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "metatele", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -21,11 +21,16 @@ PKG = Path(__file__).resolve().parent.parent / "metatele"
 DIGITS = (64, 16, 10, 10)
 
 
+# The one documented exception: `import metatele` stays light (PEP 562 __getattr__ loads load_model on first
+# use) so that metatele.entry can install its Ctrl-C handler before torch is imported.
+LAZY_IMPORT_ALLOWED = {(PKG / "__init__.py", "__getattr__")}
+
+
 def test_own_imports_are_at_module_top_and_package_is_typed():
     offenders = []
     for f in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (f, node.name) not in LAZY_IMPORT_ALLOWED:
                 for inner in ast.walk(node):
                     if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("metatele"):
                         offenders.append(f"{f.name}:{inner.lineno}")

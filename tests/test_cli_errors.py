@@ -20,11 +20,11 @@ def one_line_error(capsys, argv, needle):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "--out", "X", "--set", "steps=0"], "steps must be positive"),
-    (["train", "--out", "X", "--set", "trajectories=-3"], "trajectories must be positive"),
-    (["compare", "--tasks", "0"], "positive integer"),
-    (["compare", "--steps", "-5"], "positive integer"),
-    (["eval", "--checkpoint", "x", "--tasks", "0"], "positive integer"),
+    (["train", "--out", "X", "--set", "steps=0"], "steps must be in [1, 10000000], got 0"),
+    (["train", "--out", "X", "--set", "trajectories=-3"], "trajectories must be in [1, 10000000], got -3"),
+    (["compare", "--tasks", "0"], "expected an integer in [1, 10000]"),
+    (["compare", "--steps", "-5"], "expected an integer in [1, 10000000]"),
+    (["eval", "--checkpoint", "x", "--tasks", "0"], "expected an integer in [1, 10000]"),
     (["train", "--out", "X", "--method", "lstm-magic"], "invalid choice"),
     (["train", "--out", "X", "--set", "method=lstm-magic"], "unknown method"),
     (["train", "--out", "X", "--config", "/nonexistent/cfg.toml"], "config file not found"),

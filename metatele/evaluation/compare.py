@@ -23,9 +23,10 @@ from metatele.methods.registry import LEARNED, PAPER_GD_LR, baseline
 from metatele.repdyn.probe import task_probe
 from metatele.step import Trajectory, rollout
 from metatele.tasks.base import TaskBatch, TaskFamily
-from metatele.tasks.seeds import TRAIN_SEEDS, overlaps_training
+from metatele.tasks.seeds import MAX_SEED, TRAIN_SEEDS, VALID_RANGE, overlaps_training, overlaps_validation
 
-__all__ = ["GD_GRID", "ADAM_GRID", "Entry", "Result", "tune", "baselines", "learned", "evaluate", "check_test_seeds", "test_tasks"]
+__all__ = ["GD_GRID", "ADAM_GRID", "Entry", "Result", "tune", "baselines", "learned_paths", "learned", "evaluate",
+           "check_test_seeds", "test_tasks"]
 
 GD_GRID = tuple(10 ** (k / 2) for k in range(-12, -4))      # 1e-6 … 3.2e-3
 ADAM_GRID = tuple(10 ** (k / 2) for k in range(-8, 2))      # 1e-4 … 3.2
@@ -72,11 +73,15 @@ def baselines(valid: TaskBatch, steps: int) -> list[Entry]:
     ]
 
 
+def learned_paths(checkpoint_dir: Path) -> dict[str, Path]:
+    """Where each learned method's checkpoint is looked for: checkpoint_dir/<name>/model.safetensors."""
+    return {name: checkpoint_dir / name / checkpoints.MODEL_FILE for name in LEARNED}
+
+
 def learned(checkpoint_dir: Path, widths: Sequence[int], device: str | torch.device) -> list[Entry]:
     """Every learned method (registry order) with a model.safetensors under checkpoint_dir/<name>/."""
     out = []
-    for name in LEARNED:
-        path = checkpoint_dir / name / checkpoints.MODEL_FILE
+    for name, path in learned_paths(checkpoint_dir).items():
         if path.exists():
             model = checkpoints.load_model(path, method=name, widths=widths, device=device)
             spec = model.spec
@@ -99,12 +104,21 @@ def evaluate(entries: Sequence[Entry], task: TaskBatch, steps: int, progress: bo
 
 
 def check_test_seeds(first_seed: int, n_tasks: int) -> None:
-    """Refuse test seeds first_seed … first_seed+n_tasks−1 that overlap training (SeedOverlapError)."""
+    """Refuse test seeds first_seed … first_seed+n_tasks−1 that overlap training or the validation range
+    (baseline tuning and held-out evaluation during training) with SeedOverlapError, and seeds outside
+    [0, MAX_SEED] with ConfigError."""
     if n_tasks <= 0:
         raise ConfigError(f"the number of tasks must be positive, got {n_tasks}")
+    last = first_seed + n_tasks - 1
+    if first_seed < 0 or last > MAX_SEED:
+        raise ConfigError(f"evaluation seeds {first_seed}..{last} leave the seed range 0..{MAX_SEED} (2^63−1)")
     if overlaps_training(first_seed, n_tasks):
-        raise SeedOverlapError(f"evaluation seeds {first_seed}..{first_seed + n_tasks - 1} overlap the training range "
-                          f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}; start at {TRAIN_SEEDS.stop} or later")
+        raise SeedOverlapError(f"evaluation seeds {first_seed}..{last} overlap the training range "
+                               f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1}; start at {TRAIN_SEEDS.stop} or later")
+    if overlaps_validation(first_seed, n_tasks):
+        raise SeedOverlapError(f"evaluation seeds {first_seed}..{last} overlap the validation range "
+                               f"{VALID_RANGE.start}..{VALID_RANGE.stop - 1} (baseline tuning, held-out evaluation "
+                               f"during training); start at {VALID_RANGE.stop} or later")
 
 
 def test_tasks(family: TaskFamily, first_seed: int, n_tasks: int, device: str | torch.device) -> TaskBatch:

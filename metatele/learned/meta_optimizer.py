@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from metatele import checks
 from metatele.methods.base import Composed, Proposal, add_update, chain
 from metatele.methods.registry import LEARNED
 from metatele.methods.teleports import LieTeleport
 from metatele.learned.nets import PREPROCESSING, UPDATE_FORMS, LSTMState, TeleNet, UpdateNet, learned_lr
 
-__all__ = ["MetaOptSpec", "MetaOptimizer", "LearnedUpdate", "LearnedTeleport"]
+__all__ = ["MetaOptSpec", "parameter_count", "MetaOptimizer", "LearnedUpdate", "LearnedTeleport"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,23 @@ class MetaOptSpec:
             raise ValueError(f"unknown learned method {self.method!r}; choose one of {', '.join(LEARNED)}")
         if self.preprocessing not in PREPROCESSING:
             raise ValueError(f"unknown preprocessing {self.preprocessing!r}; choose one of {', '.join(PREPROCESSING)}")
+        # specs also come from untrusted checkpoint metadata: check types and ranges before anything is allocated
+        object.__setattr__(self, "widths", checks.widths("widths", self.widths))
+        checks.integer("hidden", self.hidden, 1, checks.MAX_HIDDEN)
+        checks.positive_float("magnitude", self.magnitude)
+        checks.positive_float("out_scale", self.out_scale)
+        checks.boolean("exact", self.exact)
+        checks.boolean("gate", self.gate)
+        n = parameter_count(self)
+        if n > checks.MAX_META_PARAMETERS:
+            raise ValueError(f"a meta-optimizer with hidden={self.hidden} and widths={list(self.widths)} would have "
+                             f"{n:.3g} parameters, above the limit of {checks.MAX_META_PARAMETERS:.0e}")
+
+
+def parameter_count(spec: MetaOptSpec) -> int:
+    """The number of meta-parameters `spec` builds, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in MetaOptimizer(spec).parameters())
 
 
 def _flat(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:

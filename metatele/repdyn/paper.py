@@ -7,7 +7,6 @@ import json
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -19,11 +18,13 @@ from torch import nn
 from tqdm import tqdm
 
 from metatele.checkpoints import atomic_write_text
+from metatele.checks import finite_or_none
 from metatele.evaluation.compare import baselines, evaluate, learned
 from metatele.repdyn.figures import figures, tables
 from metatele.repdyn.fit import Fit, fit
 from metatele.repdyn.probe import Probe, pair_constants
 from metatele.repdyn.theory import fixed_point
+from metatele.signals import sigint_ignored_by_children
 from metatele.tasks import sample
 from metatele.tasks.seeds import EVAL_FIRST_SEED, VALID_FIRST_SEED
 
@@ -203,13 +204,21 @@ def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, worke
     return in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits")
 
 
+def _call(fn_job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
+    fn, job = fn_job
+    return fn(*job)
+
+
 def in_processes(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str
                  ) -> list[Any]:
-    """[fn(*job) for job in jobs] in `workers` processes (0: one per core); train_two_point keeps each to one thread."""
+    """[fn(*job) for job in jobs] in `workers` processes (0: one per core); train_two_point keeps each to one thread.
+    The workers ignore Ctrl-C: this process turns it into one line, and leaving the pool terminates them."""
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        return [f.result() for f in tqdm(futures, desc=desc, disable=not progress)]
+    with sigint_ignored_by_children():
+        pool = get_context("spawn").Pool(workers)
+    with pool:
+        return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), desc=desc,
+                         disable=not progress))
 
 
 def main(quick: bool, out: Path, json_path: str | None, checkpoints_dir: Path | None, n_tasks: int = 8,
@@ -225,8 +234,9 @@ def main(quick: bool, out: Path, json_path: str | None, checkpoints_dir: Path | 
     atomic_write_text(out / "repdyn.md", text)
     print(text, end="")
     if json_path:
-        fits = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-        atomic_write_text(json_path, json.dumps({"fits": fits, "summary": summary}, indent=1))
+        fits = [finite_or_none({k: v for k, v in r.items() if not k.startswith("_")}) for r in rows]
+        summary_json = [finite_or_none(s) for s in summary]
+        atomic_write_text(json_path, json.dumps({"fits": fits, "summary": summary_json}, indent=1))
     print(f"wrote {out}/repdyn.md and figures fits_by_architecture.png, gain_sweep.png, r2_by_layer.png"
           + (f"; {json_path}" if json_path else ""))
     return 0

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from metatele import checks
+from metatele.datasets import DATASETS
 from metatele.tasks.base import Batch, Symmetry, TaskBatch, TaskFamily, TeleportData
 from metatele.tasks.classification import PAPER_MNIST_WIDTHS, ClassificationFamily, ClassificationTasks
 from metatele.tasks.mlp import LeakyReLU
@@ -24,13 +26,17 @@ def sample(seeds: Sequence[int] | int, widths: Sequence[int] = PAPER_WIDTHS, n: 
 
 
 def family_from_dict(d: dict[str, Any]) -> RegressionFamily | ClassificationFamily:
-    """Rebuild a family from `to_dict()` output; raises ValueError/TypeError/KeyError on a bad description."""
+    """Rebuild a family from `to_dict()` output (untrusted checkpoint metadata: types and ranges are checked);
+    raises ValueError/TypeError/KeyError on a bad description."""
     d = dict(d)
     name = d.pop("name")
-    act = LeakyReLU(float(d.pop("slope", 0.1)))
+    act = LeakyReLU(checks.positive_float("slope", d.pop("slope", 0.1)))
+    widths = checks.widths("widths", d["widths"])
     if name == "regression":
-        return RegressionFamily(tuple(d["widths"]), int(d["n"]), Law(**d.get("law", {})), act)
+        return RegressionFamily(widths, checks.integer("n", d["n"], 1, checks.MAX_SAMPLES), Law(**d.get("law", {})),
+                                act)
     if name == "classification":
-        return ClassificationFamily(str(d["dataset"]), tuple(d["widths"]), int(d["batch_size"]),
-                                    int(d["teleport_batch"]), act)
+        return ClassificationFamily(checks.choice("dataset", d["dataset"], DATASETS), widths,
+                                    checks.integer("batch_size", d["batch_size"], 1, checks.MAX_SAMPLES),
+                                    checks.integer("teleport_batch", d["teleport_batch"], 0, checks.MAX_WIDTH), act)
     raise ValueError(f"unknown task family {name!r}")

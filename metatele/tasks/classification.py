@@ -96,12 +96,17 @@ class ClassificationFamily:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
-    def sample(self, seeds: Sequence[int] | int, *, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> ClassificationTasks:
+    def check_dataset(self) -> datasets.Dataset:
+        """The dataset (loaded once per process), if the input and output widths fit it; else ConfigError."""
         data = datasets.load(self.dataset)
         if (self.widths[0], self.widths[-1]) != (data.n_features, data.n_classes):
             raise ConfigError(f"dataset {self.dataset} has {data.n_features} inputs and {data.n_classes} classes, "
                               f"but widths are {list(self.widths)}")
+        return data
+
+    def sample(self, seeds: Sequence[int] | int, *, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> ClassificationTasks:
+        data = self.check_dataset()
         seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
         N = data.X_train.shape[0]
         orders, ws = [], [[] for _ in self.widths[1:]]

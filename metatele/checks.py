@@ -1,0 +1,69 @@
+"""Type and range checks for untrusted values (config files, `--set`, checkpoint metadata), and the limits
+they enforce, in one place. Each check returns the value or raises ValueError naming it and its range;
+callers turn that into ConfigError or CheckpointError.
+
+JSON and TOML have no tuples and no distinction between 1 and True in some writers, so the checks are
+strict: a bool is not an int, a float is not an int (20.7 is refused, not truncated), and "no" is not a
+bool.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["MAX_WIDTH", "MAX_LAYERS", "MAX_HIDDEN", "MAX_SAMPLES", "MAX_META_PARAMETERS", "integer",
+           "positive_float", "boolean", "choice", "widths", "finite_or_none"]
+
+MAX_WIDTH = 4096             # units in one layer of a task network
+MAX_LAYERS = 16              # weight matrices of a task network
+MAX_HIDDEN = 4096            # LSTM size of a meta-optimizer's nets
+MAX_SAMPLES = 10**5          # samples per task (regression n) or per mini-batch
+MAX_META_PARAMETERS = 10**8  # a meta-optimizer of 10^8 parameters needs ≈ 1.6 GB in float32 with grads and Adam
+
+
+def integer(name: str, value: Any, lo: int, hi: int) -> int:
+    """value, if it is an int (not a bool, not a float) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def positive_float(name: str, value: Any, hi: float = math.inf) -> float:
+    """value as a float, if it is a finite number in (0, hi] (an int is accepted, a bool or a string is not)."""
+    what = "a finite positive number" if hi == math.inf else f"a number in (0, {hi:g}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if not (math.isfinite(value) and 0 < value <= hi):
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    """value, if it is exactly True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """value, if it is one of the `allowed` strings."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def widths(name: str, value: Any, min_len: int = 3) -> tuple[int, ...]:
+    """A task network's layer widths (d0, …, dL) as a tuple: min_len … MAX_LAYERS + 1 integers, each in
+    [1, MAX_WIDTH]."""
+    if not isinstance(value, (list, tuple)) or not min_len <= len(value) <= MAX_LAYERS + 1:
+        raise ValueError(f"{name} must be a list of {min_len} to {MAX_LAYERS + 1} layer widths, got {value!r}")
+    return tuple(integer(f"each of {name}", v, 1, MAX_WIDTH) for v in value)
+
+
+def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
+    """The same mapping with every non-finite float replaced by None (JSON null: an undefined statistic,
+    such as a mean over tasks when none stayed finite), so that no NaN or inf is written to disk."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from metatele import checks, io_safety
+from metatele import io_safety
 from metatele._version import __version__
 from metatele.errors import CheckpointError, NonFiniteError
 from metatele.learned.meta_optimizer import MetaOptimizer, MetaOptSpec

@@ -45,20 +45,14 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-positive_int = _int_in(1, 10**7)
-nonneg_int = _int_in(0, MAX_SEED)
+positive_int = _int_in(1, 10**7)   # counts such as --steps
+nonneg_int = _int_in(0, MAX_SEED)  # task seeds
 task_count = _int_in(1, MAX_TASKS)
 
 
-def device_name(text: str) -> str:
-    """An argparse type: cpu, cuda or cuda:N."""
-    if not DEVICE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-    return text
-
-
 def resolve_device(name: str) -> str:
-    """`name` if this machine has that device, else ConfigError."""
+    """`name` if it is cpu, cuda or cuda:N and this machine has that device, else ConfigError (called by every
+    command before its work starts)."""
     if not DEVICE.fullmatch(name):
         raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -100,7 +94,7 @@ def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str
                    "training and validation)")
     p.add_argument("--logdir", default=logdir_default, help=f"TensorBoard log directory (default {logdir_default})")
     p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
-    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--repdyn", action="store_true",
                    help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
@@ -121,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --out holds checkpoints (they are replaced at the first save)")
     t.add_argument("--logdir", help="TensorBoard log directory (default runs/NAME)")
-    t.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")

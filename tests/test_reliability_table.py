@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ SETS = ["--set", "trajectories=16", "--set", "batch=8", "--set", "steps=10", "--
 TRAIN = ["--no-progress", *SETS]  # a 2-batch training; a `partial` state has done batch 1 of it
 LONG = ["--no-progress", "--set", "hidden=8", "--set", "trajectories=4000", "--set", "batch=4", "--set", "steps=10",
         "--set", "eval_every=0", "--set", "ckpt_every=1"]
-SLOW = ["--no-progress", "--set", "hidden=64", "--set", "trajectories=4000", "--set", "batch=16", "--set", "steps=200",
+SLOW = ["--no-progress", "--set", "hidden=32", "--set", "trajectories=4000", "--set", "batch=8", "--set", "steps=100",
         "--set", "eval_every=0", "--set", "ckpt_every=1"]
 EVAL = ["--tasks", "2", "--steps", "2", "--no-progress", "--out", "res", "--logdir", "tb"]
 NOBODY = 65534
@@ -260,13 +260,16 @@ def sigint_during_startup(tmp: Path, ctx: dict[str, Any]) -> list[Result]:
 
 def sigint_twice(tmp: Path, ctx: dict[str, Any]) -> list[Result]:
     """The first Ctrl-C asks for a graceful stop after the batch; a second one during that batch aborts at once.
-    Batches here take seconds (hidden 64, 16 trajectories of 200 steps)."""
+    Both come while batch 2 runs (it starts once batch 1's model file is written; a batch takes about a second
+    here: hidden 32, 8 trajectories of 100 steps)."""
     p = popen_cli("train", "--out", "o", "--logdir", "tb", *SLOW, cwd=tmp)
-    assert wait_for_write(tmp / "o" / checkpoints.STATE_FILE)
+    assert wait_for_write(tmp / "o" / checkpoints.MODEL_FILE)
+    time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    time.sleep(0.3)  # two signals sent at once would merge into one
+    time.sleep(0.2)  # two signals sent at once would merge into one
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
+    assert "interrupted; saved" not in out, "the batch ended before the second Ctrl-C: nothing was aborted"
     return [(p.returncode, out, err)]
 
 
@@ -495,9 +498,9 @@ CASES = [
     Case("widths_whose_meta_optimizer_would_exhaust_memory", 4,
          ARCH + ["--method", "lstm-update", "--set", "widths=784,4000,10"], 2, "above the limit of 1e+08"),
     Case("too_many_layers", 4, ARCH + ["--set", "widths=" + ",".join(["4"] * 20)], 2, "3 to 17 layer widths"),
-    Case("device_other_than_cpu_cuda_cuda_n", 4, ARCH + ["--device", "gpu0"], 2, "expected cpu, cuda or cuda:N"),
+    Case("device_other_than_cpu_cuda_cuda_n", 4, ARCH + ["--device", "gpu0"], 2, "--device must be cpu, cuda or cuda:N"),
     Case("device_cuda_with_a_bad_index", 4, ["compare", "--device", "cuda:-1", *EVAL], 2,
-         "expected cpu, cuda or cuda:N"),
+         "--device must be cpu, cuda or cuda:N"),
     Case("float_for_an_int_in_widths_is_not_truncated", 4, ARCH + ["--set", "widths=[20.7,20,20]"], 2,
          "expects a list of int"),
     Case("float_for_an_int_in_toml_is_not_truncated", 4, ["train", "--out", "o", "--config", "c.toml", *TRAIN], 2,

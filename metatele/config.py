@@ -53,6 +53,7 @@ class TrainConfig:
     meta_loss: str = "log"        # "sum" (paper: Σ inner losses) or "log" (Σ log inner losses)
     loss_growth: float = 1.0      # step weights w_t ∝ loss_growth^t within a window (1: plain sum)
     clip: float = 1.0             # meta-gradient norm clipping
+    loss_cap: float = 0.0         # > 0: freeze a training task once its loss exceeds loss_cap × its initial loss
     second_order: bool = True     # differentiate through the inner gradients (exact meta-gradient)
     seed: int = 0
     eval_every: int = 20          # held-out evaluation every N batches (0: never)
@@ -64,7 +65,7 @@ class TrainConfig:
         for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks", "data_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "ckpt_every", "seed", "min_steps"):
+        for name in ("eval_every", "ckpt_every", "seed", "min_steps", "loss_cap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, tuple(LEARNED)), ("task", self.task, TASKS),

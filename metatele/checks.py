@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["MAX_WIDTH", "MAX_LAYERS", "MAX_HIDDEN", "MAX_SAMPLES", "MAX_META_PARAMETERS", "integer",
-           "positive_float", "boolean", "choice", "widths", "finite_or_none"]
+           "positive_float", "nonneg_float", "boolean", "choice", "widths", "finite_or_none"]
 
 MAX_WIDTH = 4096             # units in one layer of a task network
 MAX_LAYERS = 16              # weight matrices of a task network
@@ -38,6 +38,13 @@ def positive_float(name: str, value: Any, hi: float = math.inf) -> float:
         raise ValueError(f"{name} must be {what}, got {value!r}")
     if not (math.isfinite(value) and 0 < value <= hi):
         raise ValueError(f"{name} must be {what}, got {value}")
+    return float(value)
+
+
+def nonneg_float(name: str, value: Any) -> float:
+    """value as a float, if it is a finite number ≥ 0 (0 typically switches a feature off)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
     return float(value)
 
 

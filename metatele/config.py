@@ -68,6 +68,7 @@ class TrainConfig:
     meta_loss: str = "log"        # "sum" (paper: Σ inner losses) or "log" (Σ log inner losses)
     loss_growth: float = 1.0      # step weights w_t ∝ loss_growth^t within a window (1: plain sum)
     clip: float = 1.0             # meta-gradient norm clipping
+    loss_cap: float = 0.0         # > 0: freeze a training task once its loss exceeds loss_cap × its initial loss
     second_order: bool = True     # differentiate through the inner gradients (exact meta-gradient)
     seed: int = 0
     eval_every: int = 20          # held-out evaluation every N batches (0: never)
@@ -86,6 +87,7 @@ class TrainConfig:
             for name in ("magnitude", "clip", "out_scale", "loss_growth", "slope"):
                 checks.positive_float(name, getattr(self, name))
             checks.positive_float("meta_lr", self.meta_lr, MAX_META_LR)
+            checks.nonneg_float("loss_cap", self.loss_cap)
             for name in ("exact", "gate", "second_order"):
                 checks.boolean(name, getattr(self, name))
             for name, allowed in (("method", tuple(LEARNED)), ("task", TASKS), ("meta_loss", META_LOSSES),

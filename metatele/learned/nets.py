@@ -1,9 +1,11 @@
 """The networks inside the learned methods: batched stacked LSTMs that read gradients.
 
 - m1 `UpdateNet` (LSTM(update)): flattened gradients of all layers (B, P) → the local update (B, P), either
-  directly (the paper) or as a residual on a GD step, u = a·g + b·rms(g)·head(h), with a learned GD step a,
-  a learned scale b and a zero-initialized head, so that an untrained m1 is exactly GD and the learned part
-  vanishes with the gradient.
+  directly (the paper) or as a residual on a GD step, u = a·g + b·rms(g)·tanh(head(h)), with a learned GD
+  step a, a learned scale b and a zero-initialized head, so that an untrained m1 is exactly GD and the learned
+  part is bounded relative to the gradient (‖learned part‖ ≤ b‖g‖) and vanishes with it; or as learned
+  per-coordinate gains on a GD step, u = a·g ⊙ GAIN_MAX^tanh(head(h)) (a learned diagonal preconditioner that
+  keeps the sign of every coordinate of the gradient).
 - m2 `TeleNet` (LSTM(tele)) for one hidden layer of width k: [vec ∇W_m, vec ∇W_{m+1}] → T (B, k, k),
   an optional gate logit and an optional step-size logit (LSTM(lr,tele)).
 Every tensor has a leading trajectory dimension B.
@@ -19,7 +21,8 @@ __all__ = ["PREPROCESSING", "UPDATE_FORMS", "LR_RANGE", "LR_INIT", "rms", "prepr
            "learned_lr"]
 
 PREPROCESSING = ("logsign", "raw", "rms")
-UPDATE_FORMS = ("direct", "residual")
+UPDATE_FORMS = ("direct", "residual", "gain")
+GAIN_MAX = 10.0  # "gain" form: per-coordinate step sizes within [lr/GAIN_MAX, lr·GAIN_MAX]
 LR_RANGE = (1e-7, 5e-3)
 LR_INIT = 1e-4  # the step size an untrained step-size head starts from
 LOGSIGN_P = 10.0
@@ -82,23 +85,27 @@ def scaled_linear(n_in: int, n_out: int, scale: float = 0.01) -> nn.Linear:
 
 class UpdateNet(nn.Module):
     """m1: (B, P) gradients → (B, P) update. form "direct": u = out_scale · head(LSTM(pre(g)));
-    form "residual": u = e^{log_lr}·g + e^{log_scale}·rms(g)·head(LSTM(pre(g))), head initialized at zero and
-    log_lr = log_scale = log(nominal_lr) at initialization."""
+    form "residual": u = e^{log_lr}·g + e^{log_scale}·rms(g)·tanh(head(LSTM(pre(g)))), head initialized at zero
+    and log_lr = log_scale = log(nominal_lr) at initialization; form "gain": u = e^{log_lr}·g ⊙
+    GAIN_MAX^tanh(head(LSTM(pre(g)))), head initialized at zero."""
 
     def __init__(self, n_params: int, size: int, preprocessing: str, out_scale: float, form: str = "direct",
                  nominal_lr: float = 3e-4) -> None:
         super().__init__()
         self.preprocessing, self.out_scale, self.form = preprocessing, out_scale, form
         self.lstm = StackedLSTM(input_size(n_params, preprocessing), size)
-        self.head = scaled_linear(size, n_params, scale=0.0 if form == "residual" else 1.0)
-        if form == "residual":
+        self.head = scaled_linear(size, n_params, scale=1.0 if form == "direct" else 0.0)
+        if form != "direct":
             self.log_lr = nn.Parameter(torch.tensor(math.log(nominal_lr)))
+        if form == "residual":
             self.log_scale = nn.Parameter(torch.tensor(math.log(nominal_lr)))
 
     def forward(self, g: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         h, state = self.lstm(preprocess(g, self.preprocessing), state)
         if self.form == "residual":
-            return self.log_lr.exp() * g + self.log_scale.exp() * rms(g) * self.head(h), state
+            return self.log_lr.exp() * g + self.log_scale.exp() * rms(g) * torch.tanh(self.head(h)), state
+        if self.form == "gain":
+            return self.log_lr.exp() * g * torch.exp(math.log(GAIN_MAX) * torch.tanh(self.head(h))), state
         return self.out_scale * self.head(h), state
 
 

@@ -26,6 +26,8 @@ from metatele.tasks.base import TaskBatch
 if TYPE_CHECKING:
     from metatele.config import TrainConfig
 
+REJECT = 1e12  # an update that multiplies the loss cap by more than this is rejected (its gradients could overflow)
+
 __all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "horizon", "train_batch",
            "meta_train"]
 
@@ -61,23 +63,41 @@ class Window:
     weights: list[torch.Tensor]   # weights after the window (attached to the graph)
     state: Any                    # method state after the window (attached)
     info: dict[str, list[float]]  # per-step means of the proposals' diagnostics
+    alive: torch.Tensor | None = None  # (B,) tasks not frozen at their loss cap
 
 
 def unroll_window(method: Method, task: TaskBatch, weights: Sequence[torch.Tensor], state: Any, start: int,
-                  unroll: int, second_order: bool = True) -> Window:
-    """Differentiably run inner steps start … start+unroll−1."""
+                  unroll: int, second_order: bool = True, alive: torch.Tensor | None = None,
+                  cap: torch.Tensor | None = None) -> Window:
+    """Differentiably run inner steps start … start+unroll−1.
+
+    alive (B,) bool and cap (B,): once an update takes a task's loss above its cap, the task is frozen (its
+    weights stop changing). An exploding trajectory thus ends with finite, rising losses (a learning signal for
+    the method) instead of non-finite values that would void the whole window. An update whose loss would be
+    non-finite or above REJECT × cap is rejected outright (no signal from it, but no NaN either). The check costs
+    one forward pass without gradients per step. The updated `alive` is returned in the window.
+    """
     losses: list[torch.Tensor] = []
     info: dict[str, list[float]] = {}
     weights = list(weights)
     for t in range(start, start + unroll):
         res = inner_step(method, weights, state, task, t, differentiable=True, second_order=second_order)
-        weights, state = res.weights, res.state
+        if alive is not None and cap is not None:
+            with torch.no_grad():
+                after = task.loss([w.detach() for w in res.weights], task.data(t + 1))
+            accept = torch.isfinite(after) & (after <= REJECT * cap)
+            keep = (alive & accept)[:, None, None]
+            weights = [torch.where(keep, new, old) for new, old in zip(res.weights, weights)]
+            alive = alive & accept & (after <= cap)
+            state = res.state
+        else:
+            weights, state = res.weights, res.state
         if t > start:
             losses.append(res.loss)
         for k, v in res.proposal.info.items():
             info.setdefault(k, []).append(float(v.detach().float().mean()))
     losses.append(task.loss(weights, task.data(start + unroll)))
-    return Window(torch.stack(losses), weights, state, info)
+    return Window(torch.stack(losses), weights, state, info, alive)
 
 
 def detach(tree: Any) -> Any:
@@ -104,14 +124,19 @@ def horizon(cfg: TrainConfig, batch: int) -> int:
 def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig,
                 steps: int | None = None) -> dict[str, float]:
     """Meta-train on one batch of trajectories of `steps` inner steps (default cfg.steps), one meta-update per
-    window; returns mean statistics, including "skipped" (1 if a window diverged and the batch was abandoned)."""
+    window; returns mean statistics, "skipped" (1 if a window diverged and the batch was abandoned) and "windows"
+    (the meta-updates taken)."""
     params = list(method.parameters())
     weights = task.init_weights()
     state = method.init_state(weights)
+    alive = cap = None
+    if cfg.loss_cap:  # freeze tasks whose loss exceeds loss_cap × their initial loss
+        cap = cfg.loss_cap * task.loss(weights, task.data(0)).detach()
+        alive = torch.isfinite(cap)
     stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": []}
     skipped = 0
     for start in range(0, steps or cfg.steps, cfg.unroll):
-        win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order)
+        win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order, alive, cap)
         for k, v in win.info.items():
             stats.setdefault(k, []).extend(v)
         ml = meta_loss(win.losses, cfg.meta_loss, cfg.loss_growth)
@@ -127,9 +152,12 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         opt.step()
         stats["meta_loss"].append(float(ml.detach()))
         stats["grad_norm"].append(float(gn))
-        weights, state = detach(win.weights), detach(win.state)
+        weights, state, alive = detach(win.weights), detach(win.state), win.alive
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out["skipped"] = float(skipped)
+    if alive is not None:
+        out["frozen"] = float((~alive).sum())  # tasks stopped at the loss cap
+    out["windows"] = float(len(stats["meta_loss"]))  # meta-updates taken
     return out
 
 

@@ -93,7 +93,7 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any
     if bad:
         raise NonFiniteError(f"refusing to write {path}: {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} "
                              "holds NaN or inf")
-    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta)}))
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta, allow_nan=False)}))
 
 
 def _sniff(path: Path) -> None:

@@ -90,8 +90,8 @@ def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str
     p.add_argument("--tasks", type=task_count, default=64, help=f"number of unseen tasks, 1..{MAX_TASKS} (default 64)")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
-                   help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint from "
-                   "training and validation)")
+                   help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint "
+                   "from training and validation)")
     p.add_argument("--logdir", default=logdir_default, help=f"TensorBoard log directory (default {logdir_default})")
     p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

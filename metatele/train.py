@@ -69,11 +69,14 @@ def _progress(meta: dict[str, Any], cfg: TrainConfig) -> Progress:
     done = checks.integer("batches_done", meta["batches_done"], 0, -(-cfg.trajectories // cfg.batch))
     skipped = checks.integer("skipped_windows", meta["skipped_windows"], 0, done)
     history = meta.get("history", [])
-    number = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))  # noqa: E731
-    if not (isinstance(history, list)
-            and all(isinstance(h, dict) and all(isinstance(k, str) and number(v) for k, v in h.items()) for h in history)):
+    if not (isinstance(history, list) and all(isinstance(h, dict) and all(
+            isinstance(k, str) and _finite_or_null(v) for k, v in h.items()) for h in history)):
         raise ValueError("history must be a list of {name: finite number or null}")
     return Progress(done, skipped, history)
+
+
+def _finite_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
 def start(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,

@@ -71,6 +71,15 @@ class Case:
 
 
 # ---------------------------------------------------------------- building blocks for the rows
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """These models are tiny: one intra-op thread is faster, and far faster on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[str, Path]:
     """A finished 2-batch training ("full") and one stopped after batch 1 ("partial"), of the TRAIN config."""
@@ -404,8 +413,13 @@ CASES = [
          may_change=("o/model.safetensors", "o/train_state.safetensors", f"o/{io_safety.LOCK_NAME}")),
     Case("stray_temporary_files_are_cleaned", 1, ["train", "--out", "o", "--resume", *TRAIN], 0, "done: 16/16",
          setup=strays, check=strays_cleaned,
-         may_change=("o/model.safetensors", "o/train_state.safetensors", f"o/.model.safetensors.{DEAD_PID}.abcd1234.tmp",
+         may_change=("o/model.safetensors", "o/train_state.safetensors",
+                     f"o/.model.safetensors.{DEAD_PID}.abcd1234.tmp",
                      f"o/.train_state.safetensors.{DEAD_PID}.zz_zz_zz.tmp", "o/.model.safetensors.q1w2e3r4.tmp")),
+    Case("stray_temporary_files_in_a_results_folder_are_cleaned", 1, ["eval", "--checkpoint", "ck", *EVAL], 0,
+         "wrote res/results.csv", setup=both(put("ck", "full"), write(f"res/.results.csv.{DEAD_PID}.abcd1234.tmp")),
+         check=lambda tmp, ctx, out, err: no_temp_files(tmp, ctx, out, err),
+         may_change=(f"res/.results.csv.{DEAD_PID}.abcd1234.tmp",)),
     Case("sigterm_finishes_the_batch_saves_and_exits_143", 1, [], 143, "interrupted; saved", proc=sigterm_saves,
          check=sigterm_checked),
     # 2. NaN and inf never reach the disk
@@ -419,7 +433,8 @@ CASES = [
          "meta-parameters became non-finite in batch 2", patch=poison_batch_2, check=kept_after_batch_1),
     Case("nonfinite_tensor_in_a_training_state_is_refused_on_resume", 2,
          ["train", "--out", "ck", "--resume", *TRAIN], 2, "holds NaN or inf",
-         setup=crafted(checkpoints.STATE_FILE, tensor_fn=lambda t: t[next(iter(t))].fill_(float("inf")), src="partial")),
+         setup=crafted(checkpoints.STATE_FILE, src="partial",
+                       tensor_fn=lambda t: t[next(iter(t))].fill_(float("inf")))),
     Case("nan_in_the_history_of_a_training_state_is_refused_on_resume", 2,
          ["train", "--out", "ck", "--resume", *TRAIN], 2, "history must be",
          setup=crafted(checkpoints.STATE_FILE, meta_fn=lambda m: m["history"][0].update(x=float("nan")),
@@ -498,7 +513,8 @@ CASES = [
     Case("widths_whose_meta_optimizer_would_exhaust_memory", 4,
          ARCH + ["--method", "lstm-update", "--set", "widths=784,4000,10"], 2, "above the limit of 1e+08"),
     Case("too_many_layers", 4, ARCH + ["--set", "widths=" + ",".join(["4"] * 20)], 2, "3 to 17 layer widths"),
-    Case("device_other_than_cpu_cuda_cuda_n", 4, ARCH + ["--device", "gpu0"], 2, "--device must be cpu, cuda or cuda:N"),
+    Case("device_other_than_cpu_cuda_cuda_n", 4, ARCH + ["--device", "gpu0"], 2,
+         "--device must be cpu, cuda or cuda:N"),
     Case("device_cuda_with_a_bad_index", 4, ["compare", "--device", "cuda:-1", *EVAL], 2,
          "--device must be cpu, cuda or cuda:N"),
     Case("float_for_an_int_in_widths_is_not_truncated", 4, ARCH + ["--set", "widths=[20.7,20,20]"], 2,
@@ -551,7 +567,8 @@ CASES = [
          setup=crafted(checkpoints.STATE_FILE, src="partial", tensor_fn=lambda t: t.update(
              {k: torch.zeros(3) for k in [k for k in t if k.endswith("exp_avg")][:1]}))),
     Case("train_state_unexpected_tensor", 5, ["train", "--out", "ck", "--resume", *TRAIN], 2, "unexpected tensor",
-         setup=crafted(checkpoints.STATE_FILE, src="partial", tensor_fn=lambda t: t.update({"adam.x.y": torch.zeros(1)}))),
+         setup=crafted(checkpoints.STATE_FILE, src="partial",
+                       tensor_fn=lambda t: t.update({"adam.x.y": torch.zeros(1)}))),
     Case("train_state_adam_settings_tampered", 5, ["train", "--out", "ck", "--resume", *TRAIN], 2,
          "adam_param_groups", setup=crafted(checkpoints.STATE_FILE, lambda m: m["adam_param_groups"][0].update(lr=5.0),
                                             src="partial")),

@@ -38,8 +38,9 @@ def main(n: int = 40, horizon: float = 3.0, program: str = "module") -> None:
         lines = len(err.strip().splitlines())
         ok = p.returncode == 130 and lines <= 1 and "Traceback" not in err
         tally[f"{phase}: {'ok' if ok else 'BAD'}"] += 1
-        print(f"{i:3d} delay {delay:5.2f}s  rc {p.returncode:4d}  stderr lines {lines}  traceback {'Traceback' in err}  "
-              f"{phase}{'' if ok else '  <-- ' + err.strip()[-300:]!r}", flush=True)
+        note = "" if ok else f"  <-- {err.strip()[-300:]!r}"
+        print(f"{i:3d} delay {delay:5.2f}s  rc {p.returncode:4d}  stderr lines {lines}  "
+              f"traceback {'Traceback' in err}  {phase}{note}", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
     print(dict(tally))
 

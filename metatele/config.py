@@ -100,7 +100,8 @@ class TrainConfig:
 
     def spec(self) -> MetaOptSpec:
         """The meta-optimizer these settings build."""
-        return MetaOptSpec(method=self.method, widths=tuple(self.widths), hidden=self.hidden,
+        widths = () if LEARNED[self.method].size_agnostic else tuple(self.widths)
+        return MetaOptSpec(method=self.method, widths=widths, hidden=self.hidden,
                            preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
                            gate=self.gate, out_scale=self.out_scale, update_form=self.update_form)
 

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from metatele.methods.base import Composed, Proposal, add_update, chain
+from metatele.learned.coordinatewise import AnyTeleport, AnyUpdate, BilinearTeleNet, CoordUpdate, LayerGate
+from metatele.methods.base import Composed, Proposal, Transform, add_update, chain
 from metatele.methods.registry import LEARNED
 from metatele.methods.teleports import LieTeleport
 from metatele.learned.nets import PREPROCESSING, UPDATE_FORMS, LSTMState, TeleNet, UpdateNet, learned_lr
@@ -117,16 +118,24 @@ class MetaOptimizer(nn.Module):
         recipe = LEARNED[spec.method]
         w = spec.widths
         self.sizes = [a * b for a, b in zip(w[1:], w[:-1])]
-        self.update = (UpdateNet(sum(self.sizes), spec.hidden, spec.preprocessing, spec.out_scale, spec.update_form)
-                       if recipe.update else None)
-        self.tele = nn.ModuleList()
-        if recipe.teleport:
-            for m in range(len(w) - 2):
-                self.tele.append(TeleNet(self.sizes[m] + self.sizes[m + 1], w[m + 1], spec.hidden,
-                                         spec.preprocessing, spec.gate, recipe.step_size))
-        self.parts = [LearnedUpdate(self.update, self.sizes)] if self.update is not None else []
-        if recipe.teleport:
+        self.parts: list[Transform] = []
+        if recipe.update == "lstm":
+            self.update = UpdateNet(sum(self.sizes), spec.hidden, spec.preprocessing, spec.out_scale, spec.update_form)
+            self.parts.append(LearnedUpdate(self.update, self.sizes))
+        elif recipe.update == "coordinatewise":
+            self.update = CoordUpdate(spec.hidden)
+            self.parts.append(AnyUpdate(self.update))
+        else:
+            self.update = None
+        if recipe.teleport == "lstm":
+            self.tele = nn.ModuleList(TeleNet(self.sizes[m] + self.sizes[m + 1], w[m + 1], spec.hidden,
+                                              spec.preprocessing, spec.gate, recipe.step_size)
+                                      for m in range(len(w) - 2))
             self.parts.append(LearnedTeleport(self.tele, spec.magnitude, spec.exact, recipe.step_size))
+        elif recipe.teleport in ("steepest", "bilinear"):
+            self.gate = LayerGate(spec.hidden)
+            self.bilinear = BilinearTeleNet(spec.hidden) if recipe.teleport == "bilinear" else None
+            self.parts.append(AnyTeleport(self.gate, spec.magnitude, recipe.teleport, self.bilinear, spec.exact))
         self.transform = chain(*self.parts)
 
     @property
@@ -144,4 +153,4 @@ class MetaOptimizer(nn.Module):
         """The same learned update with the teleport switched off (an ablation; shares the nets)."""
         if self.update is None:
             raise ValueError(f"{self.name} has no learned update to keep")
-        return Composed(f"{self.name} (teleport off)", LearnedUpdate(self.update, self.sizes))
+        return Composed(f"{self.name} (teleport off)", self.parts[0])

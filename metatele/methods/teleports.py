@@ -2,7 +2,8 @@
 
 `LieTeleport` applies g = I + T with T given (a learned group element); `AscentTeleport` searches the
 level set by gradient ascent on ‖∇L‖². Both act on the task's teleport data for the step, with the
-task's activation; the task must support the exact GL action (`Symmetry.GL`).
+task's activation; the task must support the exact GL action (`Symmetry.GL`). A task of the batch where the
+action is impossible at this step (a diverged, non-finite or rank-deficient layer input) is left as it is.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class LieTeleport:
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         data = task.teleport_data(step)
         return teleport(weights, data.batch.X, self.T, self.magnitude, act=task.activation, exact=self.exact,
-                        X_pinv=data.X_pinv)
+                        X_pinv=data.X_pinv, skip_invalid=True)
 
 
 @dataclass
@@ -45,7 +46,8 @@ class AscentTeleport:
     lr: float | None = None
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
-        return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr)
+        return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr,
+                                        skip_invalid=True)
 
 
 @dataclass

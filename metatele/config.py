@@ -47,6 +47,7 @@ class TrainConfig:
     magnitude: float = 0.01       # teleport magnitude ‖T‖_F
     exact: bool = True            # exact group action; False: the paper's first-order variant
     gate: bool = False            # learned gate scaling the magnitude per step
+    gate_bias: float = 2.0        # the gate starts at sigmoid(gate_bias): 2 → 0.88 (open), −2 → 0.12
     preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h) (update_form "direct")
     update_form: str = "direct"   # m1: "direct" (the paper) or "residual" (learned GD step + learned part)
@@ -103,7 +104,8 @@ class TrainConfig:
         widths = () if LEARNED[self.method].size_agnostic else tuple(self.widths)
         return MetaOptSpec(method=self.method, widths=widths, hidden=self.hidden,
                            preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
-                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form)
+                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form,
+                           gate_bias=self.gate_bias)
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:

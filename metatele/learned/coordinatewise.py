@@ -211,14 +211,15 @@ class BilinearTeleNet(nn.Module):
 
 @dataclass
 class SteepestTeleport:
-    """Teleport along the analytic steepest-ascent direction of ‖∇L‖² (computed on the step's teleport data,
-    treated as a constant), each layer's T_m scaled to magnitude[m] (B,)."""
+    """Teleport along the analytic steepest-ascent direction of ‖∇L‖² (computed on the step's teleport data;
+    differentiable in the weights when they carry a graph), each layer's T_m scaled to magnitude[m] (B,)."""
 
     magnitude: list[torch.Tensor]
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         data = task.teleport_data(step)
-        G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True)
+        graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
         return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
                         skip_invalid=True)
 

@@ -28,8 +28,9 @@ class MetaOptSpec:
 
     hidden: LSTM size; magnitude: teleport ‖T‖_F (× a learned gate if `gate`); exact: exact group action
     (else the paper's first-order one); out_scale: m1's output scale ("direct" form); update_form: "direct"
-    (the paper: m1 outputs the update) or "residual" (a learned GD step plus a zero-initialized learned part
-    scaled by rms(g), see `metatele.learned.nets.UpdateNet`).
+    (the paper: m1 outputs the update), "residual" or "gain" (a learned GD step with a zero-initialized learned
+    part, see `metatele.learned.nets.UpdateNet`); gate_bias: the gate starts at sigmoid(gate_bias) (2: open,
+    0.88; −2: nearly closed, 0.12).
     """
 
     method: str
@@ -41,6 +42,7 @@ class MetaOptSpec:
     gate: bool = False
     out_scale: float = 0.1
     update_form: str = "direct"
+    gate_bias: float = 2.0
 
     def __post_init__(self) -> None:
         if self.update_form not in UPDATE_FORMS:
@@ -129,7 +131,7 @@ class MetaOptimizer(nn.Module):
             self.update = None
         if recipe.teleport == "lstm":
             self.tele = nn.ModuleList(TeleNet(self.sizes[m] + self.sizes[m + 1], w[m + 1], spec.hidden,
-                                              spec.preprocessing, spec.gate, recipe.step_size)
+                                              spec.preprocessing, spec.gate, recipe.step_size, spec.gate_bias)
                                       for m in range(len(w) - 2))
             self.parts.append(LearnedTeleport(self.tele, spec.magnitude, spec.exact, recipe.step_size))
         elif recipe.teleport in ("steepest", "bilinear"):

@@ -20,11 +20,13 @@ DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and l
 
 def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData,
                        T: Sequence[torch.Tensor] | None = None, least_squares: bool = False,
-                       X_pinv: torch.Tensor | None = None, skip_invalid: bool = False) -> list[torch.Tensor]:
+                       X_pinv: torch.Tensor | None = None, skip_invalid: bool = False,
+                       differentiable: bool = False) -> list[torch.Tensor]:
     """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T (T = 0 by default): the steepest-ascent direction of the squared
-    gradient norm in the Lie algebra, one (B, k_m, k_m) per hidden layer, detached. Weights are taken as
-    constants. skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
-    W0 = [w.detach() for w in weights]
+    gradient norm in the Lie algebra, one (B, k_m, k_m) per hidden layer. Detached from the weights unless
+    `differentiable` (then G is a differentiable function of them, for exact meta-gradients).
+    skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
+    W0 = list(weights) if differentiable else [w.detach() for w in weights]
     X = data.batch.X
     X_pinv = X_pinv if X_pinv is not None else data.X_pinv
     if T is None:
@@ -34,7 +36,7 @@ def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: T
         Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv,
                       skip_invalid=skip_invalid)
         _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
-        G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid)
+        G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid, create_graph=differentiable)
     return [torch.zeros_like(t) if gt is None else torch.nan_to_num(gt) if skip_invalid else gt for t, gt in zip(T, G)]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from metatele.errors import ConfigError
 from metatele.learned.meta_optimizer import MetaOptSpec
 from metatele.methods.registry import LEARNED
-from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, RegressionFamily, TaskFamily
+from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, MixtureFamily, RegressionFamily, TaskFamily
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,19 +23,22 @@ else:  # pragma: no cover
 
 __all__ = ["TrainConfig", "load", "to_dict", "TASKS", "META_LOSSES"]
 
-TASKS = ("regression", "classification")
+TASKS = ("regression", "classification", "mixture")
 META_LOSSES = ("sum", "log")
 
 
 @dataclass
 class TrainConfig:
     method: str = "lstm-update-tele"
-    task: str = "regression"      # task family: "regression" (the paper's) or "classification"
+    task: str = "regression"      # task family: "regression" (the paper's), "classification" or "mixture"
     widths: list[int] = field(default_factory=lambda: [20, 20, 20])
     n: int = 20                   # regression: samples per task
     law: str = "paper"            # regression: how tasks are drawn (metatele.tasks.LAWS)
     dataset: str = "mnist5k"      # classification: metatele.datasets name
     data_batch: int = 20          # classification: mini-batch size
+    width_range: list[int] = field(default_factory=lambda: [8, 48])  # mixture: every width drawn in [low, high]
+    depth_range: list[int] = field(default_factory=lambda: [1, 3])   # mixture: hidden layers in [low, high]
+    laws: list[str] = field(default_factory=lambda: ["paper", "normal-init"])  # mixture: laws drawn from
     slope: float = 0.1            # LeakyReLU negative slope of the task networks
     trajectories: int = 700       # tasks meta-trained on, in batches of `batch` (the last may be smaller)
     steps: int = 100              # inner steps per trajectory (the longest, if min_steps < steps)
@@ -97,6 +100,10 @@ class TrainConfig:
         act = LeakyReLU(self.slope)
         if self.task == "classification":
             return ClassificationFamily(self.dataset, tuple(self.widths), self.data_batch, activation=act)
+        if self.task == "mixture":
+            if len(self.width_range) != 2 or len(self.depth_range) != 2:
+                raise ValueError("width_range and depth_range need two entries: [low, high]")
+            return MixtureFamily(tuple(self.width_range), tuple(self.depth_range), tuple(self.laws), self.n, act)
         return RegressionFamily(tuple(self.widths), self.n, LAWS[self.law], act)
 
     def spec(self) -> MetaOptSpec:
@@ -109,7 +116,12 @@ class TrainConfig:
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
-    typ = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list}.get(typ, typ)
+    typ = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list, "list[str]": "strs"}.get(typ, typ)
+    if typ == "strs":
+        items = value.strip("[]() ").split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"config key {name!r} expects a list of strings, got {value!r}")
+        return [v.strip().strip("'\"") for v in items if v.strip()]
     try:
         if typ is bool:
             if isinstance(value, bool):

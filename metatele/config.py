@@ -51,6 +51,7 @@ class TrainConfig:
     exact: bool = True            # exact group action; False: the paper's first-order variant
     gate: bool = False            # learned gate scaling the magnitude per step
     gate_bias: float = 2.0        # the gate starts at sigmoid(gate_bias): 2 → 0.88 (open), −2 → 0.12
+    teleport_decay: float = 0.0   # > 0: teleport magnitude × exp(−t / teleport_decay) at inner step t
     preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h) (update_form "direct")
     update_form: str = "direct"   # m1: "direct" (the paper) or "residual" (learned GD step + learned part)
@@ -69,7 +70,7 @@ class TrainConfig:
         for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks", "data_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "ckpt_every", "seed", "min_steps", "loss_cap"):
+        for name in ("eval_every", "ckpt_every", "seed", "min_steps", "loss_cap", "teleport_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, tuple(LEARNED)), ("task", self.task, TASKS),
@@ -112,7 +113,7 @@ class TrainConfig:
         return MetaOptSpec(method=self.method, widths=widths, hidden=self.hidden,
                            preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
                            gate=self.gate, out_scale=self.out_scale, update_form=self.update_form,
-                           gate_bias=self.gate_bias)
+                           gate_bias=self.gate_bias, teleport_decay=self.teleport_decay)
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:

@@ -16,7 +16,7 @@ from torch import nn
 from metatele.learned.coordinatewise import AnyTeleport, AnyUpdate, BilinearTeleNet, CoordUpdate, LayerGate
 from metatele.methods.base import Composed, Proposal, Transform, add_update, chain
 from metatele.methods.registry import LEARNED
-from metatele.methods.teleports import LieTeleport
+from metatele.methods.teleports import LieTeleport, decay_teleport
 from metatele.learned.nets import PREPROCESSING, UPDATE_FORMS, LSTMState, TeleNet, UpdateNet, learned_lr
 
 __all__ = ["MetaOptSpec", "MetaOptimizer", "LearnedUpdate", "LearnedTeleport"]
@@ -30,7 +30,8 @@ class MetaOptSpec:
     (else the paper's first-order one); out_scale: m1's output scale ("direct" form); update_form: "direct"
     (the paper: m1 outputs the update), "residual" or "gain" (a learned GD step with a zero-initialized learned
     part, see `metatele.learned.nets.UpdateNet`); gate_bias: the gate starts at sigmoid(gate_bias) (2: open,
-    0.88; −2: nearly closed, 0.12).
+    0.88; −2: nearly closed, 0.12); teleport_decay: > 0 scales the teleport magnitude by exp(−t/teleport_decay)
+    at step t (`metatele.methods.decay_teleport`).
     """
 
     method: str
@@ -43,6 +44,7 @@ class MetaOptSpec:
     out_scale: float = 0.1
     update_form: str = "direct"
     gate_bias: float = 2.0
+    teleport_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.update_form not in UPDATE_FORMS:
@@ -138,6 +140,8 @@ class MetaOptimizer(nn.Module):
             self.gate = LayerGate(spec.hidden)
             self.bilinear = BilinearTeleNet(spec.hidden) if recipe.teleport == "bilinear" else None
             self.parts.append(AnyTeleport(self.gate, spec.magnitude, recipe.teleport, self.bilinear, spec.exact))
+        if recipe.teleport and spec.teleport_decay > 0:
+            self.parts.append(decay_teleport(spec.teleport_decay))
         self.transform = chain(*self.parts)
 
     @property

@@ -7,6 +7,7 @@ action is impossible at this step (a diverged, non-finite or rank-deficient laye
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from metatele.teleport.ascent import gradient_ascent_teleport
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch
 
-__all__ = ["LieTeleport", "AscentTeleport", "ascent_every"]
+__all__ = ["LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport"]
 
 
 @dataclass
@@ -66,4 +67,24 @@ class ascent_every:
                 weights: Sequence[torch.Tensor]) -> tuple[Proposal, int]:
         if t % self.every == 0 and t < self.until:
             prop = replace(prop, teleport=AscentTeleport(self.ascent_steps, self.lr))
+        return prop, t + 1
+
+
+@dataclass
+class decay_teleport:
+    """Scale the proposed teleport's magnitude by exp(−t/tau) at step t: teleports happen mostly early, and the
+    total displacement along the orbit stays bounded (≈ tau × magnitude), so that repeated teleports cannot drift
+    the weights without bound towards ever sharper, unstable points. Teleports without a magnitude pass as they are."""
+
+    tau: float
+
+    def init(self, weights: Sequence[torch.Tensor]) -> int:
+        return 0
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], t: int, *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, int]:
+        tele = prop.teleport
+        if tele is not None and hasattr(tele, "magnitude"):
+            f = math.exp(-t / self.tau)
+            prop = replace(prop, teleport=replace(tele, magnitude=[m * f for m in tele.magnitude]))
         return prop, t + 1

@@ -46,6 +46,7 @@ class TrainConfig:
     unroll: int = 10              # truncated-BPTT window
     batch: int = 16               # trajectories run in parallel
     meta_lr: float = 1e-3
+    meta_lr_final: float = 1.0    # < 1: the meta lr decays along a cosine to meta_lr × meta_lr_final by the last batch
     hidden: int = 300             # LSTM size of the meta-optimizer's nets
     magnitude: float = 0.01       # teleport magnitude ‖T‖_F
     exact: bool = True            # exact group action; False: the paper's first-order variant
@@ -83,8 +84,8 @@ class TrainConfig:
             raise ConfigError(f"min_steps ({self.min_steps}) must be between unroll ({self.unroll}) and steps "
                               f"({self.steps}), or 0 for a fixed length")
         if not (self.meta_lr > 0 and self.magnitude > 0 and self.clip > 0 and self.out_scale > 0
-                and self.loss_growth > 0):
-            raise ConfigError("meta_lr, magnitude, clip, out_scale and loss_growth must be positive")
+                and self.loss_growth > 0 and self.meta_lr_final > 0):
+            raise ConfigError("meta_lr, meta_lr_final, magnitude, clip, out_scale and loss_growth must be positive")
         try:
             self.family()
             self.spec()

@@ -18,7 +18,9 @@ current, already right-multiplied weights W̃_m): W_m' = W_m + (σ⁻¹(g_m σ(W
 on X exactly as well, is the identity at g = I and leaves the part of W_m outside the row space of h alone.
 The default minimum-norm formula σ⁻¹(g σ(W h)) h⁺ equals it when h is square (the paper's 20×20 tasks) but,
 when n < d, projects W_m onto the row space of h even at g = I (on MNIST with a 16-sample batch it rewrites 99%
-of the first layer), which ruins the network everywhere off the batch.
+of the first layer), which ruins the network everywhere off the batch. The price: g2·(g1·W) = (g2 g1)·W holds
+for the nearest map only when every hidden layer's input h_1 … h_{L-2} is square (n = k); otherwise it is a
+loss-preserving map from the group into the level set, not a group action, since (g h)⁺ ≠ h⁺ g⁻¹.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from metatele.errors import ConfigError
-from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, rescale, teleport
+from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, rescale, teleport, with_ones
 
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
@@ -52,7 +52,8 @@ def ascend(
     sign = 1.0 if maximize else -1.0
     B = W0[0].shape[0]
     if group == "gl":
-        X_pinv = pinv_full_rank(X.detach(), least_squares) if X_pinv is None else X_pinv
+        if X_pinv is None:
+            X_pinv = pinv_full_rank(with_ones(X.detach()) if bias else X.detach(), least_squares)
         kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest)
         T = [torch.zeros(B, w.shape[1], w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
         move: Callable[[list[torch.Tensor]], list[torch.Tensor]] = lambda T: teleport(W0, X, T, None, **kw)  # noqa: E731

@@ -23,8 +23,10 @@ random (a random group element of the largest size the ascent can reach) and the
   and an approximate action; here no exact action exists beyond 16), so the function off that batch changes:
   the change of the training and validation loss at the teleport is reported;
 - diag: positive rescaling, which keeps the function on all data.
-The objective is evaluated on a 200-sample probe batch that contains the teleport batch; φ and ψ are
-re-measured on it before and after with other random draws. Validation loss and accuracy per epoch are compared
+The objective is evaluated on a 200-sample probe batch that contains the teleport batch, with `teleport_dirs`
+fixed draws (with 4 sharpness directions the ascent fits those directions: the objective fell 28–44% while φ
+measured along 16 other directions rose, on two mnist5k seeds); φ and ψ are re-measured on the probe before and
+after with other random draws, which is what the tables report next to the objective's own change. Validation loss and accuracy per epoch are compared
 with the no-teleport copy of the same seed (paired differences, Student-t 95% CIs over seeds).
 """
 from __future__ import annotations
@@ -94,7 +96,7 @@ class Plan:
     teleport_steps: int = 10
     step_gl: float = 0.003
     step_diag: float = 0.1
-    teleport_dirs: int = 4
+    teleport_dirs: int = 16
     n_boot: int = 10000
 
     def step(self, group: str) -> float:
@@ -289,18 +291,18 @@ def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) 
             w0 = torch.cat([p.detach().flatten() for p in model.parameters()])
             if name == "random":
                 _random_teleport_(model, Xt, group, plan.step(group) * plan.teleport_steps, seed)
-                drift = math.nan
+                drift = obj0 = obj1 = math.nan
             else:
-                drift = teleport_to_target_(model, Xt, yt, name, (Xp, yp), steps=plan.teleport_steps,
-                                            step=plan.step(group), group=group, n_dirs=plan.teleport_dirs,
-                                            seed=seed).drift
+                res = teleport_to_target_(model, Xt, yt, name, (Xp, yp), steps=plan.teleport_steps,
+                                          step=plan.step(group), group=group, n_dirs=plan.teleport_dirs, seed=seed)
+                drift, obj0, obj1 = res.drift, res.before, res.after
             w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
             phi1, psi1 = _probe_measures(model, Xp, yp, plan)
             for m, w in enumerate(get_weights(inspect_mlp(model))):
                 Wv[m][b] = w[0]
             records.append({"dataset": dataset, "group": group, "variant": name, "seed": seed, "arm": a,
-                            "phi_before": phi0, "phi_after": phi1, "psi_before": psi0, "psi_after": psi1,
-                            "batch_drift": drift, "dw_rel": float((w1 - w0).norm() / w0.norm())})
+                            "objective_before": obj0, "objective_after": obj1, "phi_before": phi0,
+                            "phi_after": phi1, "psi_before": psi0, "psi_after": psi1, "batch_drift": drift, "dw_rel": float((w1 - w0).norm() / w0.norm())})
     after_tl, _ = evaluate(Wv, Xtr, ytr, act)
     after_vl, _ = evaluate(Wv, Xva, yva, act)
     for r, s in zip(records, [s for s in range(S) for _ in arms[1:]]):
@@ -330,6 +332,7 @@ def teleport_table(result: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
             m, lo, hi = t_interval(np.asarray(x, float))
             row.update({key: float(m), f"{key}_lo": float(lo), f"{key}_hi": float(hi)})
 
+        put("objective_ratio", [r["objective_after"] / r["objective_before"] for r in recs])
         put("phi_ratio", [r["phi_after"] / r["phi_before"] for r in recs])
         put("psi_ratio", [r["psi_after"] / r["psi_before"] for r in recs])
         put("train_loss_jump", [r["train_loss_jump"] for r in recs])
@@ -362,13 +365,14 @@ def correlation_markdown(table: list[dict[str, Any]]) -> str:
 
 
 def teleport_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| group | variant | φ after/before | ψ after/before | batch drift (max) | ‖Δw‖/‖w‖ | "
-             "Δ train loss at teleport | Δ val loss at teleport | Δ val loss, last epoch | "
+    lines = ["| group | variant | objective after/before | φ after/before | ψ after/before | batch drift (max) | "
+             "‖Δw‖/‖w‖ | Δ train loss at teleport | Δ val loss at teleport | Δ val loss, last epoch | "
              "Δ val loss, mean after teleport | Δ val acc (pp), last epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = {k: 100 * r[k] for k in ("val_acc_diff_final", "val_acc_diff_final_lo", "val_acc_diff_final_hi")}
-        lines.append(f"| {r['group']} | {r['variant']} | {_ci(r, 'phi_ratio')} | {_ci(r, 'psi_ratio')} | "
+        objective = _ci(r, "objective_ratio") if math.isfinite(r["objective_ratio"]) else "n/a"
+        lines.append(f"| {r['group']} | {r['variant']} | {objective} | {_ci(r, 'phi_ratio')} | {_ci(r, 'psi_ratio')} | "
                      f"{fmt(r['batch_drift_max']) if math.isfinite(r['batch_drift_max']) else 'n/a'} | "
                      f"{r['dw_rel']:.2g} | {_ci(r, 'train_loss_jump', '+.3f')} | {_ci(r, 'val_loss_jump', '+.3f')} | "
                      f"{_ci(r, 'val_loss_diff_final', '+.3f')} | {_ci(r, 'val_loss_diff_mean', '+.3f')} | "

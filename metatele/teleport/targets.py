@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from metatele.errors import ConfigError, TeleportDriftError
 from metatele.teleport.ascent import DEFAULT_STEP, ascend
@@ -99,7 +100,7 @@ def teleport_to_target_(
             return orbit_curvature(Wt, XpT, M, act=s.act, bias=s.bias).mean()[None]
 
     def batch_loss(Wt: list[torch.Tensor]) -> float:
-        return float(loss_fn(torch.func.functional_call(model, as_params(model, s, Wt), (XT[0].T,)), y.to(XT.device)))
+        return float(loss_fn(functional_call(model, as_params(model, s, Wt), (XT[0].T,)), y.to(XT.device)))
 
     with torch.no_grad():
         before, L0 = float(value(W)), batch_loss(W)
@@ -110,5 +111,5 @@ def teleport_to_target_(
     if not res.drift <= DRIFT_TOL:
         raise TeleportDriftError(f"teleport to {objective} changed the teleport-batch loss by {res.drift:.2e} "
                                  f"(relative; tolerance {DRIFT_TOL:g}): the batch is too ill-conditioned")
-    set_weights_(s, [w.to(get_weights(s)[0].dtype) for w in new])
+    set_weights_(s, new)  # copied into the model's own dtype
     return res

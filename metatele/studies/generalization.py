@@ -392,8 +392,9 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _finite_json(x: Any) -> Any:
+    """JSON-ready copy: non-finite floats → None (never NaN on disk), finite ones to 7 significant digits."""
     if isinstance(x, float):
-        return x if math.isfinite(x) else None
+        return float(f"{x:.7g}") if math.isfinite(x) else None
     if isinstance(x, dict):
         return {k: _finite_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -414,7 +415,9 @@ def scatter_png(rows: list[dict[str, Any]], path: Path) -> None:
                     ax.scatter(*zip(*pts), s=10, color=f"C{k}", label=f"seed set {s}", alpha=0.7)
             ax.set_xlabel(MEASURES[m])
             ax.set_ylabel(TARGETS[target])
-            ax.set_xscale("log")
+            xs = [r[m] for r in rows if math.isfinite(r[m])]
+            if xs and min(xs) > 0 and max(xs) > 3 * min(xs):  # log only where it spreads the points
+                ax.set_xscale("log")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{rows[0]['dataset']}: final SGD minima")

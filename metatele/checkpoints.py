@@ -74,9 +74,10 @@ def _sniff(path: Path) -> None:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; refusing to load it (unpickling runs code)")
-    if len(head) < 9 or head[8:9] != b"{":
+    if len(head) < 9 or head[8:9] != b"{":  # a safetensors header length may start with byte 0x80: check this first
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; refusing to load it "
+                                  "(unpickling runs code)")
         raise CheckpointError(f"{path} is not a safetensors file (bad header)")
     (n,) = struct.unpack("<Q", head[:8])
     if 8 + n > size:
@@ -139,7 +140,7 @@ def model_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str
     spec = spec_from_meta(meta, path)
     if method is not None and spec.method != method:
         raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
-    if widths is not None and tuple(widths) != spec.widths:
+    if widths is not None and spec.widths and tuple(widths) != spec.widths:
         raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
     model = MetaOptimizer(spec)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -200,6 +200,8 @@ def test_the_study_writes_finite_tables_figures_and_tensorboard(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["generalization", "--quick", "--epochs", "3", "--teleport-epoch", "3"], "teleport epoch"),
     (["generalization", "--quick", "--runs", "0"], "positive integer"),
+    (["generalization", "--quick", "--runs", "2"], "at least 3 runs"),
+    (["generalization", "--quick", "--teleport-seeds", "1"], "at least 2 teleport seeds"),
     (["generalization", "--quick", "--device", "cuda"], "CUDA is not available"),
     (["generalization", "--quick", "--dataset", "fashion-mnist"], "not installed"),
 ])

@@ -1,35 +1,102 @@
-"""Statistics in one place: summaries of per-task losses, steps to reach a loss, Pearson/Spearman correlations
-with percentile-bootstrap CIs, Student-t CIs of a mean, and the number format of every table."""
+"""Statistics in one place: summaries of per-task losses with confidence intervals that respect their scale,
+divergence counts, the report's horizons, steps to reach a loss, Pearson/Spearman correlations with
+percentile-bootstrap CIs, and the tables' number format.
+
+Losses span orders of magnitude and are positive, so intervals are computed on log10 loss (Student t) and
+reported back on the loss scale as an interval for the geometric mean; the arithmetic mean gets a percentile
+bootstrap interval. Neither can be negative.
+"""
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["summarize", "steps_to_reach", "fmt", "CORRELATIONS", "correlation", "correlation_ci", "t_interval"]
+__all__ = ["summarize", "t_interval", "bootstrap_mean_ci", "divergence", "report_steps", "steps_to_reach", "fmt",
+           "CORRELATIONS", "correlation", "correlation_ci"]
 
+BOOTSTRAP_RESAMPLES = 2000
 CORRELATIONS = ("pearson", "spearman")
 
 
-def summarize(loss: torch.Tensor) -> dict[str, float]:
-    """Statistics of per-task losses (B,) over the finite tasks; diverged tasks are counted, not averaged."""
+def t_interval(values: np.ndarray | Sequence[float], level: float = 0.95) -> tuple[Any, Any, Any]:
+    """(mean, low, high): Student-t interval for the mean of `values` (NaN bounds for fewer than 2 values).
+
+    1-D values give floats; values (n, ...) give arrays of shape values.shape[1:], one interval per column
+    (e.g. per epoch over n seeds)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.ndim <= 1:
+        m = float(v.mean()) if v.size else math.nan
+        if v.size < 2:
+            return m, math.nan, math.nan
+        half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+        return m, m - half, m + half
+    n = v.shape[0]
+    m = v.mean(axis=0) if n else np.full(v.shape[1:], math.nan)
+    if n < 2:
+        return m, np.full_like(m, math.nan), np.full_like(m, math.nan)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(axis=0, ddof=1) / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def bootstrap_mean_ci(values: np.ndarray | Sequence[float], level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval for the mean (deterministic given `seed`)."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(BOOTSTRAP_RESAMPLES, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return float(lo), float(hi)
+
+
+def summarize(loss: torch.Tensor, intervals: bool = True) -> dict[str, float]:
+    """Statistics of per-task losses (B,) over the finite tasks; non-finite tasks are counted, never averaged.
+
+    Keys: n_tasks, n_nonfinite, loss_mean, loss_median, loss_q10, loss_q90, log10_loss_mean, geo_mean and, if
+    `intervals`, geo_ci95_low/high (t-interval on log10 loss) and loss_ci95_low/high (bootstrap, mean).
+    """
     finite = torch.isfinite(loss)
     L = loss[finite].double().cpu()
-    n = int(L.numel())
-    out = {"n_tasks": float(loss.numel()), "n_diverged": float((~finite).sum())}
-    if n == 0:
-        nan = math.nan
-        return {**out, "loss_mean": nan, "loss_std": nan, "loss_ci95_low": nan, "loss_ci95_high": nan,
-                "loss_median": nan, "loss_q10": nan, "loss_q90": nan, "log10_loss_mean": nan}
-    mean = float(L.mean())
-    std = float(L.std()) if n > 1 else 0.0
-    half = 1.96 * std / math.sqrt(n)
+    out = {"n_tasks": float(loss.numel()), "n_nonfinite": float((~finite).sum())}
+    keys = ("loss_mean", "loss_median", "loss_q10", "loss_q90", "log10_loss_mean", "geo_mean")
+    if intervals:
+        keys += ("geo_ci95_low", "geo_ci95_high", "loss_ci95_low", "loss_ci95_high")
+    if L.numel() == 0:
+        return {**out, **{k: math.nan for k in keys}}
     q = torch.quantile(L, torch.tensor([0.1, 0.5, 0.9], dtype=L.dtype))
-    return {**out, "loss_mean": mean, "loss_std": std, "loss_ci95_low": mean - half, "loss_ci95_high": mean + half,
-            "loss_median": float(q[1]), "loss_q10": float(q[0]), "loss_q90": float(q[2]),
-            "log10_loss_mean": float(L.clamp_min(1e-300).log10().mean())}
+    logs = L.clamp_min(1e-300).log10()
+    out.update(loss_mean=float(L.mean()), loss_median=float(q[1]), loss_q10=float(q[0]), loss_q90=float(q[2]),
+               log10_loss_mean=float(logs.mean()), geo_mean=10 ** float(logs.mean()))
+    if intervals:
+        _, lo, hi = t_interval(logs.numpy())
+        out.update(geo_ci95_low=10**lo, geo_ci95_high=10**hi)
+        out["loss_ci95_low"], out["loss_ci95_high"] = bootstrap_mean_ci(L.numpy())
+    return out
+
+
+def divergence(loss: torch.Tensor) -> dict[str, float]:
+    """Per-task failure counts of a run, loss (steps+1, B): `n_diverged` tasks whose final loss is non-finite
+    or above their initial loss; `n_blowup` tasks whose final loss exceeds 10× their best loss so far."""
+    final, first = loss[-1], loss[0]
+    best = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf)).amin(0)
+    diverged = ~torch.isfinite(final) | (final > first)
+    blowup = ~torch.isfinite(final) | (final > 10 * best)
+    return {"n_diverged": float(diverged.sum()), "n_blowup": float(blowup.sum())}
+
+
+def report_steps(last: int) -> list[int]:
+    """1, 10, 30, 100, 300, 1000, 3000, … up to `last`, plus `last`."""
+    steps, p = [1], 10
+    while p <= last:
+        steps += [s for s in (p, 3 * p) if s <= last]
+        p *= 10
+    return sorted({s for s in steps if s <= last} | {last})
 
 
 def steps_to_reach(loss: torch.Tensor, factor: float) -> float:
@@ -84,16 +151,3 @@ def correlation_ci(x: Sequence[float], y: Sequence[float], method: str = "pearso
     a = (1 - level) / 2
     lo, hi = np.quantile(boot, [a, 1 - a])
     return {"r": correlation(xa, ya, method), "lo": float(lo), "hi": float(hi), "n": float(xa.size)}
-
-
-def t_interval(x: np.ndarray | torch.Tensor, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and Student-t CI of the mean over the first axis of x (n, ...): (mean, lo, hi), each x.shape[1:]."""
-    from scipy.stats import t as student
-
-    xa = np.asarray(x, float)
-    n = xa.shape[0]
-    mean = xa.mean(axis=0)
-    if n < 2:
-        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-    half = student.ppf((1 + level) / 2, n - 1) * xa.std(axis=0, ddof=1) / math.sqrt(n)
-    return mean, mean - half, mean + half

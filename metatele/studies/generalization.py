@@ -477,6 +477,10 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
     """Run the study on each dataset; write out/<dataset>/{runs.csv, correlation.csv, correlation.md,
     scatter.png, teleports.csv, teleport.csv, teleport.md, teleport.png, results.json} and TensorBoard runs."""
     names = list(dataset_names) if dataset_names else default_datasets()
+    if "correlation" in parts and plan.runs < 3:
+        raise ConfigError(f"a correlation needs at least 3 runs per seed set, got --runs {plan.runs}")
+    if "teleport" in parts and plan.teleport_seeds < 2:
+        raise ConfigError(f"a confidence interval over seeds needs at least 2 teleport seeds, got {plan.teleport_seeds}")
     if "teleport" in parts and not 1 <= plan.teleport_epoch < plan.epochs:
         raise ConfigError(f"the teleport epoch must be in 1..{plan.epochs - 1} (below --epochs), got {plan.teleport_epoch}")
     report = [f"# metatele generalization: {', '.join(names)}\n",

@@ -1,8 +1,8 @@
-"""Teleportation by gradient steps on the group element: move along the level set of the loss on a teleport
-batch X by ascending (or descending) an objective of the transformed weights over the Lie-algebra element T of
-g = I + T. `ascend` is the generic routine; `gradient_ascent_teleport` is the paper's non-learned teleport (the
-objective is ‖∇L(g·W)‖² on a task's teleport data, `metatele.tasks.TaskBatch.teleport_data`). Shapes as in
-`metatele.teleport.action`."""
+"""Teleportation by gradient steps on the group element. `gradient_ascent_teleport` is the paper's non-learned
+teleport: move along the level set to a steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of
+g = I + T, on a task's teleport data (`metatele.tasks.TaskBatch.teleport_data`). `ascend` raises or lowers any
+objective of the transformed weights, over GL (g = I + T, exact on a batch X) or positive rescaling (exact on all
+data). Shapes as in `metatele.teleport.action`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -17,9 +17,60 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["ascend", "gradient_ascent_teleport", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
+
+
+def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData,
+                       T: Sequence[torch.Tensor] | None = None, least_squares: bool = False,
+                       X_pinv: torch.Tensor | None = None, skip_invalid: bool = False,
+                       differentiable: bool = False) -> list[torch.Tensor]:
+    """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T (T = 0 by default): the steepest-ascent direction of the squared
+    gradient norm in the Lie algebra, one (B, k_m, k_m) per hidden layer. Detached from the weights unless
+    `differentiable` (then G is a differentiable function of them, for exact meta-gradients).
+    skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
+    W0 = list(weights) if differentiable else [w.detach() for w in weights]
+    X = data.batch.X
+    X_pinv = X_pinv if X_pinv is not None else data.X_pinv
+    if T is None:
+        T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+    with torch.enable_grad():
+        T = [t.detach().requires_grad_() for t in T]
+        Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv,
+                      skip_invalid=skip_invalid)
+        _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
+        G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid, create_graph=differentiable)
+    return [torch.zeros_like(t) if gt is None else torch.nan_to_num(gt) if skip_invalid else gt for t, gt in zip(T, G)]
+
+
+def gradient_ascent_teleport(
+    weights: Sequence[torch.Tensor],
+    task: TaskBatch,
+    data: TeleportData,
+    steps: int = 10,
+    lr: float | None = None,
+    least_squares: bool = False,
+    skip_invalid: bool = False,
+) -> list[torch.Tensor]:
+    """Teleport towards a steeper point of the level set of `task`'s loss on `data`.
+
+    Starts from T = 0 and takes `steps` ascent steps on ‖∇L(g·W)‖², then applies the exact action once.
+    lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
+    G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
+    moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
+    The result is detached from the input weights' graph. skip_invalid: tasks where the exact action is
+    impossible (a non-finite or rank-deficient layer input) keep their weights instead of failing the batch.
+    """
+    W0 = [w.detach() for w in weights]
+    X = data.batch.X
+    X_pinv = data.X_pinv if data.X_pinv is not None or skip_invalid else pinv_full_rank(X, least_squares)
+    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+    for _ in range(steps):
+        G = steepest_direction(W0, task, data, T, least_squares, X_pinv, skip_invalid)
+        T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
+    return [w.detach() for w in teleport(W0, X, T, None, act=task.activation, least_squares=least_squares,
+                                         X_pinv=X_pinv, skip_invalid=skip_invalid)]
 
 
 def ascend(
@@ -75,21 +126,3 @@ def _unit(G: torch.Tensor) -> torch.Tensor:
     if G.dim() == 3:
         return normalize(G, 1.0)
     return G / G.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)
-
-
-def gradient_ascent_teleport(
-    weights: Sequence[torch.Tensor],
-    task: TaskBatch,
-    data: TeleportData,
-    steps: int = 10,
-    lr: float | None = None,
-    least_squares: bool = False,
-) -> list[torch.Tensor]:
-    """Teleport towards a steeper point of the level set of `task`'s loss on `data`: `ascend` on ‖∇L(g·W)‖²
-    (the default normalized rule moves g at most 0.03·steps from I; the raw gradients span many orders of
-    magnitude across tasks)."""
-    def steepness(W: list[torch.Tensor]) -> torch.Tensor:
-        return grad_norm_sq(task.loss_and_grad(W, data.batch, create_graph=True)[1])
-
-    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr,
-                  least_squares=least_squares, X_pinv=data.X_pinv)

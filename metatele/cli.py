@@ -1,9 +1,10 @@
-"""Command line: `metatele train | eval | compare | repdyn`. User errors print one line and exit 2."""
+"""Command line: `metatele train | eval | compare | repdyn | generalization`. User errors print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
 from metatele.datasets import DATASETS
+from metatele.studies import generalization
 from metatele.tasks import (LAWS, PAPER_MNIST_WIDTHS, PAPER_N, PAPER_WIDTHS, ClassificationFamily, RegressionFamily,
                             TaskFamily, family_from_dict)
 from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
@@ -115,6 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=nonneg_int, default=0,
                    help="networks trained at once, one process each (default 0: one per CPU core)")
     r.add_argument("--no-progress", action="store_true")
+
+    g = sub.add_parser("generalization", help="sharpness, orbit curvature and generalization; teleporting for it "
+                       "(paper §5)", description="Correlates sharpness and orbit curvature of SGD minima with "
+                       "validation loss and the generalization gap, and teleports once mid-training to lower/raise "
+                       "them (see metatele.studies.generalization).")
+    g.add_argument("--dataset", action="append", choices=DATASETS,
+                   help="repeatable (default: mnist5k and digits, and fashion-mnist when installed)")
+    g.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s on 2 CPU cores)")
+    g.add_argument("--part", choices=("correlation", "teleport"), action="append",
+                   help="run only this part (repeatable; default both)")
+    g.add_argument("--runs", type=positive_int, help="SGD runs per seed set, two sets (default 50; quick 5)")
+    g.add_argument("--epochs", type=positive_int, help="SGD epochs (default 40; quick 2)")
+    g.add_argument("--teleport-seeds", type=positive_int, help="seeds of the teleport experiment (default 10; quick 2)")
+    g.add_argument("--teleport-epoch", type=positive_int, help="teleport before this epoch (default 20; quick 1)")
+    g.add_argument("--seed-offset", type=nonneg_int, default=0,
+                   help="use seeds (i + 1 + OFFSET)·54321 instead of (i + 1)·54321 (another seed split)")
+    g.add_argument("--out", default="results/generalization", help="output directory (default results/generalization)")
+    g.add_argument("--logdir", default="runs/generalization", help="TensorBoard directory (default runs/generalization)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--threads", type=positive_int, default=1,
+                   help="torch CPU threads (default 1: the networks are small, and on a shared 2-core machine one "
+                   "thread measured 3× faster than two)")
     return p
 
 
@@ -196,13 +220,23 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
                              n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)
 
 
+def cmd_generalization(a: argparse.Namespace) -> int:
+    base = generalization.QUICK if a.quick else generalization.FULL
+    sizes = {"runs": a.runs, "epochs": a.epochs, "teleport_seeds": a.teleport_seeds, "teleport_epoch": a.teleport_epoch}
+    plan = replace(base, **{k: v for k, v in sizes.items() if v is not None})
+    torch.set_num_threads(a.threads)
+    return generalization.main(a.dataset, plan, Path(a.out), Path(a.logdir), resolve_device(a.device),
+                               a.part or ("correlation", "teleport"), a.seed_offset)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if a.command is None:
         parser.print_help()
         return 0
-    handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn}[a.command]
+    handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
+               "generalization": cmd_generalization}[a.command]
     try:
         return handler(a)
     except MetateleError as e:

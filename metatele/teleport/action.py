@@ -12,6 +12,15 @@ activation (`metatele.tasks.LeakyReLU`).
 With bias=True every weight is augmented, W̃_m = [W_m b_m] (B, d_{m+1}, d_m + 1), acting on [h; 1]: the
 action uses h̃ = [h; 1] in place of h (exact when n ≤ d + 1) and W_{m+1} g⁻¹ touches only the first k_m
 columns of W̃_{m+1}, so the biases of the next layer are unchanged.
+
+With nearest=True, W_m' is the solution of W' h_{m-1} = σ⁻¹(g_m σ(W_m h_{m-1})) nearest to W_m (in the
+current, already right-multiplied weights W̃_m): W_m' = W_m + (σ⁻¹(g_m σ(W_m h)) − W_m h) h⁺. It keeps the loss
+on X exactly as well, is the identity at g = I and leaves the part of W_m outside the row space of h alone.
+The default minimum-norm formula σ⁻¹(g σ(W h)) h⁺ equals it when h is square (the paper's 20×20 tasks) but,
+when n < d, projects W_m onto the row space of h even at g = I (on MNIST with a 16-sample batch it rewrites 99%
+of the first layer), which ruins the network everywhere off the batch. The price: g2·(g1·W) = (g2 g1)·W holds
+for the nearest map only when every hidden layer's input h_1 … h_{L-2} is square (n = k); otherwise it is a
+loss-preserving map from the group into the level set, not a group action, since (g h)⁺ ≠ h⁺ g⁻¹.
 """
 from __future__ import annotations
 
@@ -84,6 +93,7 @@ def _pairwise_action(
     X_pinv: torch.Tensor | None,
     bias: bool = False,
     skip_invalid: bool = False,
+    nearest: bool = False,
 ) -> Weights:
     """Shared pair-by-pair action; `right(W_next, m)` maps W_{m+1} (its first k_m columns if bias) to its
     transformed value. X_pinv, if given, is the pseudo-inverse of the first layer's input ([X; 1] if bias).
@@ -105,7 +115,7 @@ def _pairwise_action(
             hp = pinv_full_rank(hin, least_squares)
         a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
-        W = torch.bmm(z, hp)
+        W = new[m] + torch.bmm(z - torch.bmm(new[m], hin), hp) if nearest else torch.bmm(z, hp)
         # One step of iterative refinement on the residual z − W h: deep layers of all-positive
         # nets have cond(h) up to ~1e9, and this brings the loss change back to ~1e-15.
         new[m] = W + torch.bmm(z - torch.bmm(W, hin), hp)
@@ -131,10 +141,11 @@ def group_action(
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
     skip_invalid: bool = False,
+    nearest: bool = False,
 ) -> Weights:
     """Exact action of invertible g_m (B, k_m, k_m) on every hidden layer. X_pinv: optional cached X⁺."""
     return _pairwise_action(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), act,
-                            least_squares, X_pinv, bias, skip_invalid)
+                            least_squares, X_pinv, bias, skip_invalid, nearest)
 
 
 def normalize(T: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Tensor:
@@ -155,6 +166,7 @@ def teleport(
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
     skip_invalid: bool = False,
+    nearest: bool = False,
 ) -> Weights:
     """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm `magnitude` (None: as given).
     magnitude may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
@@ -169,9 +181,9 @@ def teleport(
     g = [e + t for e, t in zip(eye, T)]
     if exact:
         return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias,
-                            skip_invalid=skip_invalid)
+                            skip_invalid=skip_invalid, nearest=nearest)
     return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv, bias,
-                            skip_invalid)
+                            skip_invalid, nearest)
 
 
 def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weights:

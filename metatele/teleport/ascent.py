@@ -1,19 +1,23 @@
-"""Teleportation by gradient ascent (the paper's non-learned teleport): move along the level set to a
-steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of g = I + T, on a task's teleport
-data (`metatele.tasks.TaskBatch.teleport_data`). Shapes as in `metatele.teleport.action`."""
+"""Teleportation by gradient steps on the group element. `gradient_ascent_teleport` is the paper's non-learned
+teleport: move along the level set to a steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of
+g = I + T, on a task's teleport data (`metatele.tasks.TaskBatch.teleport_data`). `ascend` raises or lowers any
+objective of the transformed weights, over GL (g = I + T, exact on a batch X) or positive rescaling (exact on all
+data). Shapes as in `metatele.teleport.action`."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, teleport
+from metatele.errors import ConfigError
+from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, rescale, teleport, with_ones
 
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
+    from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["steepest_direction", "gradient_ascent_teleport", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
 
@@ -67,3 +71,58 @@ def gradient_ascent_teleport(
         T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
     return [w.detach() for w in teleport(W0, X, T, None, act=task.activation, least_squares=least_squares,
                                          X_pinv=X_pinv, skip_invalid=skip_invalid)]
+
+
+def ascend(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    objective: Callable[[list[torch.Tensor]], torch.Tensor],
+    *,
+    act: LeakyReLU,
+    steps: int = 10,
+    lr: float | None = None,
+    step: float = DEFAULT_STEP,
+    maximize: bool = True,
+    group: Literal["gl", "diag"] = "gl",
+    least_squares: bool = False,
+    X_pinv: torch.Tensor | None = None,
+    bias: bool = False,
+    nearest: bool = False,
+) -> list[torch.Tensor]:
+    """Teleport W (weights[m] (B, d_{m+1}, d_m)) on X (B, d0, n) to raise (maximize=True) or lower objective(g·W),
+    a (B,) tensor differentiable in the weights, by `steps` gradient steps on the group element from g = I.
+
+    group="gl": g_m = I + T_m (T_m (B, k_m, k_m)) under the exact action on X, applied once at the end, so the
+    loss on X is unchanged. group="diag": g_m = diag(exp(s_m)) (s_m (B, k_m)) by `action.rescale`, which keeps
+    the network's function on all data (X is not used).
+    lr=None: normalized steps, T ← T ± step·G/‖G‖ per layer and task, G = ∂objective/∂T (or ∂/∂s): scale-free,
+    and T (or s) moves at most step·steps from 0 per layer. A float lr takes plain steps T ← T ± lr·G.
+    Other keywords as in `metatele.teleport.action.teleport`. The result is detached from the input's graph.
+    """
+    W0 = [w.detach() for w in weights]
+    sign = 1.0 if maximize else -1.0
+    B = W0[0].shape[0]
+    if group == "gl":
+        if X_pinv is None:
+            X_pinv = pinv_full_rank(with_ones(X.detach()) if bias else X.detach(), least_squares)
+        kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest)
+        T = [torch.zeros(B, w.shape[1], w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
+        move: Callable[[list[torch.Tensor]], list[torch.Tensor]] = lambda T: teleport(W0, X, T, None, **kw)  # noqa: E731
+    elif group == "diag":
+        T = [torch.zeros(B, w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
+        move = lambda s: rescale(W0, s)  # noqa: E731
+    else:
+        raise ConfigError(f"unknown teleport group {group!r}; choose 'gl' or 'diag'")
+    with torch.enable_grad():
+        for _ in range(steps):
+            T = [t.detach().requires_grad_() for t in T]
+            G = torch.autograd.grad(objective(move(T)).sum(), T)
+            T = [t + sign * (step * _unit(gt) if lr is None else lr * gt) for t, gt in zip(T, G)]
+    return [w.detach() for w in move([t.detach() for t in T])]
+
+
+def _unit(G: torch.Tensor) -> torch.Tensor:
+    """G (B, k, k) or (B, k) scaled to unit Frobenius norm per task."""
+    if G.dim() == 3:
+        return normalize(G, 1.0)
+    return G / G.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["MAX_WIDTH", "MAX_LAYERS", "MAX_HIDDEN", "MAX_SAMPLES", "MAX_META_PARAMETERS", "integer",
-           "positive_float", "nonneg_float", "boolean", "choice", "widths", "finite_or_none"]
+           "positive_float", "nonneg_float", "finite_float", "boolean", "choice", "choices", "int_pair", "widths",
+           "finite_or_none"]
 
 MAX_WIDTH = 4096             # units in one layer of a task network
 MAX_LAYERS = 16              # weight matrices of a task network
@@ -48,6 +49,13 @@ def nonneg_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def finite_float(name: str, value: Any) -> float:
+    """value as a float, if it is a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def boolean(name: str, value: Any) -> bool:
     """value, if it is exactly True or False."""
     if not isinstance(value, bool):
@@ -60,6 +68,23 @@ def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
     return value
+
+
+def choices(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
+    """value as a tuple, if it is a non-empty list of the `allowed` strings."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{name} must be a non-empty list of: {', '.join(allowed)}; got {value!r}")
+    return tuple(choice(f"{name} entry", v, allowed) for v in value)
+
+
+def int_pair(name: str, value: Any, lo: int, hi: int) -> tuple[int, int]:
+    """value as (low, high), if it is two integers with lo ≤ low ≤ high ≤ hi."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name} must be [low, high], got {value!r}")
+    low, high = (integer(f"{name}'s bounds", v, lo, hi) for v in value)
+    if low > high:
+        raise ValueError(f"{name} must be [low, high] with low ≤ high, got {list(value)}")
+    return low, high
 
 
 def widths(name: str, value: Any, min_len: int = 3) -> tuple[int, ...]:

@@ -1,5 +1,5 @@
-"""Command line: `metatele train | eval | compare | repdyn`. User errors print one line and exit 2, and so do
-operating-system errors (disk full, permission denied, …); Ctrl-C prints one line and exits 130. Output
+"""Command line: `metatele train | eval | compare | repdyn | generalization`. User errors print one line and exit 2,
+and so do operating-system errors (disk full, permission denied, …); Ctrl-C prints one line and exits 130. Output
 locations are checked before any long work. The program's entry point is `metatele.entry`."""
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, config, io_safety, train
+from metatele import checkpoints, checks, config, io_safety, train
 from metatele._version import __version__
 from metatele.errors import CheckpointError, ConfigError, MetateleError, TrainStateExistsError
 from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
-from metatele.tasks import PAPER_N, RegressionFamily, TaskFamily, family_from_dict
+from metatele.datasets import DATASETS
+from metatele.studies import generalization
+from metatele.tasks import (LAWS, PAPER_MNIST_WIDTHS, PAPER_N, PAPER_WIDTHS, ClassificationFamily, RegressionFamily,
+                            TaskFamily, family_from_dict)
 from metatele.tasks.seeds import EVAL_FIRST_SEED, MAX_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
 
 VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
@@ -48,6 +52,17 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 positive_int = _int_in(1, 10**7)   # counts such as --steps
 nonneg_int = _int_in(0, MAX_SEED)  # task seeds
 task_count = _int_in(1, MAX_TASKS)
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 20,32,32,20, got {text!r}") from None
+    try:
+        return list(checks.widths("--widths", widths))  # 3 … 17 widths, each in [1, 4096]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def resolve_device(name: str) -> str:
@@ -120,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
+    c.add_argument("--task", choices=("regression", "classification"), default="regression",
+                   help="task family (default regression: the paper's)")
+    c.add_argument("--widths", type=_widths, default=None,
+                   help="network widths, e.g. 20,32,32,20 (default: 20,20,20; classification: 784,16,10,10)")
+    c.add_argument("--n", type=positive_int, default=None,
+                   help="regression samples per task (default min(20, smallest hidden-layer input width))")
+    c.add_argument("--law", choices=tuple(LAWS), default="paper", help="regression law of the tasks (default paper)")
+    c.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="classification dataset (default mnist5k)")
     _eval_args(c, "results/compare", "runs/compare")
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks (of the family it was trained on)")
@@ -137,6 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_int_in(0, MAX_WORKERS), default=0,
                    help="networks trained at once, one process each (default 0: one per CPU core)")
     r.add_argument("--no-progress", action="store_true")
+
+    g = sub.add_parser("generalization", help="sharpness, orbit curvature and generalization; teleporting for it "
+                       "(paper §5)", description="Correlates sharpness and orbit curvature of SGD minima with "
+                       "validation loss and the generalization gap, and teleports once mid-training to lower/raise "
+                       "them (see metatele.studies.generalization).")
+    g.add_argument("--dataset", action="append", choices=DATASETS,
+                   help="repeatable (default: mnist5k and digits, and fashion-mnist when installed)")
+    g.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s on 2 CPU cores)")
+    g.add_argument("--part", choices=("correlation", "teleport"), action="append",
+                   help="run only this part (repeatable; default both)")
+    g.add_argument("--runs", type=positive_int, help="SGD runs per seed set, two sets (default 50; quick 5)")
+    g.add_argument("--epochs", type=positive_int, help="SGD epochs (default 40; quick 2)")
+    g.add_argument("--teleport-seeds", type=positive_int, help="seeds of the teleport experiment (default 10; quick 2)")
+    g.add_argument("--teleport-epoch", type=positive_int, help="teleport before this epoch (default 20; quick 1)")
+    g.add_argument("--seed-offset", type=nonneg_int, default=0,
+                   help="use seeds (i + 1 + OFFSET)·54321 instead of (i + 1)·54321 (another seed split)")
+    g.add_argument("--out", default="results/generalization", help="output directory (default results/generalization)")
+    g.add_argument("--logdir", default="runs/generalization", help="TensorBoard directory (default runs/generalization)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--threads", type=_int_in(1, 1024), default=1,
+                   help="torch CPU threads (default 1: the networks are small, and on a shared 2-core machine one "
+                   "thread measured 3× faster than two)")
     return p
 
 
@@ -187,13 +232,24 @@ def cmd_compare(a: argparse.Namespace) -> int:
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     if not ckdir.is_dir():
         raise ConfigError(f"checkpoint directory not found: {ckdir}")
-    _warn_missing_checkpoints(ckdir)
+    if a.checkpoints:  # the shipped directory holds what it holds: no warning for methods never shipped
+        _warn_missing_checkpoints(ckdir)
+
+    if a.task == "classification":
+        family: TaskFamily = ClassificationFamily(a.dataset, tuple(a.widths or PAPER_MNIST_WIDTHS))
+    else:
+        widths = tuple(a.widths or PAPER_WIDTHS)
+        family = RegressionFamily(widths, a.n or min(PAPER_N, min(widths[:-2])), LAWS[a.law])
 
     def entries(family: TaskFamily, device: str) -> list[compare.Entry]:
         valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + VALIDATION_TASKS), device=device)
-        return compare.baselines(valid, a.steps) + compare.learned(ckdir, family.widths, device)
+        found, skipped = compare.learned(ckdir, family.widths, device)
+        if skipped:
+            print(f"metatele: warning: skipped {', '.join(skipped)}: they only run on the shape they were trained for",
+                  file=sys.stderr)
+        return compare.baselines(valid, a.steps) + found
 
-    return _run_eval(a, RegressionFamily(), entries)
+    return _run_eval(a, family, entries)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -214,12 +270,23 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
     if a.json:
         io_safety.check_output_file(Path(a.json), "--json")
         io_safety.clean_stray_temps(Path(a.json).parent)
-    if not a.quick:  # the full run also probes the learned optimizers
+    if not a.quick and a.checkpoints:  # the full run also probes the learned optimizers
         if not ckdir.is_dir():
             raise ConfigError(f"checkpoint directory not found: {ckdir}")
         _warn_missing_checkpoints(ckdir)
     return repdyn_paper.main(quick=a.quick, out=Path(a.out), json_path=a.json, checkpoints_dir=ckdir,
                              n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)
+
+
+def cmd_generalization(a: argparse.Namespace) -> int:
+    base = generalization.QUICK if a.quick else generalization.FULL
+    sizes = {"runs": a.runs, "epochs": a.epochs, "teleport_seeds": a.teleport_seeds, "teleport_epoch": a.teleport_epoch}
+    plan = replace(base, **{k: v for k, v in sizes.items() if v is not None})
+    torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    _check_outputs(Path(a.out), Path(a.logdir))
+    return generalization.main(a.dataset, plan, Path(a.out), Path(a.logdir), device,
+                               a.part or ("correlation", "teleport"), a.seed_offset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command is None:
             parser.print_help()
             return 0
-        handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn}[a.command]
+        handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
+                   "generalization": cmd_generalization}[a.command]
         return handler(a)
     except MetateleError as e:
         print(f"metatele: error: {e}", file=sys.stderr)

@@ -16,7 +16,7 @@ from metatele.datasets import DATASETS
 from metatele.errors import ConfigError
 from metatele.learned.meta_optimizer import MetaOptSpec
 from metatele.methods.registry import LEARNED
-from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, RegressionFamily, TaskFamily
+from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, MixtureFamily, RegressionFamily, TaskFamily
 from metatele.tasks.seeds import TRAIN_SEEDS, TRAIN_STRIDE
 
 if sys.version_info >= (3, 11):
@@ -26,7 +26,7 @@ else:  # pragma: no cover
 
 __all__ = ["TrainConfig", "load", "to_dict", "TASKS", "META_LOSSES"]
 
-TASKS = ("regression", "classification")
+TASKS = ("regression", "classification", "mixture")
 META_LOSSES = ("sum", "log")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_META_LR = 10.0  # Adam's first steps move by ≈ 10·meta_lr: far above this, float32 overflows in the update
@@ -45,12 +45,15 @@ RANGE_NOTES = {
 @dataclass
 class TrainConfig:
     method: str = "lstm-update-tele"
-    task: str = "regression"      # task family: "regression" (the paper's) or "classification"
+    task: str = "regression"      # task family: "regression" (the paper's), "classification" or "mixture"
     widths: list[int] = field(default_factory=lambda: [20, 20, 20])
     n: int = 20                   # regression: samples per task
     law: str = "paper"            # regression: how tasks are drawn (metatele.tasks.LAWS)
     dataset: str = "mnist5k"      # classification: metatele.datasets name
     data_batch: int = 20          # classification: mini-batch size
+    width_range: list[int] = field(default_factory=lambda: [8, 48])  # mixture: every width drawn in [low, high]
+    depth_range: list[int] = field(default_factory=lambda: [1, 3])   # mixture: hidden layers in [low, high]
+    laws: list[str] = field(default_factory=lambda: ["paper", "normal-init"])  # mixture: laws drawn from
     slope: float = 0.1            # LeakyReLU negative slope of the task networks
     trajectories: int = 700       # tasks meta-trained on, in batches of `batch` (the last may be smaller)
     steps: int = 100              # inner steps per trajectory (the longest, if min_steps < steps)
@@ -58,10 +61,13 @@ class TrainConfig:
     unroll: int = 10              # truncated-BPTT window
     batch: int = 16               # trajectories run in parallel
     meta_lr: float = 1e-3
+    meta_lr_final: float = 1.0    # < 1: the meta lr decays along a cosine to meta_lr × meta_lr_final by the last batch
     hidden: int = 300             # LSTM size of the meta-optimizer's nets
     magnitude: float = 0.01       # teleport magnitude ‖T‖_F
     exact: bool = True            # exact group action; False: the paper's first-order variant
     gate: bool = False            # learned gate scaling the magnitude per step
+    gate_bias: float = 2.0        # the gate starts at sigmoid(gate_bias): 2 → 0.88 (open), −2 → 0.12
+    teleport_decay: float = 0.0   # > 0: teleport magnitude × exp(−t / teleport_decay) at inner step t
     preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h) (update_form "direct")
     update_form: str = "direct"   # m1: "direct" (the paper) or "residual" (learned GD step + learned part)
@@ -87,13 +93,19 @@ class TrainConfig:
             for name in ("magnitude", "clip", "out_scale", "loss_growth", "slope"):
                 checks.positive_float(name, getattr(self, name))
             checks.positive_float("meta_lr", self.meta_lr, MAX_META_LR)
+            checks.positive_float("meta_lr_final", self.meta_lr_final)
             checks.nonneg_float("loss_cap", self.loss_cap)
+            checks.nonneg_float("teleport_decay", self.teleport_decay)
+            checks.finite_float("gate_bias", self.gate_bias)
             for name in ("exact", "gate", "second_order"):
                 checks.boolean(name, getattr(self, name))
             for name, allowed in (("method", tuple(LEARNED)), ("task", TASKS), ("meta_loss", META_LOSSES),
                                   ("law", tuple(LAWS)), ("dataset", DATASETS)):
                 checks.choice(name, getattr(self, name), allowed)
             checks.widths("widths", self.widths)
+            checks.int_pair("width_range", self.width_range, 1, checks.MAX_WIDTH)
+            checks.int_pair("depth_range", self.depth_range, 1, checks.MAX_LAYERS - 1)
+            checks.choices("laws", self.laws, tuple(LAWS))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.steps % self.unroll:
@@ -124,48 +136,56 @@ class TrainConfig:
         act = LeakyReLU(self.slope)
         if self.task == "classification":
             return ClassificationFamily(self.dataset, tuple(self.widths), self.data_batch, activation=act)
+        if self.task == "mixture":
+            if len(self.width_range) != 2 or len(self.depth_range) != 2:
+                raise ValueError("width_range and depth_range need two entries: [low, high]")
+            return MixtureFamily(tuple(self.width_range), tuple(self.depth_range), tuple(self.laws), self.n, act)
         return RegressionFamily(tuple(self.widths), self.n, LAWS[self.law], act)
 
     def spec(self) -> MetaOptSpec:
         """The meta-optimizer these settings build."""
-        return MetaOptSpec(method=self.method, widths=tuple(self.widths), hidden=self.hidden,
+        widths = () if LEARNED[self.method].size_agnostic else tuple(self.widths)
+        return MetaOptSpec(method=self.method, widths=widths, hidden=self.hidden,
                            preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
-                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form)
+                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form,
+                           gate_bias=self.gate_bias, teleport_decay=self.teleport_decay)
 
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list}
-
-
-def _name(typ: type) -> str:
-    return "a list of int" if typ is list else typ.__name__
+_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "str", "list[int]": "ints", "list[str]": "strs"}
+_NAMES = {"ints": "a list of int", "strs": "a list of str"}
 
 
 def _parse(name: str, typ: Any, text: str) -> Any:
     """A `--set KEY=VALUE` string as the key's type (int("20.7") and int("1e3") fail: no truncation)."""
-    typ = _TYPES.get(typ, typ)
+    kind = _KINDS[typ]
+    items = [v.strip() for v in text.strip("[]() ").split(",") if v.strip()]
     try:
-        if typ is bool:
+        if kind == "bool":
             if text.lower() not in ("true", "1", "yes", "false", "0", "no"):
                 raise ValueError
             return text.lower() in ("true", "1", "yes")
-        if typ is list:
-            return [int(v) for v in text.strip("[]() ").split(",") if v.strip()]
-        return typ(text)
+        if kind == "ints":
+            return [int(v) for v in items]
+        if kind == "strs":
+            return [v.strip("'\"") for v in items]
+        return {"int": int, "float": float, "str": str}[kind](text)
     except ValueError:
-        raise ConfigError(f"config key {name!r} expects {_name(typ)}, got {text!r}") from None
+        raise ConfigError(f"config key {name!r} expects {_NAMES.get(kind, kind)}, got {text!r}") from None
 
 
 def _typed(name: str, typ: Any, value: Any) -> Any:
     """A TOML or keyword value, if it has the key's type. Strict: a float is not an int (20.7 and 20.0 are
     refused, not truncated), a bool is not a number, a string is not a number or a bool."""
-    typ = _TYPES.get(typ, typ)
+    kind = _KINDS[typ]
     integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    ok = {bool: lambda: isinstance(value, bool), int: lambda: integer(value), str: lambda: isinstance(value, str),
-          float: lambda: integer(value) or isinstance(value, float),
-          list: lambda: isinstance(value, (list, tuple)) and all(integer(v) for v in value)}[typ]()
-    if not ok or (typ is float and integer(value) and abs(value) > 1e308):  # an int too large for a float
-        raise ConfigError(f"config key {name!r} expects {_name(typ)}, got {value!r}")
-    return float(value) if typ is float else list(value) if typ is list else value
+    seq = isinstance(value, (list, tuple))
+    ok = {"bool": lambda: isinstance(value, bool), "int": lambda: integer(value), "str": lambda: isinstance(value, str),
+          "float": lambda: integer(value) or isinstance(value, float),
+          "ints": lambda: seq and all(integer(v) for v in value),
+          "strs": lambda: seq and all(isinstance(v, str) for v in value)}[kind]()
+    if not ok or (kind == "float" and integer(value) and abs(value) > 1e308):  # an int too large for a float
+        raise ConfigError(f"config key {name!r} expects {_NAMES.get(kind, kind)}, got {value!r}")
+    return float(value) if kind == "float" else list(value) if seq else value
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **kw: Any) -> TrainConfig:

@@ -44,3 +44,7 @@ class NonFiniteError(MetateleError):
 
 class OutputInUseError(TrainStateError):
     """Another running training holds the lock on the output directory."""
+
+
+class TeleportDriftError(MetateleError):
+    """A teleport changed the loss on its own batch by more than the tolerance (it left the level set)."""

@@ -8,7 +8,7 @@ torch.set_num_threads(2)
 out = Path(sys.argv[1]); ref = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
 test = tasks.sample(range(10**9, 10**9 + 64))
 valid = tasks.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + 32))
-entries = compare.baselines(valid, 100) + compare.learned(checkpoints.pretrained_dir(), test.widths, "cpu")
+entries = compare.baselines(valid, 100) + compare.learned(checkpoints.pretrained_dir(), test.widths, "cpu")[0]
 res = compare.evaluate(entries, test, 100, progress=False)
 old = torch.load(ref / "traj.pt", weights_only=False)
 assert [r.name for r in res] == list(old), ([r.name for r in res], list(old))

@@ -196,7 +196,8 @@ def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, worke
     trains on all 20 samples and has one hidden layer, so the two-point model is only an approximation."""
     test = sample(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + n_tasks))
     valid = sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + 16))
-    entries = baselines(valid, steps) + (learned(checkpoints_dir, test.widths, "cpu") if checkpoints_dir else [])
+    found = learned(checkpoints_dir, test.widths, "cpu")[0] if checkpoints_dir else []  # (entries, skipped)
+    entries = baselines(valid, steps) + found
     Dx, Ds = pair_constants(test.X, test.Y)
     jobs = [(res.name, b, res.repdyn[b], float(Dx[b]), float(Ds[b]))
             for res in evaluate(entries, test, steps, progress=progress, probe_layer=1)

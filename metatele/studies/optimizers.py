@@ -19,7 +19,10 @@ The protocol of Zhao et al. (ICLR 2024, Fig. 5; docs/teleportation.md §7), run 
   only, whose input is 784 wide, on 200 samples: the paper's batch size, exactly; on digits, 32 = 64 / 2;
   state kept or reset).
 Metrics per epoch (epoch 0 = before training): the loss on the whole training split, the validation loss
-and accuracy; time is the training time only (teleports included, evaluation excluded), one thread.
+and accuracy. Time is training time only (teleports included, evaluation excluded) on one thread, measured
+as the process's CPU seconds on --device cpu: on an otherwise idle core that equals wall-clock, and unlike
+wall-clock it is not inflated by other jobs on a shared machine. Wall-clock seconds are recorded beside it
+(runs.csv), and on CUDA they are the clock.
 """
 from __future__ import annotations
 
@@ -136,7 +139,9 @@ class RunResult:
     train_loss: np.ndarray
     val_loss: np.ndarray
     val_acc: np.ndarray
-    seconds: np.ndarray
+    seconds: np.ndarray  # cumulative training time on the study's clock (CPU seconds on cpu, wall on cuda)
+    wall_seconds: np.ndarray
+    teleport_seconds: float = 0.0  # of `seconds`, spent in teleports
     teleports: list[Any] = field(default_factory=list)  # TeleportResult of each teleport
 
     @property
@@ -157,6 +162,15 @@ def make_mlp(widths: Sequence[int], slope: float = 0.1) -> nn.Sequential:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def clock_for(device: torch.device) -> Callable[[], float]:
+    """The study's clock: process CPU seconds on the CPU, wall-clock on an accelerator."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
+def clock_name(device: str) -> str:
+    return "CPU" if torch.device(device).type == "cpu" else "wall-clock"
 
 
 @torch.no_grad()
@@ -185,30 +199,34 @@ def train_run(data: datasets.Dataset, spec: OptimizerSpec, lr: float, arm: Arm, 
                           layers=arm.layers, method=arm.method, ascent_steps=cfg.ascent_steps,
                           magnitude=0.3 if magnitude is None else list(magnitude), state=arm.state,
                           generator=torch.Generator().manual_seed(seed + 1))
+    clock = clock_for(device)
     curves = [_evaluate(model, data)]
-    seconds = [0.0]
+    seconds, wall, tele_s = [0.0], [0.0], 0.0
     for _ in range(cfg.epochs):
         perm = torch.randperm(N, generator=order).to(device)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, w0 = clock(), time.perf_counter()
         for i in range(per_epoch):
             if tele is not None:
-                tele.step()
+                c0 = clock()
+                if tele.step() is not None:
+                    tele_s += clock() - c0
             idx = perm[i * bs: (i + 1) * bs]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
             opt.step()
         _sync(device)
-        seconds.append(seconds[-1] + time.perf_counter() - t0)
+        seconds.append(seconds[-1] + clock() - t0)
+        wall.append(wall[-1] + time.perf_counter() - w0)
         curves.append(_evaluate(model, data))
         if not math.isfinite(curves[-1][0]):  # diverged: no metric of this epoch or later is meaningful
             curves[-1] = (math.nan, math.nan, math.nan)
             break
     c = np.full((cfg.epochs + 1, 3), np.nan)
     c[: len(curves)] = np.array(curves)
-    s = np.full(cfg.epochs + 1, np.nan)
-    s[: len(seconds)] = seconds
-    return RunResult(c[:, 0], c[:, 1], c[:, 2], s, [r for _, r in tele.history] if tele else [])
+    s, w = np.full(cfg.epochs + 1, np.nan), np.full(cfg.epochs + 1, np.nan)
+    s[: len(seconds)], w[: len(wall)] = seconds, wall
+    return RunResult(c[:, 0], c[:, 1], c[:, 2], s, w, tele_s, [r for _, r in tele.history] if tele else [])
 
 
 def tune_lr(data: datasets.Dataset, spec: OptimizerSpec, cfg: StudyConfig,
@@ -297,8 +315,8 @@ def _at_times(runs: list[RunResult], metric: str, times: np.ndarray) -> torch.Te
 
 
 def report_epochs(epochs: int) -> list[int]:
-    """The epochs the tables show: 1, about a quarter of the run, and the last."""
-    return sorted({1, max(1, round(epochs / 4)), epochs})
+    """The epochs the tables show: 1, 3 (the first after the epoch-2 teleports), a quarter of the run, the last."""
+    return sorted({e for e in (1, 3, round(epochs / 4), epochs) if 1 <= e <= epochs})
 
 
 def curve_rows(res: StudyResult) -> list[dict[str, Any]]:
@@ -340,7 +358,8 @@ def difference_rows(res: StudyResult) -> list[dict[str, Any]]:
 def seed_rows(res: StudyResult) -> list[dict[str, Any]]:
     """runs.csv: every run's curves, one row per (optimizer, arm, seed, epoch)."""
     return [{"optimizer": opt, "arm": arm, "seed": seed, "epoch": e, "seconds": r.seconds[e],
-             "train_loss": r.train_loss[e], "val_loss": r.val_loss[e], "val_acc": r.val_acc[e]}
+             "wall_seconds": r.wall_seconds[e], "train_loss": r.train_loss[e], "val_loss": r.val_loss[e],
+             "val_acc": r.val_acc[e]}
             for (opt, arm), runs in res.runs.items() for seed, r in zip(_seeds(res.cfg.seeds), runs)
             for e in range(res.cfg.epochs + 1)]
 
@@ -350,7 +369,7 @@ def teleport_log_rows(res: StudyResult) -> list[dict[str, Any]]:
     return [{"optimizer": opt, "arm": arm, "seed": seed, "teleport": i, "applied": t.applied, "n_samples": t.n_samples,
              "magnitude": sum(m * m for m in t.magnitude) ** 0.5, "halvings": t.halvings,
              "loss_before": t.loss_before, "loss_after": t.loss_after, "grad_norm_sq_before": t.grad_norm_sq_before,
-             "grad_norm_sq_after": t.grad_norm_sq_after, "seconds": t.seconds}
+             "grad_norm_sq_after": t.grad_norm_sq_after, "wall_seconds": t.seconds}
             for (opt, arm), runs in res.runs.items() for seed, r in zip(_seeds(res.cfg.seeds), runs)
             for i, t in enumerate(r.teleports)]
 
@@ -364,15 +383,17 @@ def teleport_rows(res: StudyResult) -> list[dict[str, Any]]:
             continue
         applied = [t for t in tele if t.applied]
         total = np.array([r.seconds[np.isfinite(r.seconds)][-1] for r in runs])
-        spent = np.array([sum(t.seconds for t in r.teleports) for r in runs])
+        spent = np.array([r.teleport_seconds for r in runs])
         rows.append({
             "optimizer": opt, "arm": arm, "teleports": len(tele), "applied": len(applied),
             "n_samples": tele[0].n_samples,
             "magnitude_mean": float(np.mean([sum(m ** 2 for m in t.magnitude) ** 0.5 for t in applied])) if applied else 0.0,
             "grad_norm_sq_gain_median": float(np.median([t.gain for t in applied])) if applied else 1.0,
             "drift_max": max(t.drift for t in tele),
-            "ms_per_teleport": 1e3 * float(np.mean([t.seconds for t in tele])),
-            "overhead_pct": 100.0 * float(np.mean(spent / total)),
+            "ms_per_teleport": 1e3 * float(spent.sum()) / len(tele),
+            # share of the training time, over the runs that trained to the end
+            "overhead_pct": 100.0 * float(np.mean([sp / tt for sp, tt, r in zip(spent, total, runs) if not r.diverged]))
+            if not all(r.diverged for r in runs) else math.nan,
         })
     return rows
 
@@ -408,8 +429,8 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
              f"{cfg.seeds} seeds ((r+1)·54321), train {d.X_train.shape[0]} / validation {d.X_val.shape[0]} samples. "
              f"Means with 95% Student-t CIs over seeds; differences are paired by seed. Training loss: whole "
              f"training split at the end of the epoch. Time: training only (teleports included, evaluation "
-             f"excluded), {torch.get_num_threads()} thread(s), device {cfg.device}. Study wall time "
-             f"{res.seconds:.0f} s.", "",
+             f"excluded), {torch.get_num_threads()} thread(s), device {cfg.device}, in {clock_name(cfg.device)} "
+             f"seconds (runs.csv has wall-clock too). Study wall time {res.seconds:.0f} s.", "",
              "## Learning rates (tuned without teleport on the validation split)", "",
              f"Grid: paper lr × {', '.join(f'{m:.3g}' for m in cfg.lr_grid)}; criterion: mean validation loss at "
              f"epoch {cfg.tune_epochs or E} over {cfg.tune_seeds} tuning seed(s) (10⁶, 10⁶+1, …).", "",
@@ -422,7 +443,7 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
         lines.append(f"| {opt} | {OPTIMIZERS[opt].paper_lr:g} | " + " | ".join(cells) + f" | {res.lrs[opt]:.3g} |")
     lines += ["", f"## At the last epoch ({E})", "",
               "Over the seeds that did not diverge (a run diverges when its training loss is not finite).", "",
-              "| optimizer | arm | train loss | validation loss | validation accuracy | train seconds | diverged |",
+              "| optimizer | arm | train loss | validation loss | validation accuracy | train time (s) | diverged |",
               "|---|---|---|---|---|---|---|"]
     last = {(r["optimizer"], r["arm"]): r for r in curves if r["epoch"] == E}
     for (opt, arm), runs in res.runs.items():
@@ -433,8 +454,9 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
         cells.append(_ci(float(t["mean"]), float(t["low"]), float(t["high"])))
         lines.append(f"| {opt} | {arm} | " + " | ".join(cells) + f" | {sum(x.diverged for x in runs)}/{len(runs)} |")
     lines += ["", "## Teleport − none (paired by seed; negative loss / positive accuracy = teleport better)", "",
-              "At equal epochs, and at equal wall-clock: the arm's value (interpolated in time) at the seconds the "
-              "seed's 'none' run had taken to reach that epoch. n: seeds where both runs are finite.", "",
+              "At equal epochs, and at equal time: the arm's value (interpolated in time) at the time the seed's "
+              "'none' run had taken to reach that epoch. SGD and AdaGrad teleport at the start of epoch 2, so "
+              "their epoch-1 rows are before any teleport. n: seeds where both runs are finite.", "",
               "| optimizer | arm | epoch | basis | Δ train loss | Δ validation loss | Δ validation accuracy | n |",
               "|---|---|---|---|---|---|---|---|"]
     by = {(r["optimizer"], r["arm"], r["epoch"], r["basis"], r["metric"]): r for r in diffs}
@@ -451,13 +473,15 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
                 lines.append(f"| {opt} | {arm} | {e} | {basis} | " + " | ".join(cells) + f" | {r['n_seeds']} |")
     lines += ["", "## What the teleports did", "",
               "Per teleport on its own batch: ‖T‖ (Frobenius over layers), the median gain of ‖∇L‖², the largest "
-              "relative change of the batch loss (tolerance 1e-4), the time, and the share of training time.", "",
+              "relative change of the batch loss (tolerance 1e-4), the time per teleport, and its share of the "
+              "training time (over the runs that did not diverge).", "",
               "| optimizer | arm | teleports (applied) | samples | mean ‖T‖ | median ‖∇L‖² gain | max drift | ms / teleport | overhead |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in tele:
+        over = f"{r['overhead_pct']:.1f}%" if math.isfinite(r["overhead_pct"]) else "— (all diverged)"
         lines.append(f"| {r['optimizer']} | {r['arm']} | {r['teleports']} ({r['applied']}) | {r['n_samples']} | "
                      f"{r['magnitude_mean']:.3f} | {fmt(r['grad_norm_sq_gain_median'])} | {r['drift_max']:.1e} | "
-                     f"{r['ms_per_teleport']:.1f} | {r['overhead_pct']:.1f}% |")
+                     f"{r['ms_per_teleport']:.1f} | {over} |")
     return "\n".join(lines) + "\n"
 
 
@@ -474,9 +498,9 @@ def plot(res: StudyResult, path: Path, basis: str) -> None:
     fig, axes = plt.subplots(len(opts), 3, figsize=(13, 2.6 * len(opts) + 0.6), squeeze=False)
     for i, opt in enumerate(opts):
         arms = [a for (o, a) in res.runs if o == opt]
-        if basis == "time":
-            t_end = min(float(np.nanmin([r.seconds[-1] for r in res.runs[opt, a]])) for a in arms)
-            x = np.linspace(0.0, t_end, 200)
+        if basis == "time":  # up to the median time of the 'none' runs; arms that all diverged are left out
+            arms = [a for a in arms if not all(r.diverged for r in res.runs[opt, a])]
+            x = np.linspace(0.0, float(np.median([r.seconds[-1] for r in res.runs[opt, "none"]])), 200)
         for j, m in enumerate(METRICS):
             ax, lows = axes[i, j], []
             for k, arm in enumerate(arms):
@@ -500,7 +524,7 @@ def plot(res: StudyResult, path: Path, basis: str) -> None:
             ax.set_title(f"{opt} (lr {res.lrs[opt]:.3g}): {m.replace('_', ' ')}", fontsize=9)
             ax.grid(alpha=0.3)
             if i == len(opts) - 1:
-                ax.set_xlabel("epoch" if basis == "epoch" else "training seconds")
+                ax.set_xlabel("epoch" if basis == "epoch" else f"training time (s, {clock_name(res.cfg.device)})")
         axes[i, 0].legend(fontsize=7)
     fig.suptitle(f"{res.cfg.dataset}: mean over {res.cfg.seeds} seeds, 95% CI bands; losses clipped at 3× the "
                  "initial loss", fontsize=10)

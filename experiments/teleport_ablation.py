@@ -33,8 +33,8 @@ def main() -> None:
         print(f"step {s}:")
         for name, tr in runs.items():
             r = summarize(tr.loss[s])
-            print(f"  {name:32s} mean {r['loss_mean']:.4g} [{r['loss_ci95_low']:.4g}, {r['loss_ci95_high']:.4g}]"
-                  f"  diverged {int(r['n_diverged'])}")
+            print(f"  {name:32s} geometric mean {r['geo_mean']:.4g} [{r['geo_ci95_low']:.4g}, {r['geo_ci95_high']:.4g}]"
+                  f"  mean {r['loss_mean']:.4g}  non-finite {int(r['n_nonfinite'])}")
         d = (runs["lstm-update-tele"].loss[s].log10() - runs["lstm-update-tele, teleport off"].loss[s].log10()).double()
         d = d[torch.isfinite(d)]
         half = 1.96 * float(d.std()) / math.sqrt(d.numel())

@@ -74,9 +74,10 @@ def _sniff(path: Path) -> None:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; refusing to load it (unpickling runs code)")
-    if len(head) < 9 or head[8:9] != b"{":
+    if len(head) < 9 or head[8:9] != b"{":  # a safetensors header length may start with byte 0x80: check this first
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise CheckpointError(f"{path} is a pickle/torch.save file, not safetensors; refusing to load it "
+                                  "(unpickling runs code)")
         raise CheckpointError(f"{path} is not a safetensors file (bad header)")
     (n,) = struct.unpack("<Q", head[:8])
     if 8 + n > size:

@@ -38,7 +38,8 @@ class TrainConfig:
     data_batch: int = 20          # classification: mini-batch size
     slope: float = 0.1            # LeakyReLU negative slope of the task networks
     trajectories: int = 700       # tasks meta-trained on, in batches of `batch` (the last may be smaller)
-    steps: int = 100              # inner steps per trajectory
+    steps: int = 100              # inner steps per trajectory (the longest, if min_steps < steps)
+    min_steps: int = 0            # > 0: each batch's trajectory length is log-uniform in [min_steps, steps]
     unroll: int = 10              # truncated-BPTT window
     batch: int = 16               # trajectories run in parallel
     meta_lr: float = 1e-3
@@ -47,10 +48,12 @@ class TrainConfig:
     exact: bool = True            # exact group action; False: the paper's first-order variant
     gate: bool = False            # learned gate scaling the magnitude per step
     preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
-    out_scale: float = 0.1        # m1 update = out_scale · head(h)
+    out_scale: float = 0.1        # m1 update = out_scale · head(h) (update_form "direct")
+    update_form: str = "direct"   # m1: "direct" (the paper) or "residual" (learned GD step + learned part)
     meta_loss: str = "log"        # "sum" (paper: Σ inner losses) or "log" (Σ log inner losses)
     loss_growth: float = 1.0      # step weights w_t ∝ loss_growth^t within a window (1: plain sum)
     clip: float = 1.0             # meta-gradient norm clipping
+    loss_cap: float = 0.0         # > 0: freeze a training task once its loss exceeds loss_cap × its initial loss
     second_order: bool = True     # differentiate through the inner gradients (exact meta-gradient)
     seed: int = 0
     eval_every: int = 20          # held-out evaluation every N batches (0: never)
@@ -62,7 +65,7 @@ class TrainConfig:
         for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks", "data_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "ckpt_every", "seed"):
+        for name in ("eval_every", "ckpt_every", "seed", "min_steps", "loss_cap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, tuple(LEARNED)), ("task", self.task, TASKS),
@@ -71,6 +74,9 @@ class TrainConfig:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
         if self.steps % self.unroll:
             raise ConfigError(f"steps ({self.steps}) must be a multiple of unroll ({self.unroll})")
+        if self.min_steps and not self.unroll <= self.min_steps <= self.steps:
+            raise ConfigError(f"min_steps ({self.min_steps}) must be between unroll ({self.unroll}) and steps "
+                              f"({self.steps}), or 0 for a fixed length")
         if not (self.meta_lr > 0 and self.magnitude > 0 and self.clip > 0 and self.out_scale > 0
                 and self.loss_growth > 0):
             raise ConfigError("meta_lr, magnitude, clip, out_scale and loss_growth must be positive")
@@ -96,7 +102,7 @@ class TrainConfig:
         """The meta-optimizer these settings build."""
         return MetaOptSpec(method=self.method, widths=tuple(self.widths), hidden=self.hidden,
                            preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
-                           gate=self.gate, out_scale=self.out_scale)
+                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form)
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:

@@ -108,3 +108,15 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         checkpoints.atomic_write(p, boom)
     assert p.read_text() == "old"
     assert [f.name for f in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
+
+
+def test_header_length_with_low_byte_0x80_is_still_safetensors(tmp_path):
+    """A header of 128 + 256·k bytes makes the file start with byte 0x80, like a pickle; it must still load."""
+    for pad in range(0, 256):
+        p = tmp_path / "x.safetensors"
+        checkpoints.save(p, {"w": torch.zeros(2)}, {"kind": "test", "pad": "x" * pad})
+        if p.read_bytes()[:1] == b"\x80":
+            tensors, meta = checkpoints.read(p)
+            assert meta["pad"] == "x" * pad and torch.equal(tensors["w"], torch.zeros(2))
+            return
+    raise AssertionError("no padding gave a header whose length starts with 0x80")

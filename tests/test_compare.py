@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,9 +38,9 @@ def test_tables_and_plot(compared):
     out = compared / "out"
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {r["method"] for r in rows} == METHOD_RUNS
-    assert {"loss_mean", "loss_ci95_low", "loss_ci95_high", "loss_median", "n_tasks", "n_diverged",
-            "steps_to_0.1x", "sec_per_step"} <= set(rows[0])
-    assert {int(r["step"]) for r in rows} == {1, 10}
+    assert {"geo_mean", "geo_ci95_low", "geo_ci95_high", "loss_mean", "loss_ci95_low", "loss_ci95_high", "loss_median",
+            "n_tasks", "n_nonfinite", "n_diverged", "n_blowup", "steps_to_0.1x", "sec_per_step"} <= set(rows[0])
+    assert {int(r["step"]) for r in rows} == {1, 10, 12}
     assert "| gd-teleport |" in (out / "results.md").read_text()
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +54,7 @@ def test_event_files_read_by_tensorboard(compared):
         tags = set(acc.Tags()["scalars"])
         for t in report.TB_TAGS:
             assert f"eval/{t}" in tags and f"eval_vs_time_us/{t}" in tags
-        ev = acc.Scalars("eval/loss_median")
+        ev = acc.Scalars("eval/log10_loss_median")
         assert [e.step for e in ev] == list(range(13))
         assert ev[-1].value < ev[0].value  # every method makes progress on these tasks
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -66,13 +68,15 @@ def test_event_files_read_by_tensorboard(compared):
     assert hp["method"].string_value == "gd-tuned" and hp["lr"].number_value > 0
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    root = EventAccumulator(str(compared / "runs"))
-    root.Reload()
-    (tag,) = root.PluginTagToContent("custom_scalars")
-    layout = layout_pb2.Layout.FromString(root.Tensors(tag)[0].tensor_proto.string_val[0])
+    first = EventAccumulator(str(compared / "runs" / "gd"))  # the layout lives in the first run, not in a run "."
+    first.Reload()
+    (tag,) = first.PluginTagToContent("custom_scalars")
+    layout = layout_pb2.Layout.FromString(first.Tensors(tag)[0].tensor_proto.string_val[0])
     charts = {c.title: c for cat in layout.category for c in cat.chart}
-    margin = charts["loss median with q10–q90"].margin.series[0]
-    assert (margin.value, margin.lower, margin.upper) == ("eval/loss_median", "eval/loss_q10", "eval/loss_q90")
+    margin = charts["log10 loss: median with q10–q90"].margin.series[0]
+    assert (margin.value, margin.lower, margin.upper) == ("eval/log10_loss_median", "eval/log10_loss_q10",
+                                                          "eval/log10_loss_q90")
+    assert not [f for f in (compared / "runs").iterdir() if f.is_file()]  # no event file at the root
 
 
 def _free_port() -> int:
@@ -82,12 +86,8 @@ def _free_port() -> int:
 
 
 def test_live_tensorboard_server_serves_runs_and_tags(compared):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(compared / "runs"),
-                             "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, base = _start_tensorboard(compared / "runs")
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline, runs = time.time() + 90, []
         while time.time() < deadline:
             try:
@@ -100,12 +100,49 @@ def test_live_tensorboard_server_serves_runs_and_tags(compared):
         assert METHOD_RUNS <= set(runs), runs
         tags = json.load(urllib.request.urlopen(f"{base}/data/plugin/scalars/tags", timeout=10))
         assert "eval/loss_mean" in tags["gd"] and "eval/log10_loss_mean" in tags["lstm-update-tele"]
+        assert "." not in runs
         q = urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run=gd&tag=eval/loss_mean", timeout=10)
         points = json.load(q)
         assert len(points) == 13
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _start_tensorboard(logdir) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+                             "--port", str(port), "--reload_interval", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium); "
+                                             ".ci/run installs it where apt-get exists")
+def test_tensorboard_page_in_headless_chromium_shows_every_method_run(compared, tmp_path):
+    proc, base = _start_tensorboard(compared / "runs")
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # wait until the server has loaded every run
+            try:
+                if METHOD_RUNS <= set(json.load(urllib.request.urlopen(f"{base}/data/runs", timeout=5))):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+                              "--dump-dom", f"{base}/#timeseries"], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    shown = set(re.findall(r'data-id="defaultExperimentId/([^"]*)"', dom))  # one row per run in the run selector
+    assert METHOD_RUNS <= shown, (METHOD_RUNS - shown, len(dom))
+    assert "." not in shown
 
 
 SHIPPED = checkpoints.pretrained_dir()

@@ -24,7 +24,7 @@ def test_diverging_trajectories_are_skipped_and_no_nan_is_written(tmp_path):
     assert run.progress.skipped_windows >= 1
     model = checkpoints.load_model(tmp_path / "o")
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert run.progress.history[-1]["n_diverged_step20"] > 0
+    assert run.progress.history[-1]["n_nonfinite_step20"] > 0
 
 
 def test_evaluation_counts_diverged_tasks_and_averages_finite_ones():
@@ -32,11 +32,11 @@ def test_evaluation_counts_diverged_tasks_and_averages_finite_ones():
     res = compare.evaluate([compare.Entry(baseline("gd", "gd-huge", lr=0.05), {"lr": 0.05}),
                             compare.Entry(baseline("gd"), {"lr": 3e-4})], task, 30, progress=False)
     rows = {(r["method"], r["step"]): r for r in report.rows(res)}
-    assert rows["gd-huge", 30]["n_diverged"] > 0
+    assert rows["gd-huge", 30]["n_diverged"] > 0 and rows["gd-huge", 30]["n_nonfinite"] > 0
     assert rows["gd", 30]["n_diverged"] == 0 and math.isfinite(rows["gd", 30]["loss_mean"])
     loss = torch.tensor([1.0, 3.0, float("inf"), float("nan")])
     s = stats.summarize(loss)
-    assert s["n_diverged"] == 2 and s["loss_mean"] == 2.0 and s["n_tasks"] == 4
+    assert s["n_nonfinite"] == 2 and s["loss_mean"] == 2.0 and s["n_tasks"] == 4
 
 
 def test_same_config_and_seed_give_bit_identical_checkpoints(tmp_path):
@@ -92,3 +92,28 @@ def test_sigint_stops_cleanly_after_saving(tmp_path):
     assert "Traceback" not in stderr and "interrupted; saved" in stdout
     run = train.restore(out / checkpoints.STATE_FILE)
     assert 0 < run.progress.batches_done < 1000
+
+
+def test_report_horizons():
+    assert stats.report_steps(1000) == [1, 10, 30, 100, 300, 1000]
+    assert stats.report_steps(250) == [1, 10, 30, 100, 250]
+    assert stats.report_steps(3000)[-2:] == [1000, 3000] and stats.report_steps(1) == [1]
+
+
+def test_divergence_definitions_on_synthetic_curves():
+    t = torch.arange(101, dtype=torch.float64)[:, None]
+    converging = 100 * torch.exp(-t / 10)
+    climbs_back = torch.where(t < 50, 100 * torch.exp(-t / 5), 0.01 * torch.exp((t - 50) / 5))  # ends above L0
+    blows_up = torch.where(t < 50, 100 * torch.exp(-t / 5), 0.01 * torch.exp((t - 50) / 10))  # ends > 10× best, < L0
+    nan_end = converging.clone()
+    nan_end[-1] = float("nan")
+    d = stats.divergence(torch.cat([converging, climbs_back, blows_up, nan_end], dim=1))
+    assert d == {"n_diverged": 2.0, "n_blowup": 3.0}
+
+
+def test_intervals_are_never_negative_for_losses():
+    loss = torch.tensor([1e-3, 5e-3, 2.0, 1e4, 3.0, 0.5])  # a normal interval on this spread goes negative
+    s = stats.summarize(loss)
+    assert 0 < s["geo_ci95_low"] < s["geo_mean"] < s["geo_ci95_high"]
+    assert 0 < s["loss_ci95_low"] < s["loss_mean"] < s["loss_ci95_high"]
+    assert s["loss_mean"] - 1.96 * float(loss.double().std()) / len(loss) ** 0.5 < 0

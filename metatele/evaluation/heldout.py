@@ -18,7 +18,7 @@ __all__ = ["HeldOut"]
 @dataclass
 class HeldOut:
     """Run a method for `steps` steps on `n_tasks` validation tasks of `family`; report the mean log10 loss
-    and the number of diverged tasks at step min(20, steps) and at the last step."""
+    and the number of non-finite tasks at steps 20 and 100 (where ≤ steps) and at the last step."""
 
     family: TaskFamily
     n_tasks: int
@@ -29,8 +29,8 @@ class HeldOut:
         task = self.family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + self.n_tasks), device=self.device)
         traj = rollout(method, task, self.steps)
         out = {}
-        for s in sorted({min(20, self.steps), self.steps}):
-            summ = summarize(traj.loss[s])
+        for s in sorted({min(20, self.steps), min(100, self.steps), self.steps}):
+            summ = summarize(traj.loss[s], intervals=False)
             out[f"log10_loss_mean_step{s}"] = summ["log10_loss_mean"]
-            out[f"n_diverged_step{s}"] = summ["n_diverged"]
+            out[f"n_nonfinite_step{s}"] = summ["n_nonfinite"]
         return out

@@ -14,18 +14,21 @@ import torch
 
 from metatele.checkpoints import atomic_write, atomic_write_text
 from metatele.evaluation.compare import Result
-from metatele.evaluation.stats import fmt, steps_to_reach, summarize
+from metatele.evaluation.stats import divergence, fmt, report_steps, steps_to_reach, summarize
 from metatele.plotting import pyplot
 
-__all__ = ["REPORT_STEPS", "REACH_FACTORS", "TB_TAGS", "CSV_COLUMNS", "rows", "markdown", "write_tables",
+__all__ = ["REACH_FACTORS", "LAYOUT", "TABLE_NOTE", "TB_TAGS", "CSV_COLUMNS", "rows", "markdown", "write_tables",
            "write_tensorboard", "plot", "report"]
 
-REPORT_STEPS = (1, 10, 30, 100)
 REACH_FACTORS = (1e-1, 1e-2, 1e-3)
-TB_TAGS = ("loss_mean", "log10_loss_mean", "loss_median", "loss_q10", "loss_q90", "grad_norm_sq")
-CSV_COLUMNS = ("method", "step", "loss_mean", "loss_ci95_low", "loss_ci95_high", "loss_median", "loss_q10",
-               "loss_q90", "log10_loss_mean", "n_tasks", "n_diverged", "steps_to_0.1x", "steps_to_0.01x",
-               "steps_to_0.001x", "sec_per_step")
+TB_TAGS = ("loss_mean", "log10_loss_mean", "log10_loss_median", "log10_loss_q10", "log10_loss_q90",
+           "log10_grad_norm_sq")
+CSV_COLUMNS = ("method", "step", "geo_mean", "geo_ci95_low", "geo_ci95_high", "loss_mean", "loss_ci95_low",
+               "loss_ci95_high", "loss_median", "loss_q10", "loss_q90", "log10_loss_mean", "n_tasks", "n_nonfinite",
+               "n_diverged", "n_blowup", "steps_to_0.1x", "steps_to_0.01x", "steps_to_0.001x", "sec_per_step")
+TABLE_NOTE = ("Each cell: geometric mean [95% CI] (arithmetic mean) of the loss over tasks at that step; the CI is a "
+              "Student-t interval on log10 loss. diverged: final loss non-finite or above the initial loss; "
+              "blew up: final loss > 10× the task's best. s/step: seconds per step for the whole batch of tasks.")
 
 
 def rows(results: list[Result]) -> list[dict[str, Any]]:
@@ -34,8 +37,9 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
         T = r.traj.loss.shape[0] - 1
         reach = {f"steps_to_{f:g}x": steps_to_reach(r.traj.loss, f) for f in REACH_FACTORS}
         sec = float(r.traj.seconds[-1]) / T
-        for s in [s for s in REPORT_STEPS if s <= T] or [T]:
-            out.append({"method": r.name, "step": s, **summarize(r.traj.loss[s]), **reach, "sec_per_step": sec})
+        fails = divergence(r.traj.loss)
+        for s in report_steps(T):
+            out.append({"method": r.name, "step": s, **summarize(r.traj.loss[s]), **fails, **reach, "sec_per_step": sec})
     return out
 
 
@@ -45,7 +49,8 @@ def write_tables(results: list[Result], out: Path) -> list[dict[str, Any]]:
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     w.writeheader()
     for row in table:
-        w.writerow({k: (int(v) if k in ("n_tasks", "n_diverged", "step") else v) for k, v in row.items()})
+        w.writerow({k: (int(v) if k in ("n_tasks", "n_nonfinite", "n_diverged", "n_blowup", "step") else v)
+                    for k, v in row.items()})
     atomic_write_text(out / "results.csv", buf.getvalue())
     atomic_write_text(out / "results.md", markdown(table))
     return table
@@ -55,57 +60,73 @@ def markdown(table: list[dict[str, Any]]) -> str:
     steps = sorted({r["step"] for r in table})
     methods = list(dict.fromkeys(r["method"] for r in table))
     by = {(r["method"], r["step"]): r for r in table}
-    lines = ["| method | " + " | ".join(f"loss @ {s} (mean [95% CI])" for s in steps) + " | diverged | "
+    lines = [TABLE_NOTE, "", "| method | " + " | ".join(f"loss @ {s}" for s in steps) + " | diverged | blew up | "
              "steps to 0.1× / 0.01× / 0.001× L0 (median) | s/step |",
-             "|---|" + "---|" * len(steps) + "---|---|---|"]
+             "|---|" + "---|" * len(steps) + "---|---|---|---|"]
     for m in methods:
-        cells = [f"{fmt(by[m, s]['loss_mean'])} [{fmt(by[m, s]['loss_ci95_low'])}, {fmt(by[m, s]['loss_ci95_high'])}]"
-                 for s in steps]
+        cells = []
+        for s in steps:
+            r = by[m, s]
+            extra = f", {int(r['n_nonfinite'])} non-finite" if r["n_nonfinite"] else ""
+            cells.append(f"{fmt(r['geo_mean'])} [{fmt(r['geo_ci95_low'])}, {fmt(r['geo_ci95_high'])}] "
+                         f"({fmt(r['loss_mean'])}{extra})")
         last = by[m, steps[-1]]
         reach = " / ".join(fmt(last[f"steps_to_{f:g}x"]) for f in REACH_FACTORS)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {int(last['n_diverged'])}/{int(last['n_tasks'])} | "
-                     f"{reach} | {last['sec_per_step']:.2e} |")
+        n = int(last["n_tasks"])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {int(last['n_diverged'])}/{n} | {int(last['n_blowup'])}/{n} "
+                     f"| {reach} | {last['sec_per_step']:.2e} |")
     return "\n".join(lines) + "\n"
 
 
+def _log10_mean(x: torch.Tensor) -> float:
+    x = x[torch.isfinite(x)].double()
+    return float(x.clamp_min(1e-300).log10().mean()) if x.numel() else math.nan
+
+
 def write_tensorboard(results: list[Result], logdir: Path) -> None:
-    """One run per method (so curves overlay), per-step and per-second tags, hparams, custom scalars."""
+    """One run per method (so curves overlay), per-step and per-microsecond tags on a log10 scale, hparams and a
+    custom-scalars layout (stored in the first method's run, so that it does not show up as a run of its own)."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
     base = time.time()
-    for r in results:
+    for i, r in enumerate(results):
         with SummaryWriter(str(logdir / r.name)) as w:
             for s in range(r.traj.loss.shape[0]):
-                stats = summarize(r.traj.loss[s])
-                gn = r.traj.grad_norm_sq[s]
-                stats["grad_norm_sq"] = float(gn[torch.isfinite(gn)].double().mean()) if torch.isfinite(gn).any() else math.nan
+                st = summarize(r.traj.loss[s], intervals=False)
+                vals = {"loss_mean": st["loss_mean"], "log10_loss_mean": st["log10_loss_mean"],
+                        **{f"log10_loss_{q}": math.log10(st[f"loss_{q}"]) if st[f"loss_{q}"] > 0 else math.nan
+                           for q in ("median", "q10", "q90")},
+                        "log10_grad_norm_sq": _log10_mean(r.traj.grad_norm_sq[s])}
                 sec = float(r.traj.seconds[s])
                 for tag in TB_TAGS:
                     # walltime = elapsed run time, so TensorBoard's "relative" axis is seconds of optimization
-                    w.add_scalar(f"eval/{tag}", stats[tag], s, walltime=base + sec)
-                    w.add_scalar(f"eval_vs_time_us/{tag}", stats[tag], round(sec * 1e6), walltime=base + sec)
+                    w.add_scalar(f"eval/{tag}", vals[tag], s, walltime=base + sec)
+                    w.add_scalar(f"eval_vs_time_us/{tag}", vals[tag], round(sec * 1e6), walltime=base + sec)
                 if r.repdyn is not None:  # two-point representation dynamics, median over tasks
                     for k, name in enumerate(("H", "Yd", "w")):
                         w.add_scalar(f"repdyn/{name}_median", float(np.nanmedian(r.repdyn[:, s, k])), s, walltime=base + sec)
-            final = summarize(r.traj.loss[-1])
+            final = summarize(r.traj.loss[-1], intervals=False)
+            fails = divergence(r.traj.loss)
             hp = {"method": r.name, **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.hparams.items()}}
-            metrics = {"hparam/final_log10_loss_mean": final["log10_loss_mean"], "hparam/n_diverged": final["n_diverged"]}
+            metrics = {"hparam/final_log10_loss_mean": final["log10_loss_mean"], "hparam/n_diverged": fails["n_diverged"]}
             for summ in hparams(hp, metrics):
                 w.file_writer.add_summary(summ)
             for k, v in metrics.items():
                 w.add_scalar(k, v, r.traj.loss.shape[0] - 1)
-    with SummaryWriter(str(logdir)) as w:
-        w.add_custom_scalars({
-            "compare (all methods)": {
-                "loss median with q10–q90": ["Margin", ["eval/loss_median", "eval/loss_q10", "eval/loss_q90"]],
-                "log10 loss mean": ["Multiline", [r"eval/log10_loss_mean"]],
-                "loss mean": ["Multiline", [r"eval/loss_mean"]],
-                "grad norm²": ["Multiline", [r"eval/grad_norm_sq"]],
-                "loss median vs time (µs) with q10–q90": ["Margin", ["eval_vs_time_us/loss_median", "eval_vs_time_us/loss_q10",
-                                                                     "eval_vs_time_us/loss_q90"]],
-            }
-        })
+            if i == 0:
+                w.add_custom_scalars(LAYOUT)
+
+
+LAYOUT = {"compare (all methods, log10 scale)": {
+    "log10 loss: median with q10–q90": ["Margin", ["eval/log10_loss_median", "eval/log10_loss_q10",
+                                                   "eval/log10_loss_q90"]],
+    "log10 loss: mean over tasks": ["Multiline", [r"eval/log10_loss_mean"]],
+    "log10 ‖∇L‖²: mean over tasks": ["Multiline", [r"eval/log10_grad_norm_sq"]],
+    "log10 loss vs time (µs): median with q10–q90": ["Margin", ["eval_vs_time_us/log10_loss_median",
+                                                               "eval_vs_time_us/log10_loss_q10",
+                                                               "eval_vs_time_us/log10_loss_q90"]],
+}}
 
 
 def plot(results: list[Result], path: Path) -> None:

@@ -1,31 +1,103 @@
-"""Statistics in one place: summaries of per-task losses, steps to reach a loss, Student-t confidence
-intervals over a few runs (seeds), and the number format of every table."""
+"""Statistics over tasks, in one place: summaries of per-task losses with confidence intervals that respect
+their scale, divergence counts, the report's horizons, steps to reach a loss, Student-t intervals over a few
+runs (seeds) point by point (`mean_ci`), and the tables' number format.
+
+Losses span orders of magnitude and are positive, so intervals are computed on log10 loss (Student t) and
+reported back on the loss scale as an interval for the geometric mean; the arithmetic mean gets a percentile
+bootstrap interval. Neither can be negative.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["summarize", "steps_to_reach", "mean_ci", "fmt"]
+__all__ = ["summarize", "t_interval", "mean_ci", "bootstrap_mean_ci", "divergence", "report_steps", "steps_to_reach",
+           "fmt"]
+
+BOOTSTRAP_RESAMPLES = 2000
 
 
-def summarize(loss: torch.Tensor) -> dict[str, float]:
-    """Statistics of per-task losses (B,) over the finite tasks; diverged tasks are counted, not averaged."""
+def t_interval(values: np.ndarray | Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval for the mean of `values` (NaN bounds for fewer than 2 values)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean()) if v.size else math.nan
+    if v.size < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return m, m - half, m + half
+
+
+def mean_ci(x: torch.Tensor | np.ndarray, level: float = 0.95) -> dict[str, np.ndarray]:
+    """`t_interval` over the first axis of x (runs × …), separately for every other index, from the finite
+    entries only (a run that diverged is counted, not averaged). Returns arrays of shape x.shape[1:]: mean,
+    low, high, n (finite runs used) and n_nonfinite. With a handful of seeds the t quantile matters: 2.78 for
+    n = 5 where the normal approximation would use 1.96."""
+    a = x.double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+    cols = a.reshape(a.shape[0], -1)
+    ok = np.isfinite(cols)
+    stats = np.array([t_interval(c[f], level) for c, f in zip(cols.T, ok.T)]).reshape(*a.shape[1:], 3)
+    n = ok.sum(0).reshape(a.shape[1:])
+    return {"mean": stats[..., 0], "low": stats[..., 1], "high": stats[..., 2], "n": n, "n_nonfinite": a.shape[0] - n}
+
+
+def bootstrap_mean_ci(values: np.ndarray | Sequence[float], level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval for the mean (deterministic given `seed`)."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(BOOTSTRAP_RESAMPLES, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return float(lo), float(hi)
+
+
+def summarize(loss: torch.Tensor, intervals: bool = True) -> dict[str, float]:
+    """Statistics of per-task losses (B,) over the finite tasks; non-finite tasks are counted, never averaged.
+
+    Keys: n_tasks, n_nonfinite, loss_mean, loss_median, loss_q10, loss_q90, log10_loss_mean, geo_mean and, if
+    `intervals`, geo_ci95_low/high (t-interval on log10 loss) and loss_ci95_low/high (bootstrap, mean).
+    """
     finite = torch.isfinite(loss)
     L = loss[finite].double().cpu()
-    n = int(L.numel())
-    out = {"n_tasks": float(loss.numel()), "n_diverged": float((~finite).sum())}
-    if n == 0:
-        nan = math.nan
-        return {**out, "loss_mean": nan, "loss_std": nan, "loss_ci95_low": nan, "loss_ci95_high": nan,
-                "loss_median": nan, "loss_q10": nan, "loss_q90": nan, "log10_loss_mean": nan}
-    mean = float(L.mean())
-    std = float(L.std()) if n > 1 else 0.0
-    half = 1.96 * std / math.sqrt(n)
+    out = {"n_tasks": float(loss.numel()), "n_nonfinite": float((~finite).sum())}
+    keys = ("loss_mean", "loss_median", "loss_q10", "loss_q90", "log10_loss_mean", "geo_mean")
+    if intervals:
+        keys += ("geo_ci95_low", "geo_ci95_high", "loss_ci95_low", "loss_ci95_high")
+    if L.numel() == 0:
+        return {**out, **{k: math.nan for k in keys}}
     q = torch.quantile(L, torch.tensor([0.1, 0.5, 0.9], dtype=L.dtype))
-    return {**out, "loss_mean": mean, "loss_std": std, "loss_ci95_low": mean - half, "loss_ci95_high": mean + half,
-            "loss_median": float(q[1]), "loss_q10": float(q[0]), "loss_q90": float(q[2]),
-            "log10_loss_mean": float(L.clamp_min(1e-300).log10().mean())}
+    logs = L.clamp_min(1e-300).log10()
+    out.update(loss_mean=float(L.mean()), loss_median=float(q[1]), loss_q10=float(q[0]), loss_q90=float(q[2]),
+               log10_loss_mean=float(logs.mean()), geo_mean=10 ** float(logs.mean()))
+    if intervals:
+        _, lo, hi = t_interval(logs.numpy())
+        out.update(geo_ci95_low=10**lo, geo_ci95_high=10**hi)
+        out["loss_ci95_low"], out["loss_ci95_high"] = bootstrap_mean_ci(L.numpy())
+    return out
+
+
+def divergence(loss: torch.Tensor) -> dict[str, float]:
+    """Per-task failure counts of a run, loss (steps+1, B): `n_diverged` tasks whose final loss is non-finite
+    or above their initial loss; `n_blowup` tasks whose final loss exceeds 10× their best loss so far."""
+    final, first = loss[-1], loss[0]
+    best = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf)).amin(0)
+    diverged = ~torch.isfinite(final) | (final > first)
+    blowup = ~torch.isfinite(final) | (final > 10 * best)
+    return {"n_diverged": float(diverged.sum()), "n_blowup": float(blowup.sum())}
+
+
+def report_steps(last: int) -> list[int]:
+    """1, 10, 30, 100, 300, 1000, 3000, … up to `last`, plus `last`."""
+    steps, p = [1], 10
+    while p <= last:
+        steps += [s for s in (p, 3 * p) if s <= last]
+        p *= 10
+    return sorted({s for s in steps if s <= last} | {last})
 
 
 def steps_to_reach(loss: torch.Tensor, factor: float) -> float:
@@ -34,26 +106,6 @@ def steps_to_reach(loss: torch.Tensor, factor: float) -> float:
     ok = (loss <= factor * loss[0:1]) & torch.isfinite(loss)
     idx = torch.where(ok.any(0), ok.float().argmax(0).double(), torch.tensor(math.inf, dtype=torch.float64))
     return float(idx.median())
-
-
-def mean_ci(x: torch.Tensor, dim: int = 0, level: float = 0.95) -> dict[str, torch.Tensor]:
-    """Mean and two-sided Student-t confidence interval of x over `dim`, from its finite entries only.
-
-    For a handful of runs (seeds) the normal 1.96 would be too narrow: with n = 5 the t quantile is 2.78.
-    Returns float64 tensors with `dim` reduced: mean, low, high, n (finite entries used) and n_nonfinite.
-    Where n < 2 the interval is NaN (and the mean too where n = 0)."""
-    from scipy.stats import t as student_t
-
-    x = x.double().cpu()
-    ok = torch.isfinite(x)
-    n = ok.sum(dim)
-    xz = torch.where(ok, x, torch.zeros((), dtype=x.dtype))
-    mean = xz.sum(dim) / n
-    dev = torch.where(ok, x - mean.unsqueeze(dim), torch.zeros((), dtype=x.dtype))
-    sd = (dev.pow(2).sum(dim) / (n - 1)).sqrt()
-    q = torch.as_tensor(student_t.ppf(0.5 + level / 2, (n - 1).clamp_min(1).numpy()), dtype=x.dtype)
-    half = torch.where(n >= 2, q * sd / n.sqrt(), torch.full_like(sd, math.nan))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "n_nonfinite": (~ok).sum(dim)}
 
 
 def fmt(x: float | None) -> str:

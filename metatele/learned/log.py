@@ -11,7 +11,7 @@ from tqdm import tqdm
 __all__ = ["TrainLog"]
 
 TAGS = {"meta_loss": "train/meta_loss", "grad_norm": "train/meta_grad_norm",
-        "teleport_magnitude": "train/teleport_magnitude", "lr": "train/learned_lr"}
+        "teleport_magnitude": "train/teleport_magnitude", "lr": "train/learned_lr", "frozen": "train/frozen_tasks"}
 
 
 class TrainLog:

@@ -16,7 +16,7 @@ from torch import nn
 from metatele.methods.base import Composed, Proposal, add_update, chain
 from metatele.methods.registry import LEARNED
 from metatele.methods.teleports import LieTeleport
-from metatele.learned.nets import PREPROCESSING, LSTMState, TeleNet, UpdateNet, learned_lr
+from metatele.learned.nets import PREPROCESSING, UPDATE_FORMS, LSTMState, TeleNet, UpdateNet, learned_lr
 
 __all__ = ["MetaOptSpec", "MetaOptimizer", "LearnedUpdate", "LearnedTeleport"]
 
@@ -26,7 +26,9 @@ class MetaOptSpec:
     """Everything needed to rebuild a MetaOptimizer (stored in checkpoint metadata).
 
     hidden: LSTM size; magnitude: teleport ‖T‖_F (× a learned gate if `gate`); exact: exact group action
-    (else the paper's first-order one); out_scale: m1's output scale.
+    (else the paper's first-order one); out_scale: m1's output scale ("direct" form); update_form: "direct"
+    (the paper: m1 outputs the update) or "residual" (a learned GD step plus a zero-initialized learned part
+    scaled by rms(g), see `metatele.learned.nets.UpdateNet`).
     """
 
     method: str
@@ -37,8 +39,11 @@ class MetaOptSpec:
     exact: bool = True
     gate: bool = False
     out_scale: float = 0.1
+    update_form: str = "direct"
 
     def __post_init__(self) -> None:
+        if self.update_form not in UPDATE_FORMS:
+            raise ValueError(f"unknown update_form {self.update_form!r}; choose one of {', '.join(UPDATE_FORMS)}")
         if self.method not in LEARNED:
             raise ValueError(f"unknown learned method {self.method!r}; choose one of {', '.join(LEARNED)}")
         if self.preprocessing not in PREPROCESSING:
@@ -112,7 +117,8 @@ class MetaOptimizer(nn.Module):
         recipe = LEARNED[spec.method]
         w = spec.widths
         self.sizes = [a * b for a, b in zip(w[1:], w[:-1])]
-        self.update = UpdateNet(sum(self.sizes), spec.hidden, spec.preprocessing, spec.out_scale) if recipe.update else None
+        self.update = (UpdateNet(sum(self.sizes), spec.hidden, spec.preprocessing, spec.out_scale, spec.update_form)
+                       if recipe.update else None)
         self.tele = nn.ModuleList()
         if recipe.teleport:
             for m in range(len(w) - 2):

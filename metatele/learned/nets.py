@@ -1,6 +1,11 @@
 """The networks inside the learned methods: batched stacked LSTMs that read gradients.
 
-- m1 `UpdateNet` (LSTM(update)): flattened gradients of all layers (B, P) → the local update (B, P).
+- m1 `UpdateNet` (LSTM(update)): flattened gradients of all layers (B, P) → the local update (B, P), either
+  directly (the paper) or as a residual on a GD step, u = a·g + b·rms(g)·tanh(head(h)), with a learned GD
+  step a, a learned scale b and a zero-initialized head, so that an untrained m1 is exactly GD and the learned
+  part is bounded relative to the gradient (‖learned part‖ ≤ b‖g‖) and vanishes with it; or as learned
+  per-coordinate gains on a GD step, u = a·g ⊙ GAIN_MAX^tanh(head(h)) (a learned diagonal preconditioner that
+  keeps the sign of every coordinate of the gradient).
 - m2 `TeleNet` (LSTM(tele)) for one hidden layer of width k: [vec ∇W_m, vec ∇W_{m+1}] → T (B, k, k),
   an optional gate logit and an optional step-size logit (LSTM(lr,tele)).
 Every tensor has a leading trajectory dimension B.
@@ -12,20 +17,31 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PREPROCESSING", "LR_RANGE", "LR_INIT", "preprocess", "LSTMState", "StackedLSTM", "UpdateNet", "TeleNet",
+__all__ = ["PREPROCESSING", "UPDATE_FORMS", "LR_RANGE", "LR_INIT", "rms", "preprocess", "LSTMState", "StackedLSTM", "UpdateNet", "TeleNet",
            "learned_lr"]
 
-PREPROCESSING = ("logsign", "raw")
+PREPROCESSING = ("logsign", "raw", "rms")
+UPDATE_FORMS = ("direct", "residual", "gain")
+GAIN_MAX = 10.0  # "gain" form: per-coordinate step sizes within [lr/GAIN_MAX, lr·GAIN_MAX]
 LR_RANGE = (1e-7, 5e-3)
 LR_INIT = 1e-4  # the step size an untrained step-size head starts from
 LOGSIGN_P = 10.0
 
 
+def rms(g: torch.Tensor) -> torch.Tensor:
+    """Root mean square over the last dimension, (B, P) → (B, 1), bounded away from 0."""
+    return g.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(torch.finfo(g.dtype).tiny)
+
+
 def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:
     """(B, P) gradients → LSTM input. 'raw': as is (the paper). 'logsign': Andrychowicz et al. (2016),
-    each coordinate → (log|g|/p, sign g) if |g| ≥ e^-p else (−1, e^p g), with p = 10; (B, 2P)."""
+    each coordinate → (log|g|/p, sign g) if |g| ≥ e^-p else (−1, e^p g), with p = 10; (B, 2P).
+    'rms': scale-free, g/rms(g) plus one feature log10(rms(g))/5 clipped to [−2, 2]; (B, P + 1)."""
     if kind == "raw":
         return g
+    if kind == "rms":
+        r = rms(g)
+        return torch.cat([g / r, (r.log10() / 5).clamp(-2.0, 2.0)], dim=-1)
     big = g.abs() >= math.exp(-LOGSIGN_P)
     first = torch.where(big, g.abs().clamp_min(math.exp(-LOGSIGN_P)).log() / LOGSIGN_P, -torch.ones_like(g))
     second = torch.where(big, torch.sign(g), math.exp(LOGSIGN_P) * g)
@@ -33,7 +49,7 @@ def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def input_size(n_grads: int, kind: str) -> int:
-    return 2 * n_grads if kind == "logsign" else n_grads
+    return {"logsign": 2 * n_grads, "rms": n_grads + 1}.get(kind, n_grads)
 
 
 LSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -68,16 +84,28 @@ def scaled_linear(n_in: int, n_out: int, scale: float = 0.01) -> nn.Linear:
 
 
 class UpdateNet(nn.Module):
-    """m1: (B, P) gradients → (B, P) update u = out_scale · head(LSTM(pre(g)))."""
+    """m1: (B, P) gradients → (B, P) update. form "direct": u = out_scale · head(LSTM(pre(g)));
+    form "residual": u = e^{log_lr}·g + e^{log_scale}·rms(g)·tanh(head(LSTM(pre(g)))), head initialized at zero
+    and log_lr = log_scale = log(nominal_lr) at initialization; form "gain": u = e^{log_lr}·g ⊙
+    GAIN_MAX^tanh(head(LSTM(pre(g)))), head initialized at zero."""
 
-    def __init__(self, n_params: int, size: int, preprocessing: str, out_scale: float) -> None:
+    def __init__(self, n_params: int, size: int, preprocessing: str, out_scale: float, form: str = "direct",
+                 nominal_lr: float = 3e-4) -> None:
         super().__init__()
-        self.preprocessing, self.out_scale = preprocessing, out_scale
+        self.preprocessing, self.out_scale, self.form = preprocessing, out_scale, form
         self.lstm = StackedLSTM(input_size(n_params, preprocessing), size)
-        self.head = scaled_linear(size, n_params, scale=1.0)
+        self.head = scaled_linear(size, n_params, scale=1.0 if form == "direct" else 0.0)
+        if form != "direct":
+            self.log_lr = nn.Parameter(torch.tensor(math.log(nominal_lr)))
+        if form == "residual":
+            self.log_scale = nn.Parameter(torch.tensor(math.log(nominal_lr)))
 
     def forward(self, g: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         h, state = self.lstm(preprocess(g, self.preprocessing), state)
+        if self.form == "residual":
+            return self.log_lr.exp() * g + self.log_scale.exp() * rms(g) * torch.tanh(self.head(h)), state
+        if self.form == "gain":
+            return self.log_lr.exp() * g * torch.exp(math.log(GAIN_MAX) * torch.tanh(self.head(h))), state
         return self.out_scale * self.head(h), state
 
 

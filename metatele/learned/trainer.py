@@ -1,7 +1,8 @@
 """Truncated-BPTT meta-training of a learned method over batched inner trajectories.
 
-B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `steps` inner
-steps is cut into windows of `unroll` steps; after each window the meta-loss (a weighted sum of the inner
+B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `horizon(cfg, b)`
+inner steps (fixed, or log-uniform between cfg.min_steps and cfg.steps per batch b) is cut into windows of
+`unroll` steps; after each window the meta-loss (a weighted sum of the inner
 losses after each step, plain or log) is back-propagated into the method's parameters, Adam takes a
 clipped step, and the weights and method state are detached. A window whose losses or meta-gradient are
 non-finite is skipped (no update), counted, and its batch abandoned.
@@ -11,6 +12,7 @@ checkpoints and stopping are the caller's (`metatele.train` wires them in as cal
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,7 +26,10 @@ from metatele.tasks.base import TaskBatch
 if TYPE_CHECKING:
     from metatele.config import TrainConfig
 
-__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "train_batch", "meta_train"]
+REJECT = 1e12  # an update that multiplies the loss cap by more than this is rejected (its gradients could overflow)
+
+__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "horizon", "train_batch",
+           "meta_train"]
 
 
 class Learnable(Method, Protocol):
@@ -58,23 +63,41 @@ class Window:
     weights: list[torch.Tensor]   # weights after the window (attached to the graph)
     state: Any                    # method state after the window (attached)
     info: dict[str, list[float]]  # per-step means of the proposals' diagnostics
+    alive: torch.Tensor | None = None  # (B,) tasks not frozen at their loss cap
 
 
 def unroll_window(method: Method, task: TaskBatch, weights: Sequence[torch.Tensor], state: Any, start: int,
-                  unroll: int, second_order: bool = True) -> Window:
-    """Differentiably run inner steps start … start+unroll−1."""
+                  unroll: int, second_order: bool = True, alive: torch.Tensor | None = None,
+                  cap: torch.Tensor | None = None) -> Window:
+    """Differentiably run inner steps start … start+unroll−1.
+
+    alive (B,) bool and cap (B,): once an update takes a task's loss above its cap, the task is frozen (its
+    weights stop changing). An exploding trajectory thus ends with finite, rising losses (a learning signal for
+    the method) instead of non-finite values that would void the whole window. An update whose loss would be
+    non-finite or above REJECT × cap is rejected outright (no signal from it, but no NaN either). The check costs
+    one forward pass without gradients per step. The updated `alive` is returned in the window.
+    """
     losses: list[torch.Tensor] = []
     info: dict[str, list[float]] = {}
     weights = list(weights)
     for t in range(start, start + unroll):
         res = inner_step(method, weights, state, task, t, differentiable=True, second_order=second_order)
-        weights, state = res.weights, res.state
+        if alive is not None and cap is not None:
+            with torch.no_grad():
+                after = task.loss([w.detach() for w in res.weights], task.data(t + 1))
+            accept = torch.isfinite(after) & (after <= REJECT * cap)
+            keep = (alive & accept)[:, None, None]
+            weights = [torch.where(keep, new, old) for new, old in zip(res.weights, weights)]
+            alive = alive & accept & (after <= cap)
+            state = res.state
+        else:
+            weights, state = res.weights, res.state
         if t > start:
             losses.append(res.loss)
         for k, v in res.proposal.info.items():
             info.setdefault(k, []).append(float(v.detach().float().mean()))
     losses.append(task.loss(weights, task.data(start + unroll)))
-    return Window(torch.stack(losses), weights, state, info)
+    return Window(torch.stack(losses), weights, state, info, alive)
 
 
 def detach(tree: Any) -> Any:
@@ -88,16 +111,32 @@ def detach(tree: Any) -> Any:
     return tree
 
 
-def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig) -> dict[str, float]:
-    """Meta-train on one batch of trajectories (one meta-update per window); returns mean statistics,
-    including "skipped" (1 if a window diverged and the batch was abandoned)."""
+def horizon(cfg: TrainConfig, batch: int) -> int:
+    """The trajectory length of batch `batch`: cfg.steps, or, if cfg.min_steps > 0, a draw log-uniform in
+    [min_steps, steps] rounded to a multiple of unroll (deterministic in cfg.seed and the batch index)."""
+    if not cfg.min_steps:
+        return cfg.steps
+    u = float(torch.rand((), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch), dtype=torch.float64))
+    length = math.exp(math.log(cfg.min_steps) + u * (math.log(cfg.steps) - math.log(cfg.min_steps)))
+    return min(cfg.steps, max(cfg.unroll, cfg.unroll * round(length / cfg.unroll)))
+
+
+def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig,
+                steps: int | None = None) -> dict[str, float]:
+    """Meta-train on one batch of trajectories of `steps` inner steps (default cfg.steps), one meta-update per
+    window; returns mean statistics, "skipped" (1 if a window diverged and the batch was abandoned) and "windows"
+    (the meta-updates taken)."""
     params = list(method.parameters())
     weights = task.init_weights()
     state = method.init_state(weights)
+    alive = cap = None
+    if cfg.loss_cap:  # freeze tasks whose loss exceeds loss_cap × their initial loss
+        cap = cfg.loss_cap * task.loss(weights, task.data(0)).detach()
+        alive = torch.isfinite(cap)
     stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": []}
     skipped = 0
-    for start in range(0, cfg.steps, cfg.unroll):
-        win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order)
+    for start in range(0, steps or cfg.steps, cfg.unroll):
+        win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order, alive, cap)
         for k, v in win.info.items():
             stats.setdefault(k, []).extend(v)
         ml = meta_loss(win.losses, cfg.meta_loss, cfg.loss_growth)
@@ -113,9 +152,12 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         opt.step()
         stats["meta_loss"].append(float(ml.detach()))
         stats["grad_norm"].append(float(gn))
-        weights, state = detach(win.weights), detach(win.state)
+        weights, state, alive = detach(win.weights), detach(win.state), win.alive
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out["skipped"] = float(skipped)
+    if alive is not None:
+        out["frozen"] = float((~alive).sum())  # tasks stopped at the loss cap
+    out["windows"] = float(len(stats["meta_loss"]))  # meta-updates taken
     return out
 
 
@@ -131,7 +173,7 @@ def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, 
     while progress.batches_done < stop_at and not stop():
         first = progress.batches_done * cfg.batch
         size = min(cfg.batch, cfg.trajectories - first)
-        stats = train_batch(method, opt, sample(first, size), cfg)
+        stats = train_batch(method, opt, sample(first, size), cfg, horizon(cfg, progress.batches_done))
         progress.batches_done += 1
         progress.skipped_windows += int(stats["skipped"])
         after_batch(progress, stats, size)

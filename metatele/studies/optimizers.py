@@ -487,7 +487,7 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
 
 def _mean_band(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     st = mean_ci(v)
-    return st["mean"].numpy(), st["low"].numpy(), st["high"].numpy()
+    return st["mean"], st["low"], st["high"]
 
 
 def plot(res: StudyResult, path: Path, basis: str) -> None:

@@ -1,0 +1,84 @@
+"""Time to quality, the way MLPerf measures training: meta-train a method from scratch with a given config and stop
+as soon as its held-out mean loss at step 100 (on validation seeds, never trained on) reaches a target. The held-out
+evaluation runs at the first batch boundary after every `--eval-every` meta-updates, and its time is on the clock.
+
+Prints the wall time, the traj-steps, the meta-updates and the final held-out figure, with the machine's sgemm peak.
+Several configs run one after the other in one invocation, so that their times compare on the same machine.
+
+    python benchmarks/time_to_quality.py --config experiments/pretrained/lstm-update-tele.toml \
+        --config experiments/horizon/lstm-update-tele.toml [--target 4.5] [--max-minutes 30]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from meta_train_throughput import sgemm_peak
+
+from metatele import config, train
+from metatele.learned.trainer import Progress, meta_train
+from metatele.step import rollout
+from metatele.tasks.seeds import VALID_FIRST_SEED, train_seeds
+
+TARGETS = {"lstm-update-tele": 4.5, "lstm-update": 9.5}  # held-out mean loss at step 100 (issue 19)
+EVAL_STEPS = 100
+
+
+def time_to_quality(cfg: config.TrainConfig, target: float, valid_tasks: int, eval_every: int, max_minutes: float,
+                    device: str) -> dict[str, float]:
+    run = train.build(cfg, device)
+    family = cfg.family()
+    valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + valid_tasks), device=device)
+    state = {"updates": 0, "traj_steps": 0, "last_eval": 0, "held_out": math.inf, "reached": False}
+    t0 = time.perf_counter()
+
+    def after_batch(p: Progress, stats: dict[str, float], size: int) -> None:
+        windows = int(stats.get("windows", 0))
+        state["updates"] += windows
+        state["traj_steps"] += windows * cfg.unroll * size
+        if state["updates"] - state["last_eval"] >= eval_every:
+            state["last_eval"] = state["updates"]
+            with torch.no_grad():
+                loss = rollout(run.model, valid, EVAL_STEPS).loss[EVAL_STEPS]
+            state["held_out"] = float(loss.double().mean()) if torch.isfinite(loss).all() else math.inf
+            state["reached"] = state["held_out"] <= target
+            print(f"  {time.perf_counter() - t0:7.1f} s  {state['updates']:6d} meta-updates  "
+                  f"held-out mean loss @{EVAL_STEPS}: {state['held_out']:.3f}", flush=True)
+
+    def stop() -> bool:
+        return state["reached"] or time.perf_counter() - t0 > 60 * max_minutes
+
+    meta_train(cfg, run.model, run.opt, run.progress, after_batch=after_batch, stop=stop,
+               sample=lambda first, count: family.sample(train_seeds(cfg.seed, first, count), device=device))
+    return {**state, "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", action="append", required=True, help="TOML config (repeatable: run one after the other)")
+    p.add_argument("--set", action="append", default=[], help="override for every config, key=value")
+    p.add_argument("--target", type=float, help="held-out mean loss at step 100 (default: 4.5 for lstm-update-tele, "
+                   "9.5 for lstm-update)")
+    p.add_argument("--valid-tasks", type=int, default=32)
+    p.add_argument("--eval-every", type=int, default=100, help="meta-updates between held-out evaluations")
+    p.add_argument("--max-minutes", type=float, default=30.0)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    peak = sgemm_peak()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; "
+          f"sgemm peak {peak:.1f} GFLOP/s")
+    for path in a.config:
+        cfg = config.load(path, a.set, eval_every=0, ckpt_every=0)
+        target = a.target if a.target is not None else TARGETS.get(cfg.method, math.nan)
+        print(f"{path}: {cfg.method}, target {target}")
+        r = time_to_quality(cfg, target, a.valid_tasks, a.eval_every, a.max_minutes, a.device)
+        verdict = "reached" if r["reached"] else "NOT reached"
+        print(f"{path}: {verdict} in {r['seconds']:.1f} s ({r['seconds'] / 60:.2f} min), {r['traj_steps']:.0f} traj-steps, "
+              f"{r['updates']:.0f} meta-updates, held-out mean loss @{EVAL_STEPS} {r['held_out']:.3f} "
+              f"(target {target}); sgemm peak {peak:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,9 +15,9 @@ The protocol of Zhao et al. (ICLR 2024, Fig. 5; docs/teleportation.md §7), run 
   when both hidden layers move (their inputs are 784 and 16 wide), so the arms are:
   "none"; "teleport" (both layers, 16 samples, optimizer state kept); "teleport-reset" (the same, state
   reset); "random" (both layers, 16 samples, a random T of the same per-layer norm as the "teleport" arm of
-  the seed had on average, or 0.3 if none of its teleports was applied: the control); "teleport-layer1" and "teleport-layer1-reset" (first hidden layer
-  only, whose input is 784 wide, on 200 samples: the paper's batch size, exactly; on digits, 32 = 64 / 2;
-  state kept or reset).
+  the seed had on average, or 0.3 if none of its teleports was applied: the control); "teleport-layer1"
+  and "teleport-layer1-reset" (first hidden layer only, whose input is 784 wide, on 200 samples: the
+  paper's batch size, exactly; on digits, 32 = 64 / 2; state kept or reset).
 Metrics per epoch (epoch 0 = before training): the loss on the whole training split, the validation loss
 and accuracy. Time is training time only (teleports included, evaluation excluded) on one thread, measured
 as the process's CPU seconds on --device cpu: on an otherwise idle core that equals wall-clock, and unlike
@@ -475,7 +475,8 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
               "Per teleport on its own batch: ‖T‖ (Frobenius over layers), the median gain of ‖∇L‖², the largest "
               "relative change of the batch loss (tolerance 1e-4), the time per teleport, and its share of the "
               "training time (over the runs that did not diverge).", "",
-              "| optimizer | arm | teleports (applied) | samples | mean ‖T‖ | median ‖∇L‖² gain | max drift | ms / teleport | overhead |",
+              "| optimizer | arm | teleports (applied) | samples | mean ‖T‖ | median ‖∇L‖² gain | max drift | "
+              "ms / teleport | overhead |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in tele:
         over = f"{r['overhead_pct']:.1f}%" if math.isfinite(r["overhead_pct"]) else "— (all diverged)"

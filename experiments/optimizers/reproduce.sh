@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce experiments/optimizers/results: the paper's §5 experiment (standard optimizers ± teleport) on
-# MNIST-5k, and the single-teleport probe. About 15 minutes of one CPU core when the machine is otherwise idle.
+# MNIST-5k, the single-teleport probe and the keep-vs-reset table. It used 21 CPU-minutes (50 minutes of wall-clock)
+# on a 2-core machine shared with other jobs (load 7-10); less on an idle one.
 # Pass --overwrite to replace the committed results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +16,7 @@ peak() { python -c 'import sys; sys.path.insert(0, "benchmarks"); from meta_trai
 OMP_NUM_THREADS=1 /usr/bin/time -f "metatele optimizers: %e s wall, %U s user, %S s system" \
   metatele optimizers --out "$out" --logdir runs/optimizers --no-progress "$@" > "$out/stdout.txt" 2>> "$out/machine.txt"
 OMP_NUM_THREADS=1 python experiments/optimizers/probe_teleport.py > "$out/probe.md"
+python experiments/optimizers/keep_vs_reset.py "$out" > "$out/keep_vs_reset.md"
 {
   echo "sgemm peak after: $(OMP_NUM_THREADS=2 peak) GFLOP/s (2 threads)"
   echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -504,17 +504,17 @@ def plot(res: StudyResult, path: Path, basis: str) -> None:
             x = np.linspace(0.0, float(np.median([r.seconds[-1] for r in res.runs[opt, "none"]])), 200)
         for j, m in enumerate(METRICS):
             ax, lows = axes[i, j], []
-            for k, arm in enumerate(arms):
-                runs = res.runs[opt, arm]
+            for arm in arms:
+                runs, colour = res.runs[opt, arm], f"C{list(ARMS).index(arm)}"  # one colour per arm everywhere
                 if basis == "time":
                     mean, lo, hi = _mean_band(_at_times(runs, m, x))
                     xs = x
                 else:
                     mean, lo, hi = _mean_band(_stack(runs, m))
                     xs = np.arange(res.cfg.epochs + 1)
-                ax.plot(xs, mean, color=f"C{k}", label=arm, lw=1.2)
-                ax.fill_between(xs, lo, hi, color=f"C{k}", alpha=0.15, lw=0)
-                if m != "val_acc":
+                ax.plot(xs, mean, color=colour, label=arm, lw=1.2)
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
+                if m != "val_acc" and np.isfinite(mean).any():
                     lows.append(np.nanmin(mean))
             if m != "val_acc":  # log scale, clipped at 3× the initial loss so that blow-ups do not hide the rest
                 ax.set_yscale("log")

@@ -1,21 +1,26 @@
-"""Command line: `metatele train | eval | compare | repdyn | optimizers`. User errors print one line and exit 2."""
+"""Command line: `metatele train | eval | compare | repdyn | generalization | optimizers`. User errors print one line
+and exit 2."""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, config, datasets, train
+from metatele import checkpoints, config, train
 from metatele._version import __version__
 from metatele.errors import CheckpointError, ConfigError, MetateleError, SeedOverlapError, TrainStateExistsError
 from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
+from metatele.datasets import DATASETS
+from metatele.studies import generalization
 from metatele.studies import optimizers as optimizers_study
-from metatele.tasks import PAPER_N, RegressionFamily, TaskFamily, family_from_dict
+from metatele.tasks import (LAWS, PAPER_MNIST_WIDTHS, PAPER_N, PAPER_WIDTHS, ClassificationFamily, RegressionFamily,
+                            TaskFamily, family_from_dict)
 from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
 
 VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
@@ -41,6 +46,16 @@ def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1, "positive")
 nonneg_int = _int_at_least(0, "non-negative")
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 20,32,32,20, got {text!r}") from None
+    if len(widths) < 3 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"need ≥ 3 positive widths (input, hidden…, output), got {text!r}")
+    return widths
 
 
 def resolve_device(name: str) -> str:
@@ -79,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
+    c.add_argument("--task", choices=("regression", "classification"), default="regression",
+                   help="task family (default regression: the paper's)")
+    c.add_argument("--widths", type=_widths, default=None,
+                   help="network widths, e.g. 20,32,32,20 (default: 20,20,20; classification: 784,16,10,10)")
+    c.add_argument("--n", type=positive_int, default=None,
+                   help="regression samples per task (default min(20, smallest hidden-layer input width))")
+    c.add_argument("--law", choices=tuple(LAWS), default="paper", help="regression law of the tasks (default paper)")
+    c.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="classification dataset (default mnist5k)")
     _eval_args(c, "results/compare", "runs/compare")
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks (of the family it was trained on)")
@@ -97,12 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="networks trained at once, one process each (default 0: one per CPU core)")
     r.add_argument("--no-progress", action="store_true")
 
+    g = sub.add_parser("generalization", help="sharpness, orbit curvature and generalization; teleporting for it "
+                       "(paper §5)", description="Correlates sharpness and orbit curvature of SGD minima with "
+                       "validation loss and the generalization gap, and teleports once mid-training to lower/raise "
+                       "them (see metatele.studies.generalization).")
+    g.add_argument("--dataset", action="append", choices=DATASETS,
+                   help="repeatable (default: mnist5k and digits, and fashion-mnist when installed)")
+    g.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s on 2 CPU cores)")
+    g.add_argument("--part", choices=("correlation", "teleport"), action="append",
+                   help="run only this part (repeatable; default both)")
+    g.add_argument("--runs", type=positive_int, help="SGD runs per seed set, two sets (default 50; quick 5)")
+    g.add_argument("--epochs", type=positive_int, help="SGD epochs (default 40; quick 2)")
+    g.add_argument("--teleport-seeds", type=positive_int, help="seeds of the teleport experiment (default 10; quick 2)")
+    g.add_argument("--teleport-epoch", type=positive_int, help="teleport before this epoch (default 20; quick 1)")
+    g.add_argument("--seed-offset", type=nonneg_int, default=0,
+                   help="use seeds (i + 1 + OFFSET)·54321 instead of (i + 1)·54321 (another seed split)")
+    g.add_argument("--out", default="results/generalization", help="output directory (default results/generalization)")
+    g.add_argument("--logdir", default="runs/generalization", help="TensorBoard directory (default runs/generalization)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--threads", type=positive_int, default=1,
+                   help="torch CPU threads (default 1: the networks are small, and on a shared 2-core machine one "
+                   "thread measured 3× faster than two)")
+
     o = sub.add_parser("optimizers", help="SGD, momentum, AdaGrad, RMSProp, Adam with and without teleport on real data",
                        description="The paper's §5 experiment on an nn.Sequential 784-16-10-10 (see "
                        "metatele/studies/optimizers.py): lr tuned per optimizer, then every arm over several seeds.")
     o.add_argument("--quick", action="store_true",
                    help="3 epochs, 2 seeds, 2 teleports, a 2-point lr grid tuned on 1 epoch (< 60 s on 2 cores)")
-    o.add_argument("--dataset", choices=datasets.DATASETS, default="mnist5k", help="default mnist5k")
+    o.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="default mnist5k")
     o.add_argument("--optimizers", help=f"comma-separated subset of {','.join(optimizers_study.OPTIMIZERS)}")
     o.add_argument("--arms", help=f"comma-separated subset of {','.join(optimizers_study.ARMS)} (must include none)")
     o.add_argument("--epochs", type=positive_int, help="epochs per run (default 40; quick 3)")
@@ -158,11 +203,21 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if not ckdir.is_dir():
         raise ConfigError(f"checkpoint directory not found: {ckdir}")
 
+    if a.task == "classification":
+        family: TaskFamily = ClassificationFamily(a.dataset, tuple(a.widths or PAPER_MNIST_WIDTHS))
+    else:
+        widths = tuple(a.widths or PAPER_WIDTHS)
+        family = RegressionFamily(widths, a.n or min(PAPER_N, min(widths[:-2])), LAWS[a.law])
+
     def entries(family: TaskFamily, device: str) -> list[compare.Entry]:
         valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + VALIDATION_TASKS), device=device)
-        return compare.baselines(valid, a.steps) + compare.learned(ckdir, family.widths, device)
+        found, skipped = compare.learned(ckdir, family.widths, device)
+        if skipped:
+            print(f"metatele: warning: skipped {', '.join(skipped)}: they only run on the shape they were trained for",
+                  file=sys.stderr)
+        return compare.baselines(valid, a.steps) + found
 
-    return _run_eval(a, RegressionFamily(), entries)
+    return _run_eval(a, family, entries)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -183,6 +238,15 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
                              n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)
 
 
+def cmd_generalization(a: argparse.Namespace) -> int:
+    base = generalization.QUICK if a.quick else generalization.FULL
+    sizes = {"runs": a.runs, "epochs": a.epochs, "teleport_seeds": a.teleport_seeds, "teleport_epoch": a.teleport_epoch}
+    plan = replace(base, **{k: v for k, v in sizes.items() if v is not None})
+    torch.set_num_threads(a.threads)
+    return generalization.main(a.dataset, plan, Path(a.out), Path(a.logdir), resolve_device(a.device),
+                               a.part or ("correlation", "teleport"), a.seed_offset)
+
+
 def cmd_optimizers(a: argparse.Namespace) -> int:
     split = lambda v: tuple(x for x in v.split(",") if x) if v else None  # noqa: E731
     return optimizers_study.main(quick=a.quick, out=Path(a.out), logdir=Path(a.logdir), overwrite=a.overwrite,
@@ -197,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
-               "optimizers": cmd_optimizers}[a.command]
+               "generalization": cmd_generalization, "optimizers": cmd_optimizers}[a.command]
     try:
         return handler(a)
     except MetateleError as e:

@@ -31,3 +31,7 @@ class TrainStateExistsError(TrainStateError):
 
 class SeedOverlapError(ConfigError):
     """Evaluation task seeds overlap the seeds meta-training draws from."""
+
+
+class TeleportDriftError(MetateleError):
+    """A teleport changed the loss on its own batch by more than the tolerance (it left the level set)."""

@@ -1,4 +1,4 @@
-"""The user-facing teleport API on an nn.Sequential: the exact (anchored) action keeps the outputs on the
+"""The user-facing teleport API on an nn.Sequential: the exact (nearest) action keeps the outputs on the
 teleport batch, gradient ascent steepens the batch loss at the same value, random teleports are a control,
 and the Teleporter works beside each standard torch optimizer with either state policy."""
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_exact_action_keeps_outputs_in_float64(bias):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_identity_changes_nothing_off_the_batch(bias):
-    """Anchored action: with n < d, g = I leaves the weights (and so the outputs everywhere) unchanged; the
+    """Nearest action: with n < d, g = I leaves the weights (and so the outputs everywhere) unchanged; the
     plain action would project W1 onto the span of the batch."""
     m = mlp(bias)
     before = [p.clone() for p in m.parameters()]

@@ -4,7 +4,7 @@ For a network at initialization and after 2 epochs of AdaGrad (lr 1e-2, the pape
 point), apply single teleports (the metatele.teleport.sequential API) on 5 random training batches each and
 report medians: ‖T‖ and the ‖∇L‖² gain (over the applied teleports), the largest loss drift on the teleport
 batch, how many were applied (within tolerance), and the loss on the whole training split and the
-validation accuracy after. Also shows why the sequential API uses the anchored
+validation accuracy after. Also shows why the sequential API uses the nearest
 action: the plain action with g = I projects W1 onto the span of the batch.
 
     python experiments/optimizers/probe_teleport.py > experiments/optimizers/results/probe.md
@@ -34,7 +34,7 @@ def whole(model: torch.nn.Sequential) -> tuple[float, float]:
 
 
 def plain_identity_(model: torch.nn.Sequential, X: torch.Tensor, _y: torch.Tensor):
-    """The un-anchored exact action with T = 0 (g = I), in float64."""
+    """The plain (minimum-norm, not nearest) exact action with T = 0 (g = I), in float64."""
     s = inspect_mlp(model)
     W = [w.double() for w in get_weights(s)]
     T = [torch.zeros(1, k, k, dtype=torch.float64) for k in s.widths[1:-1]]
@@ -43,7 +43,7 @@ def plain_identity_(model: torch.nn.Sequential, X: torch.Tensor, _y: torch.Tenso
 
 
 VARIANTS = [
-    ("plain action, g = I (anchor=False)", None, 16, plain_identity_),
+    ("plain action, g = I (nearest=False)", None, 16, plain_identity_),
     ("ascent, both layers, normalized steps", None, 16, lambda m, X, y: ascent_teleport_(m, X, y, F.cross_entropy)),
     ("ascent, both layers, normalized steps", None, 8, lambda m, X, y: ascent_teleport_(m, X, y, F.cross_entropy)),
     ("ascent, both layers, 3 normalized steps", None, 16,

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from metatele.checkpoints import atomic_write, atomic_write_text
+from metatele.checkpoints import atomic_write_text
 from metatele.evaluation.compare import Result
 from metatele.evaluation.stats import divergence, fmt, report_steps, steps_to_reach, summarize
-from metatele.plotting import pyplot
+from metatele.plotting import pyplot, save_png
 
 __all__ = ["REACH_FACTORS", "LAYOUT", "TABLE_NOTE", "TB_TAGS", "CSV_COLUMNS", "rows", "markdown", "write_tables",
            "write_tensorboard", "plot", "report"]
@@ -148,10 +148,7 @@ def plot(results: list[Result], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    save_png(fig, path)
 
 
 def report(results: list[Result], logdir: Path | None, out: Path) -> list[dict[str, Any]]:

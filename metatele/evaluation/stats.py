@@ -1,6 +1,7 @@
-"""Statistics over tasks, in one place: summaries of per-task losses with confidence intervals that respect
-their scale, divergence counts, the report's horizons, steps to reach a loss, Student-t intervals over a few
-runs (seeds) point by point (`mean_ci`), and the tables' number format.
+"""Statistics in one place: summaries of per-task losses with confidence intervals that respect their scale,
+divergence counts, the report's horizons, steps to reach a loss, Pearson/Spearman correlations with
+percentile-bootstrap CIs, Student-t intervals over a few runs that skip diverged ones (`mean_ci`), and the
+tables' number format.
 
 Losses span orders of magnitude and are positive, so intervals are computed on log10 loss (Student t) and
 reported back on the loss scale as an interval for the geometric mean; the arithmetic mean gets a percentile
@@ -10,25 +11,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["summarize", "t_interval", "mean_ci", "bootstrap_mean_ci", "divergence", "report_steps", "steps_to_reach",
-           "fmt"]
+           "fmt", "CORRELATIONS", "correlation", "correlation_ci"]
 
 BOOTSTRAP_RESAMPLES = 2000
+CORRELATIONS = ("pearson", "spearman")
 
 
-def t_interval(values: np.ndarray | Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval for the mean of `values` (NaN bounds for fewer than 2 values)."""
+def t_interval(values: np.ndarray | Sequence[float], level: float = 0.95) -> tuple[Any, Any, Any]:
+    """(mean, low, high): Student-t interval for the mean of `values` (NaN bounds for fewer than 2 values).
+
+    1-D values give floats; values (n, ...) give arrays of shape values.shape[1:], one interval per column
+    (e.g. per epoch over n seeds)."""
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
-    m = float(v.mean()) if v.size else math.nan
-    if v.size < 2:
-        return m, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    if v.ndim <= 1:
+        m = float(v.mean()) if v.size else math.nan
+        if v.size < 2:
+            return m, math.nan, math.nan
+        half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+        return m, m - half, m + half
+    n = v.shape[0]
+    m = v.mean(axis=0) if n else np.full(v.shape[1:], math.nan)
+    if n < 2:
+        return m, np.full_like(m, math.nan), np.full_like(m, math.nan)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(axis=0, ddof=1) / math.sqrt(n)
     return m, m - half, m + half
 
 
@@ -113,3 +126,42 @@ def fmt(x: float | None) -> str:
     if x is None:
         return ""
     return "never" if x == math.inf else ("nan" if math.isnan(x) else f"{x:.3g}")
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of x, y (R, n) → (R,); nan where a row is constant."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (xc * yc).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _rowwise(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    if method == "pearson":
+        return _rowwise_pearson(x, y)
+    if method == "spearman":  # Pearson of the ranks; ties (bootstrap duplicates) get their average rank
+        from scipy.stats import rankdata
+
+        return _rowwise_pearson(rankdata(x, axis=-1), rankdata(y, axis=-1))
+    raise ValueError(f"unknown correlation {method!r}; choose one of {', '.join(CORRELATIONS)}")
+
+
+def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson") -> float:
+    """Pearson or Spearman correlation of two samples of equal length."""
+    return float(_rowwise(np.asarray(x, float)[None], np.asarray(y, float)[None], method)[0])
+
+
+def correlation_ci(x: Sequence[float], y: Sequence[float], method: str = "pearson", *, n_boot: int = 10000,
+                   level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """The correlation r and its percentile-bootstrap CI (pairs resampled with replacement, `n_boot` times,
+    from a seeded generator): {"r", "lo", "hi", "n"}. Resamples with a constant side are dropped."""
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    if xa.shape != ya.shape or xa.ndim != 1 or xa.size < 3:
+        raise ValueError(f"need two 1-D samples of equal length ≥ 3, got shapes {xa.shape} and {ya.shape}")
+    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
+    boot = _rowwise(xa[idx], ya[idx], method)
+    boot = boot[np.isfinite(boot)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(boot, [a, 1 - a])
+    return {"r": correlation(xa, ya, method), "lo": float(lo), "hi": float(hi), "n": float(xa.size)}

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 REJECT = 1e12  # an update that multiplies the loss cap by more than this is rejected (its gradients could overflow)
 
-__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "horizon", "train_batch",
-           "meta_train"]
+__all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "horizon", "meta_lr",
+           "train_batch", "meta_train"]
 
 
 class Learnable(Method, Protocol):
@@ -121,6 +121,13 @@ def horizon(cfg: TrainConfig, batch: int) -> int:
     return min(cfg.steps, max(cfg.unroll, cfg.unroll * round(length / cfg.unroll)))
 
 
+def meta_lr(cfg: TrainConfig, batch: int, n_batches: int) -> float:
+    """The meta learning rate for batch `batch` of `n_batches`: cfg.meta_lr decaying along a cosine to
+    cfg.meta_lr × cfg.meta_lr_final at the last batch (constant if meta_lr_final is 1)."""
+    frac = batch / max(n_batches - 1, 1)
+    return cfg.meta_lr * (cfg.meta_lr_final + (1 - cfg.meta_lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig,
                 steps: int | None = None) -> dict[str, float]:
     """Meta-train on one batch of trajectories of `steps` inner steps (default cfg.steps), one meta-update per
@@ -171,6 +178,9 @@ def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, 
     n_batches = -(-cfg.trajectories // cfg.batch)
     stop_at = n_batches if max_batches is None else min(n_batches, progress.batches_done + max_batches)
     while progress.batches_done < stop_at and not stop():
+        if cfg.meta_lr_final != 1.0:
+            for group in opt.param_groups:
+                group["lr"] = meta_lr(cfg, progress.batches_done, n_batches)
         first = progress.batches_done * cfg.batch
         size = min(cfg.batch, cfg.trajectories - first)
         stats = train_batch(method, opt, sample(first, size), cfg, horizon(cfg, progress.batches_done))

@@ -1,3 +1,1 @@
-"""Studies on real data with a user-style `nn.Sequential` model: each module runs one experiment end to end
-(training, statistics, tables, figures, TensorBoard) behind a `metatele` subcommand."""
-from __future__ import annotations
+"""Studies that reproduce the paper's experiments with the library: each module runs one CLI subcommand."""

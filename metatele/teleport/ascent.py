@@ -1,62 +1,48 @@
-"""Teleportation by gradient ascent (the paper's non-learned teleport): move along the level set to a
-steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of g = I + T. `ascend` is the one
-ascent loop, for any loss given as a gradient function; `gradient_ascent_teleport` runs it on a task's
-teleport data (`metatele.tasks.TaskBatch.teleport_data`), and `metatele.teleport.sequential` on a user's
-nn.Sequential. Shapes as in `metatele.teleport.action`."""
+"""Teleportation by gradient steps on the group element. `gradient_ascent_teleport` is the paper's non-learned
+teleport: move along the level set to a steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of
+g = I + T, on a task's teleport data (`metatele.tasks.TaskBatch.teleport_data`). `ascend` raises or lowers any
+objective of the transformed weights, over GL (g = I + T, exact on a batch X) or positive rescaling (exact on all
+data); `ascend_group` returns the group element it reached (`metatele.teleport.sequential` scales it back when a
+teleport breaks its loss tolerance). Shapes as in `metatele.teleport.action`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, teleport, with_ones
+from metatele.errors import ConfigError
+from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, rescale, teleport, with_ones
 
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["ascend", "gradient_ascent_teleport", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "ascend_group", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
 
-GradFn = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 
-
-def ascend(
-    weights: Sequence[torch.Tensor],
-    X: torch.Tensor,
-    grads_of: GradFn,
-    *,
-    act: LeakyReLU,
-    steps: int = 10,
-    lr: float | None = None,
-    X_pinv: torch.Tensor | None = None,
-    least_squares: bool = False,
-    bias: bool = False,
-    anchor: bool = False,
-) -> list[torch.Tensor]:
-    """T (one detached (B, k_m, k_m) per hidden layer) after `steps` ascent steps on ‖∇L(g·W)‖² from T = 0.
-
-    grads_of(W') returns ∂L/∂W' for weights W' (a list like `weights`) with create_graph=True, so that
-    ‖∇L‖² can be differentiated through it. lr=None (default rule): normalized steps,
-    T ← T + 0.03·G/‖G‖_F per layer and task, where G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many
-    orders of magnitude across tasks) and moves g at most 0.03·steps from I in Frobenius norm. A float lr
-    takes plain steps T ← T + lr·G. X_pinv: the first layer input's pseudo-inverse ([X; 1] with bias), computed
-    if None.
-    """
-    W0 = [w.detach() for w in weights]
-    if X_pinv is None:
-        X_pinv = pinv_full_rank(with_ones(X) if bias else X, least_squares)
-    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData,
+                       T: Sequence[torch.Tensor] | None = None, least_squares: bool = False,
+                       X_pinv: torch.Tensor | None = None, skip_invalid: bool = False,
+                       differentiable: bool = False) -> list[torch.Tensor]:
+    """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T (T = 0 by default): the steepest-ascent direction of the squared
+    gradient norm in the Lie algebra, one (B, k_m, k_m) per hidden layer. Detached from the weights unless
+    `differentiable` (then G is a differentiable function of them, for exact meta-gradients).
+    skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
+    W0 = list(weights) if differentiable else [w.detach() for w in weights]
+    X = data.batch.X
+    X_pinv = X_pinv if X_pinv is not None else data.X_pinv
+    if T is None:
+        T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
     with torch.enable_grad():
-        for _ in range(steps):
-            T = [t.detach().requires_grad_() for t in T]
-            Wt = teleport(W0, X, T, None, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias,
-                          anchor=anchor)
-            G = torch.autograd.grad(grad_norm_sq(grads_of(Wt)).sum(), T)
-            T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [t.detach() for t in T]
+        T = [t.detach().requires_grad_() for t in T]
+        Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv,
+                      skip_invalid=skip_invalid)
+        _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
+        G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid, create_graph=differentiable)
+    return [torch.zeros_like(t) if gt is None else torch.nan_to_num(gt) if skip_invalid else gt for t, gt in zip(T, G)]
 
 
 def gradient_ascent_teleport(
@@ -66,13 +52,87 @@ def gradient_ascent_teleport(
     steps: int = 10,
     lr: float | None = None,
     least_squares: bool = False,
+    skip_invalid: bool = False,
 ) -> list[torch.Tensor]:
-    """Teleport towards a steeper point of the level set of `task`'s loss on `data`: `ascend` (see there
-    for the step rule), then the exact action once. The result is detached from the input weights' graph."""
+    """Teleport towards a steeper point of the level set of `task`'s loss on `data`.
+
+    Starts from T = 0 and takes `steps` ascent steps on ‖∇L(g·W)‖², then applies the exact action once.
+    lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
+    G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
+    moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
+    The result is detached from the input weights' graph. skip_invalid: tasks where the exact action is
+    impossible (a non-finite or rank-deficient layer input) keep their weights instead of failing the batch.
+    """
+    W0 = [w.detach() for w in weights]
     X = data.batch.X
-    X_pinv = pinv_full_rank(X, least_squares) if data.X_pinv is None else data.X_pinv
-    act = task.activation
-    T = ascend(weights, X, lambda Wt: task.loss_and_grad(Wt, data.batch, create_graph=True)[1], act=act,
-               steps=steps, lr=lr, X_pinv=X_pinv, least_squares=least_squares)
-    return [w.detach() for w in teleport([w.detach() for w in weights], X, T, None, act=act,
-                                         least_squares=least_squares, X_pinv=X_pinv)]
+    X_pinv = data.X_pinv if data.X_pinv is not None or skip_invalid else pinv_full_rank(X, least_squares)
+    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+    for _ in range(steps):
+        G = steepest_direction(W0, task, data, T, least_squares, X_pinv, skip_invalid)
+        T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
+    return [w.detach() for w in teleport(W0, X, T, None, act=task.activation, least_squares=least_squares,
+                                         X_pinv=X_pinv, skip_invalid=skip_invalid)]
+
+
+def ascend_group(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    objective: Callable[[list[torch.Tensor]], torch.Tensor],
+    *,
+    act: LeakyReLU,
+    steps: int = 10,
+    lr: float | None = None,
+    step: float = DEFAULT_STEP,
+    maximize: bool = True,
+    group: Literal["gl", "diag"] = "gl",
+    least_squares: bool = False,
+    X_pinv: torch.Tensor | None = None,
+    bias: bool = False,
+    nearest: bool = False,
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], list[torch.Tensor]]]:
+    """`steps` gradient steps on the group element, from g = I, that raise (maximize=True) or lower
+    objective(g·W), a (B,) tensor differentiable in the weights W (weights[m] (B, d_{m+1}, d_m)), on X (B, d0, n).
+    Returns the group parameters reached, detached, and the map that applies parameters to W.
+
+    group="gl": g_m = I + T_m (T_m (B, k_m, k_m)) under the exact action on X, so the loss on X is unchanged.
+    group="diag": g_m = diag(exp(s_m)) (s_m (B, k_m)) by `action.rescale`, which keeps the network's function on
+    all data (X is not used).
+    lr=None: normalized steps, T ← T ± step·G/‖G‖ per layer and task, G = ∂objective/∂T (or ∂/∂s): scale-free,
+    and T (or s) moves at most step·steps from 0 per layer. A float lr takes plain steps T ← T ± lr·G.
+    Other keywords as in `metatele.teleport.action.teleport`.
+    """
+    W0 = [w.detach() for w in weights]
+    sign = 1.0 if maximize else -1.0
+    B = W0[0].shape[0]
+    if group == "gl":
+        if X_pinv is None:
+            X_pinv = pinv_full_rank(with_ones(X.detach()) if bias else X.detach(), least_squares)
+        kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest)
+        T = [torch.zeros(B, w.shape[1], w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
+        move: Callable[[list[torch.Tensor]], list[torch.Tensor]] = lambda T: teleport(W0, X, T, None, **kw)  # noqa: E731
+    elif group == "diag":
+        T = [torch.zeros(B, w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
+        move = lambda s: rescale(W0, s)  # noqa: E731
+    else:
+        raise ConfigError(f"unknown teleport group {group!r}; choose 'gl' or 'diag'")
+    with torch.enable_grad():
+        for _ in range(steps):
+            T = [t.detach().requires_grad_() for t in T]
+            G = torch.autograd.grad(objective(move(T)).sum(), T)
+            T = [t + sign * (step * _unit(gt) if lr is None else lr * gt) for t, gt in zip(T, G)]
+    return [t.detach() for t in T], move
+
+
+def ascend(weights: Sequence[torch.Tensor], X: torch.Tensor, objective: Callable[[list[torch.Tensor]], torch.Tensor],
+           **kw: Any) -> list[torch.Tensor]:
+    """Teleport W on X to raise or lower objective(g·W): `ascend_group` (same keywords), then its group element
+    applied once. The result is detached from the input's graph."""
+    T, move = ascend_group(weights, X, objective, **kw)
+    return [w.detach() for w in move(T)]
+
+
+def _unit(G: torch.Tensor) -> torch.Tensor:
+    """G (B, k, k) or (B, k) scaled to unit Frobenius norm per task."""
+    if G.dim() == 3:
+        return normalize(G, 1.0)
+    return G / G.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)

@@ -6,14 +6,14 @@ of `metatele.teleport.action` with a task dimension of 1 (augmented [W b] when t
 by the same maths, and written back. The data X is (n, d0), one sample per row, as nn.Linear takes it, and
 targets y are whatever `loss_fn(model(X), y)` takes (class indices (n,) for cross-entropy).
 
-The action here is the anchored one (`action.py`, anchor=True): each W_m moves by the least-norm change that
+The action here is the nearest one (`action.py`, nearest=True): each W_m moves by the least-norm change that
 keeps the network's outputs on the teleport batch, so the part of W_m that acts outside the span of the
-batch is left alone. The exact action needs n ≤ every hidden layer's input width (+ 1 with biases): the
+batch is left alone (the plain minimum-norm formula would project W_m onto that span, even at g = I). The exact action needs n ≤ every hidden layer's input width (+ 1 with biases): the
 paper's 784-16-10-10 net can teleport exactly on at most 16 samples (`MLPStructure.max_batch`), and a
 larger batch is refused rather than approximated.
 
 - `teleport_`, `group_action_`: apply a given g = I + T or g.
-- `ascent_teleport_`: gradient ascent on ‖∇L‖² over T (the shared `metatele.teleport.ascent.ascend`),
+- `ascent_teleport_`: gradient ascent on ‖∇L‖² over T (the shared `metatele.teleport.ascent.ascend_group`),
   for any differentiable loss_fn; `random_teleport_`: a random T of a given norm (the control).
   Both compute in float64, write back in the model's dtype and keep the loss on the teleport batch within
   a relative tolerance `rtol` (default 1e-4): if the written-back loss moved more, T is halved (up to 4
@@ -33,8 +33,8 @@ from torch import nn
 
 from metatele.errors import ConfigError, RankDeficientError
 from metatele.tasks.mlp import LeakyReLU, forward
-from metatele.teleport.action import group_action, normalize, pinv_full_rank, teleport, with_ones
-from metatele.teleport.ascent import ascend
+from metatele.teleport.action import grad_norm_sq, group_action, normalize, pinv_full_rank, teleport, with_ones
+from metatele.teleport.ascent import ascend_group
 
 __all__ = ["ArchitectureError", "MLPStructure", "TeleportResult", "Teleporter", "inspect_mlp", "get_weights",
            "set_weights_", "layer_inputs_T", "group_action_", "teleport_", "ascent_teleport_", "random_teleport_",
@@ -146,7 +146,7 @@ def group_action_(model: nn.Sequential, X: torch.Tensor, g: Sequence[torch.Tenso
     s = inspect_mlp(model)
     W = get_weights(s)
     new = group_action(W, layer_inputs_T(s, X.to(W[0])), [gm.to(W[0])[None] for gm in g], act=s.act, bias=s.bias,
-                       anchor=True)
+                       nearest=True)
     set_weights_(s, new)
 
 
@@ -155,7 +155,7 @@ def teleport_(model: nn.Sequential, X: torch.Tensor, T: Sequence[torch.Tensor], 
     s = inspect_mlp(model)
     W = get_weights(s)
     new = teleport(W, layer_inputs_T(s, X.to(W[0])), [t.to(W[0])[None] for t in T], magnitude, act=s.act, bias=s.bias,
-                   anchor=True)
+                   nearest=True)
     set_weights_(s, new)
 
 
@@ -210,7 +210,7 @@ def _apply_checked_(model: nn.Sequential, s: MLPStructure, X: torch.Tensor, y: t
     for halvings in range(MAX_HALVINGS + 1 if T is not None else 0):
         Th = [t * 0.5 ** halvings for t in T]
         try:
-            new = teleport(W_c[:j], X_c, Th, None, act=s.act, X_pinv=X_pinv, bias=s.bias, anchor=True) + W_c[j:]
+            new = teleport(W_c[:j], X_c, Th, None, act=s.act, X_pinv=X_pinv, bias=s.bias, nearest=True) + W_c[j:]
         except RankDeficientError:  # g·W made a layer input singular: try a smaller T
             continue
         set_weights_(s, [w.to(W0[0].dtype) for w in new])
@@ -239,7 +239,7 @@ def ascent_teleport_(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, los
                      lr: float | None = None, layers: int | None = None, rtol: float = DEFAULT_RTOL,
                      compute_dtype: torch.dtype = torch.float64) -> TeleportResult:
     """Teleport in place to a steeper point of the level set of loss_fn(model(X), y): `steps` ascent steps
-    on ‖∇L(g·W)‖² (the gradient of every Linear parameter) over T (`ascend`: normalized steps of 0.03 per
+    on ‖∇L(g·W)‖² (the gradient of every Linear parameter) over T (`ascend_group`: normalized steps of 0.03 per
     layer if lr is None, else plain steps of lr), computed in `compute_dtype`, then the checked application
     (see the module docstring). layers: teleport only the first `layers` hidden layers (default all), which
     allows a batch up to their own input widths. X (n, d0), n ≤ max_batch(layers); loss_fn must be
@@ -250,13 +250,13 @@ def ascent_teleport_(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, los
     W = [w.to(compute_dtype) for w in get_weights(s)]
     tail = [w.requires_grad_() for w in W[j + 1:]]  # untouched layers, still in ‖∇L‖²
 
-    def grads_of(Wt: list[torch.Tensor]) -> Sequence[torch.Tensor]:
+    def grad_norm_sq_at(Wt: list[torch.Tensor]) -> torch.Tensor:
         loss = loss_fn(forward(Wt + tail, X_c, s.act, s.bias)[0].T, y_c)
-        return torch.autograd.grad(loss, Wt + tail, create_graph=True)
+        return grad_norm_sq(torch.autograd.grad(loss, Wt + tail, create_graph=True))
 
     try:
-        T = None if X_pinv is None else ascend(W[: j + 1], X_c, grads_of, act=s.act, steps=steps, lr=lr,
-                                               X_pinv=X_pinv, bias=s.bias, anchor=True)
+        T = None if X_pinv is None else ascend_group(W[: j + 1], X_c, grad_norm_sq_at, act=s.act, steps=steps,
+                                                     lr=lr, X_pinv=X_pinv, bias=s.bias, nearest=True)[0]
     except RankDeficientError:  # the ascent walked to a singular layer input: no teleport (applied=False)
         T = None
     return _apply_checked_(model, s, X, y, loss_fn, T, X_c, X_pinv, rtol, t0)

@@ -26,8 +26,6 @@ wall-clock it is not inflated by other jobs on a shared machine. Wall-clock seco
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import shutil
 import sys
@@ -44,10 +42,10 @@ from torch import nn
 from tqdm import tqdm
 
 from metatele import datasets
-from metatele.checkpoints import atomic_write, atomic_write_text
+from metatele.checkpoints import atomic_write_csv, atomic_write_text
 from metatele.errors import ConfigError
 from metatele.evaluation.stats import fmt, mean_ci
-from metatele.plotting import pyplot
+from metatele.plotting import pyplot, save_png
 from metatele.teleport.sequential import Teleporter, inspect_mlp
 
 __all__ = ["OptimizerSpec", "Arm", "OPTIMIZERS", "ARMS", "QUICK", "StudyConfig", "RunResult", "StudyResult",
@@ -400,17 +398,6 @@ def teleport_rows(res: StudyResult) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- outputs
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    """CSV with empty cells for non-finite numbers (NaN never on disk)."""
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
 def _ci(mean: float, lo: float, hi: float, digits: str = ".3g") -> str:
     if not math.isfinite(mean):
         return "diverged"
@@ -530,10 +517,7 @@ def plot(res: StudyResult, path: Path, basis: str) -> None:
     fig.suptitle(f"{res.cfg.dataset}: mean over {res.cfg.seeds} seeds, 95% CI bands; losses clipped at 3× the "
                  "initial loss", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    save_png(fig, path, dpi=90)
 
 
 def write_tensorboard(res: StudyResult, curves: list[dict[str, Any]], logdir: Path) -> None:
@@ -576,12 +560,12 @@ def write_outputs(res: StudyResult, out: Path, logdir: Path | None) -> str:
     """Write every output file; returns the Markdown summary."""
     curves, diffs, tele = curve_rows(res), difference_rows(res), teleport_rows(res)
     md = markdown(res, curves, diffs, tele)
-    atomic_write_text(out / "results.csv", _csv(curves))
-    atomic_write_text(out / "differences.csv", _csv(diffs))
-    atomic_write_text(out / "teleports.csv", _csv(tele))
-    atomic_write_text(out / "tuning.csv", _csv(res.tuning))
-    atomic_write_text(out / "runs.csv", _csv(seed_rows(res)))
-    atomic_write_text(out / "teleport_log.csv", _csv(teleport_log_rows(res)))
+    atomic_write_csv(out / "results.csv", curves)
+    atomic_write_csv(out / "differences.csv", diffs)
+    atomic_write_csv(out / "teleports.csv", tele)
+    atomic_write_csv(out / "tuning.csv", res.tuning)
+    atomic_write_csv(out / "runs.csv", seed_rows(res))
+    atomic_write_csv(out / "teleport_log.csv", teleport_log_rows(res))
     plot(res, out / "curves_epoch.png", "epoch")
     plot(res, out / "curves_time.png", "time")
     if logdir is not None:

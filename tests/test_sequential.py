@@ -29,7 +29,7 @@ def loss_and_gn2(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor) -> tupl
 def test_exact_action_keeps_outputs_in_float64(bias):
     m = mlp(bias)
     X = torch.randn(inspect_mlp(m).max_batch(), 8, dtype=torch.float64)
-    before = [p.clone() for p in m.parameters()]
+    before = [p.detach().clone() for p in m.parameters()]
     y0 = m(X).detach()
     teleport_(m, X, [torch.randn(6, 6, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64)], 0.5)
     assert float((m(X).detach() - y0).abs().max() / y0.abs().max()) <= 1e-10
@@ -41,7 +41,7 @@ def test_identity_changes_nothing_off_the_batch(bias):
     """Nearest action: with n < d, g = I leaves the weights (and so the outputs everywhere) unchanged; the
     plain action would project W1 onto the span of the batch."""
     m = mlp(bias)
-    before = [p.clone() for p in m.parameters()]
+    before = [p.detach().clone() for p in m.parameters()]
     teleport_(m, torch.randn(3, 8, dtype=torch.float64), [torch.zeros(6, 6, dtype=torch.float64),
                                                            torch.zeros(5, 5, dtype=torch.float64)], None)
     assert max(float((p.detach() - q).abs().max()) for p, q in zip(m.parameters(), before)) <= 1e-12
@@ -104,7 +104,7 @@ def test_tolerance_undoes_a_teleport_that_breaks_it():
     torch.manual_seed(3)
     m = mlp(False, torch.float32)
     X, y = torch.rand(6, 8), torch.randint(0, 3, (6,))
-    before = [p.clone() for p in m.parameters()]
+    before = [p.detach().clone() for p in m.parameters()]
     r = random_teleport_(m, X, y, F.cross_entropy, 5.0, rtol=0.0)
     if r.applied:  # float32 rounding happened to leave the loss bit-identical: then it is within tolerance
         assert r.loss_after == r.loss_before
@@ -117,7 +117,7 @@ def test_rank_deficient_batch_is_not_teleported():
     m = mlp(False)
     X = torch.rand(4, 8, dtype=torch.float64)
     X[3] = X[0] + X[1]
-    before = [p.clone() for p in m.parameters()]
+    before = [p.detach().clone() for p in m.parameters()]
     r = ascent_teleport_(m, X, torch.zeros(4, dtype=torch.long), F.cross_entropy)
     assert not r.applied and r.magnitude == () and all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
 

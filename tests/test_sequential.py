@@ -22,7 +22,7 @@ def loss_and_gn2(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor) -> tupl
     """Independent of the library: cross-entropy on (X, y) and Σ‖∂L/∂p‖² over all parameters."""
     loss = F.cross_entropy(model(X), y)
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    return float(loss), float(sum(g.double().pow(2).sum() for g in grads))
+    return float(loss.detach()), float(sum(g.double().pow(2).sum() for g in grads))
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The paper's §5 experiment on an nn.Sequential 784-16-10-10 (see "
                        "metatele/studies/optimizers.py): lr tuned per optimizer, then every arm over several seeds.")
     o.add_argument("--quick", action="store_true",
-                   help="3 epochs, 2 seeds, 2 teleports, a 2-point lr grid tuned on 1 epoch (< 60 s on 2 cores)")
+                   help="3 epochs, 2 seeds, 2 teleports, arms none/teleport/teleport-layer1, a 2-point lr grid tuned "
+                   "on 1 epoch (< 60 s on 2 cores)")
     o.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="default mnist5k")
     o.add_argument("--optimizers", help=f"comma-separated subset of {','.join(optimizers_study.OPTIMIZERS)}")
     o.add_argument("--arms", help=f"comma-separated subset of {','.join(optimizers_study.ARMS)} (must include none)")

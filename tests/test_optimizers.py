@@ -119,7 +119,8 @@ def test_cli_refuses_unknown_optimizer(capsys, tmp_path):
 def test_cli_quick_on_digits(tmp_path, capsys):
     out, logdir = tmp_path / "out", tmp_path / "runs"
     args = ["optimizers", "--quick", "--dataset", "digits", "--optimizers", "sgd,adam", "--out", str(out),
-            "--logdir", str(logdir), "--no-progress"]
+            "--logdir", str(logdir), "--no-progress",
+            "--arms", "none,teleport,teleport-reset,random,teleport-layer1,teleport-layer1-reset"]
     r = run_cli(*args, timeout=300)
     assert r.returncode == 0, r.stderr
     arms = ["none", "teleport", "teleport-reset", "random", "teleport-layer1", "teleport-layer1-reset"]

@@ -127,7 +127,8 @@ class StudyConfig:
             raise ConfigError("the 'random' arm takes its magnitude from the 'teleport' arm; include both")
 
 
-QUICK = {"epochs": 3, "seeds": 2, "teleports": 2, "lr_grid": (1.0, 10 ** 0.5), "tune_epochs": 1}
+QUICK = {"epochs": 3, "seeds": 2, "teleports": 2, "lr_grid": (1.0, 10 ** 0.5), "tune_epochs": 1,
+         "arms": ("none", "teleport", "teleport-layer1")}
 
 
 @dataclass

@@ -9,7 +9,10 @@ a file that is not safetensors (a pickle, a zip from torch.save, truncated, empt
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import struct
 import tempfile
@@ -54,6 +57,18 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Dict rows as CSV (the header from the first row), written atomically; non-finite floats become empty
+    cells, so NaN is never on disk."""
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

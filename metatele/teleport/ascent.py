@@ -2,11 +2,12 @@
 teleport: move along the level set to a steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of
 g = I + T, on a task's teleport data (`metatele.tasks.TaskBatch.teleport_data`). `ascend` raises or lowers any
 objective of the transformed weights, over GL (g = I + T, exact on a batch X) or positive rescaling (exact on all
-data). Shapes as in `metatele.teleport.action`."""
+data); `ascend_group` returns the group element it reached (`metatele.teleport.sequential` scales it back when a
+teleport breaks its loss tolerance). Shapes as in `metatele.teleport.action`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "ascend_group", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
 
@@ -70,7 +71,7 @@ def gradient_ascent_teleport(
                   least_squares=least_squares, X_pinv=data.X_pinv, skip_invalid=skip_invalid, nearest=nearest)
 
 
-def ascend(
+def ascend_group(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     objective: Callable[[list[torch.Tensor]], torch.Tensor],
@@ -86,16 +87,17 @@ def ascend(
     bias: bool = False,
     nearest: bool = False,
     skip_invalid: bool = False,
-) -> list[torch.Tensor]:
-    """Teleport W (weights[m] (B, d_{m+1}, d_m)) on X (B, d0, n) to raise (maximize=True) or lower objective(g·W),
-    a (B,) tensor differentiable in the weights, by `steps` gradient steps on the group element from g = I.
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], list[torch.Tensor]]]:
+    """`steps` gradient steps on the group element, from g = I, that raise (maximize=True) or lower
+    objective(g·W), a (B,) tensor differentiable in the weights W (weights[m] (B, d_{m+1}, d_m)), on X (B, d0, n).
+    Returns the group parameters reached, detached, and the map that applies parameters to W.
 
-    group="gl": g_m = I + T_m (T_m (B, k_m, k_m)) under the exact action on X, applied once at the end, so the
-    loss on X is unchanged. group="diag": g_m = diag(exp(s_m)) (s_m (B, k_m)) by `action.rescale`, which keeps
-    the network's function on all data (X is not used).
+    group="gl": g_m = I + T_m (T_m (B, k_m, k_m)) under the exact action on X, so the loss on X is unchanged.
+    group="diag": g_m = diag(exp(s_m)) (s_m (B, k_m)) by `action.rescale`, which keeps the network's function on
+    all data (X is not used).
     lr=None: normalized steps, T ← T ± step·G/‖G‖ per layer and task, G = ∂objective/∂T (or ∂/∂s): scale-free,
     and T (or s) moves at most step·steps from 0 per layer. A float lr takes plain steps T ← T ± lr·G.
-    Other keywords as in `metatele.teleport.action.teleport`. The result is detached from the input's graph.
+    Other keywords as in `metatele.teleport.action.teleport`.
     """
     W0 = [w.detach() for w in weights]
     sign = 1.0 if maximize else -1.0
@@ -118,7 +120,15 @@ def ascend(
             G = torch.autograd.grad(objective(move(T)).sum(), T, allow_unused=skip_invalid)
             G = [torch.zeros_like(t) if g is None else torch.nan_to_num(g) if skip_invalid else g for t, g in zip(T, G)]
             T = [t + sign * (step * _unit(gt) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [w.detach() for w in move([t.detach() for t in T])]
+    return [t.detach() for t in T], move
+
+
+def ascend(weights: Sequence[torch.Tensor], X: torch.Tensor, objective: Callable[[list[torch.Tensor]], torch.Tensor],
+           **kw: Any) -> list[torch.Tensor]:
+    """Teleport W on X to raise or lower objective(g·W): `ascend_group` (same keywords), then its group element
+    applied once. The result is detached from the input's graph."""
+    T, move = ascend_group(weights, X, objective, **kw)
+    return [w.detach() for w in move(T)]
 
 
 def _unit(G: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ a file that is not safetensors (a pickle, a zip from torch.save, truncated, empt
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -81,6 +83,18 @@ def _nonfinite_keys(obj: Any, where: str = "") -> list[str]:
     if isinstance(obj, (list, tuple)):
         return [k for i, v in enumerate(obj) for k in _nonfinite_keys(v, f"{where}[{i}]")]
     return []
+
+
+def atomic_write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Dict rows as CSV (the header from the first row), written atomically; non-finite floats become empty
+    cells, so NaN is never on disk."""
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

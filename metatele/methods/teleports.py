@@ -4,6 +4,8 @@
 level set by gradient ascent on ‖∇L‖². Both act on the task's teleport data for the step, with the
 task's activation; the task must support the exact GL action (`Symmetry.GL`). A task of the batch where the
 action is impossible at this step (a diverged, non-finite or rank-deficient layer input) is left as it is.
+Where the teleport data has fewer samples than a layer's input width, the nearest solution is taken
+(`nearest=True` in `metatele.teleport.action`), so that the weights off the data's span are not erased.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ class LieTeleport:
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         data = task.teleport_data(step)
         return teleport(weights, data.batch.X, self.T, self.magnitude, act=task.activation, exact=self.exact,
-                        X_pinv=data.X_pinv, skip_invalid=True)
+                        X_pinv=data.X_pinv, skip_invalid=True, nearest=True)
 
 
 @dataclass
@@ -48,7 +50,7 @@ class AscentTeleport:
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr,
-                                        skip_invalid=True)
+                                        skip_invalid=True, nearest=True)
 
 
 @dataclass

@@ -32,8 +32,6 @@ with the no-teleport copy of the same seed (paired differences, Student-t 95% CI
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import sys
@@ -49,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metatele import datasets
-from metatele.checkpoints import atomic_write_text
+from metatele.checkpoints import atomic_write_csv, atomic_write_text
 from metatele.errors import ConfigError
 from metatele.evaluation.stats import CORRELATIONS, correlation_ci, fmt, t_interval
 from metatele.methods import baseline
@@ -380,17 +378,6 @@ def teleport_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    """CSV text; non-finite numbers are written as empty fields (never NaN on disk)."""
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
 def _finite_json(x: Any) -> Any:
     """JSON-ready copy: non-finite floats → None (never NaN on disk), finite ones to 7 significant digits."""
     if isinstance(x, float):
@@ -495,8 +482,8 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
         result: dict[str, Any] = {"dataset": name, "plan": asdict(plan), "seed_offset": seed_offset}
         if "correlation" in parts:
             rows, table = correlation_study(name, plan, device, seed_offset)
-            atomic_write_text(d / "runs.csv", _csv(rows))
-            atomic_write_text(d / "correlation.csv", _csv(table))
+            atomic_write_csv(d / "runs.csv", rows)
+            atomic_write_csv(d / "correlation.csv", table)
             atomic_write_text(d / "correlation.md", correlation_markdown(table))
             scatter_png(rows, d / "scatter.png")
             result.update(runs=rows, correlation=table)
@@ -504,8 +491,8 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
         if "teleport" in parts:
             tele = teleport_study(name, plan, device, seed_offset)
             rows = teleport_table(tele, plan)
-            atomic_write_text(d / "teleports.csv", _csv(tele["records"]))
-            atomic_write_text(d / "teleport.csv", _csv(rows))
+            atomic_write_csv(d / "teleports.csv", tele["records"])
+            atomic_write_csv(d / "teleport.csv", rows)
             atomic_write_text(d / "teleport.md", teleport_markdown(rows))
             teleport_png(tele, plan, d / "teleport.png")
             write_tensorboard(tele, logdir)

@@ -115,7 +115,10 @@ def _pairwise_action(
             hp = pinv_full_rank(hin, least_squares)
         a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
-        W = new[m] + torch.bmm(z - torch.bmm(new[m], hin), hp) if nearest else torch.bmm(z, hp)
+        if nearest and hin.shape[-1] < hin.shape[-2]:  # (square h: both formulas are the same map)
+            W = new[m] + torch.bmm(z - torch.bmm(new[m], hin), hp)
+        else:
+            W = torch.bmm(z, hp)
         # One step of iterative refinement on the residual z − W h: deep layers of all-positive
         # nets have cond(h) up to ~1e9, and this brings the loss change back to ~1e-15.
         new[m] = W + torch.bmm(z - torch.bmm(W, hin), hp)

@@ -2,11 +2,12 @@
 teleport: move along the level set to a steeper point by ascending ‖∇L(g·W)‖² over the Lie-algebra element T of
 g = I + T, on a task's teleport data (`metatele.tasks.TaskBatch.teleport_data`). `ascend` raises or lowers any
 objective of the transformed weights, over GL (g = I + T, exact on a batch X) or positive rescaling (exact on all
-data). Shapes as in `metatele.teleport.action`."""
+data); `ascend_group` returns the group element it reached (`metatele.teleport.sequential` scales it back when a
+teleport breaks its loss tolerance). Shapes as in `metatele.teleport.action`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "ascend_group", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
 
@@ -52,28 +53,25 @@ def gradient_ascent_teleport(
     lr: float | None = None,
     least_squares: bool = False,
     skip_invalid: bool = False,
+    nearest: bool = False,
 ) -> list[torch.Tensor]:
-    """Teleport towards a steeper point of the level set of `task`'s loss on `data`.
+    """Teleport towards a steeper point of the level set of `task`'s loss on `data`: `ascend` on ‖∇L(g·W)‖².
 
-    Starts from T = 0 and takes `steps` ascent steps on ‖∇L(g·W)‖², then applies the exact action once.
-    lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
-    G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
-    moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
-    The result is detached from the input weights' graph. skip_invalid: tasks where the exact action is
-    impossible (a non-finite or rank-deficient layer input) keep their weights instead of failing the batch.
+    Starts from T = 0 and takes `steps` ascent steps, then applies the exact action once. lr=None (default rule):
+    normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where G = ∂‖∇L‖²/∂T. This is scale-free (the raw G
+    spans many orders of magnitude across tasks) and moves g at most 0.03·steps from I in Frobenius norm. A float
+    lr takes plain steps T ← T + lr·G. The result is detached from the input weights' graph. skip_invalid: tasks
+    where the exact action is impossible (a non-finite or rank-deficient layer input) keep their weights instead
+    of failing the batch; nearest: as in `metatele.teleport.action`.
     """
-    W0 = [w.detach() for w in weights]
-    X = data.batch.X
-    X_pinv = data.X_pinv if data.X_pinv is not None or skip_invalid else pinv_full_rank(X, least_squares)
-    T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
-    for _ in range(steps):
-        G = steepest_direction(W0, task, data, T, least_squares, X_pinv, skip_invalid)
-        T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [w.detach() for w in teleport(W0, X, T, None, act=task.activation, least_squares=least_squares,
-                                         X_pinv=X_pinv, skip_invalid=skip_invalid)]
+    def steepness(W: list[torch.Tensor]) -> torch.Tensor:
+        return grad_norm_sq(task.loss_and_grad(W, data.batch, create_graph=True)[1])
+
+    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr,
+                  least_squares=least_squares, X_pinv=data.X_pinv, skip_invalid=skip_invalid, nearest=nearest)
 
 
-def ascend(
+def ascend_group(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     objective: Callable[[list[torch.Tensor]], torch.Tensor],
@@ -88,24 +86,27 @@ def ascend(
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
     nearest: bool = False,
-) -> list[torch.Tensor]:
-    """Teleport W (weights[m] (B, d_{m+1}, d_m)) on X (B, d0, n) to raise (maximize=True) or lower objective(g·W),
-    a (B,) tensor differentiable in the weights, by `steps` gradient steps on the group element from g = I.
+    skip_invalid: bool = False,
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], list[torch.Tensor]]]:
+    """`steps` gradient steps on the group element, from g = I, that raise (maximize=True) or lower
+    objective(g·W), a (B,) tensor differentiable in the weights W (weights[m] (B, d_{m+1}, d_m)), on X (B, d0, n).
+    Returns the group parameters reached, detached, and the map that applies parameters to W.
 
-    group="gl": g_m = I + T_m (T_m (B, k_m, k_m)) under the exact action on X, applied once at the end, so the
-    loss on X is unchanged. group="diag": g_m = diag(exp(s_m)) (s_m (B, k_m)) by `action.rescale`, which keeps
-    the network's function on all data (X is not used).
+    group="gl": g_m = I + T_m (T_m (B, k_m, k_m)) under the exact action on X, so the loss on X is unchanged.
+    group="diag": g_m = diag(exp(s_m)) (s_m (B, k_m)) by `action.rescale`, which keeps the network's function on
+    all data (X is not used).
     lr=None: normalized steps, T ← T ± step·G/‖G‖ per layer and task, G = ∂objective/∂T (or ∂/∂s): scale-free,
     and T (or s) moves at most step·steps from 0 per layer. A float lr takes plain steps T ← T ± lr·G.
-    Other keywords as in `metatele.teleport.action.teleport`. The result is detached from the input's graph.
+    Other keywords as in `metatele.teleport.action.teleport`.
     """
     W0 = [w.detach() for w in weights]
     sign = 1.0 if maximize else -1.0
     B = W0[0].shape[0]
     if group == "gl":
-        if X_pinv is None:
+        if X_pinv is None and not skip_invalid:
             X_pinv = pinv_full_rank(with_ones(X.detach()) if bias else X.detach(), least_squares)
-        kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest)
+        kw = dict(act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias, nearest=nearest,
+                  skip_invalid=skip_invalid)
         T = [torch.zeros(B, w.shape[1], w.shape[1], dtype=w.dtype, device=w.device) for w in W0[:-1]]
         move: Callable[[list[torch.Tensor]], list[torch.Tensor]] = lambda T: teleport(W0, X, T, None, **kw)  # noqa: E731
     elif group == "diag":
@@ -116,9 +117,18 @@ def ascend(
     with torch.enable_grad():
         for _ in range(steps):
             T = [t.detach().requires_grad_() for t in T]
-            G = torch.autograd.grad(objective(move(T)).sum(), T)
+            G = torch.autograd.grad(objective(move(T)).sum(), T, allow_unused=skip_invalid)
+            G = [torch.zeros_like(t) if g is None else torch.nan_to_num(g) if skip_invalid else g for t, g in zip(T, G)]
             T = [t + sign * (step * _unit(gt) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [w.detach() for w in move([t.detach() for t in T])]
+    return [t.detach() for t in T], move
+
+
+def ascend(weights: Sequence[torch.Tensor], X: torch.Tensor, objective: Callable[[list[torch.Tensor]], torch.Tensor],
+           **kw: Any) -> list[torch.Tensor]:
+    """Teleport W on X to raise or lower objective(g·W): `ascend_group` (same keywords), then its group element
+    applied once. The result is detached from the input's graph."""
+    T, move = ascend_group(weights, X, objective, **kw)
+    return [w.detach() for w in move(T)]
 
 
 def _unit(G: torch.Tensor) -> torch.Tensor:

@@ -109,8 +109,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     except TrainStateExistsError as e:
         raise ConfigError(f"{e} (pass --resume to continue it, or another --out)") from None
     state = "interrupted; saved" if run.interrupted else "done"
-    print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} diverged "
-          f"windows skipped; checkpoint {out}/, TensorBoard {logdir}")
+    if run.rank == 0:  # in a distributed run, one summary
+        print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} "
+              f"diverged windows skipped; checkpoint {out}/, TensorBoard {logdir}")
     return 130 if run.interrupted else 0
 
 

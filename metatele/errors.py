@@ -31,3 +31,7 @@ class TrainStateExistsError(TrainStateError):
 
 class SeedOverlapError(ConfigError):
     """Evaluation task seeds overlap the seeds meta-training draws from."""
+
+
+class DistributedError(MetateleError):
+    """A distributed run cannot go on: a rank died, hung past the timeout, or cannot be reached."""

@@ -11,6 +11,7 @@ from metatele import checkpoints, config
 from metatele.config import TrainConfig
 from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError
 from metatele.evaluation.heldout import HeldOut
+from metatele.learned import distributed
 from metatele.learned.log import TrainLog
 from metatele.learned.meta_optimizer import MetaOptimizer
 from metatele.learned.trainer import Progress, meta_train
@@ -29,6 +30,7 @@ class Run:
     opt: torch.optim.Adam
     progress: Progress
     interrupted: bool = False
+    rank: int = 0  # this process's rank in a distributed run (rank 0 alone logs and writes)
 
     @property
     def trajectories_seen(self) -> int:
@@ -78,8 +80,18 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str 
     resume: continue the training state in `out` (its config must equal cfg). max_batches: stop (and save)
     after this many batches in this call; a later resume continues. The first SIGINT/SIGTERM stops after
     the current batch and saves (`Run.interrupted`).
+
+    Under torchrun every rank calls this and becomes one rank of a distributed run
+    (`metatele.learned.distributed`): same result up to float summation order; rank 0 logs and writes.
     """
-    out = Path(out)
+    with distributed.from_env(device) as comm:
+        return _run(cfg, Path(out), comm, resume=resume, logdir=logdir, progress=progress, max_batches=max_batches)
+
+
+def _run(cfg: TrainConfig, out: Path, comm: distributed.Solo, *, resume: bool, logdir: str | Path | None,
+         progress: bool, max_batches: int | None) -> Run:
+    comm.check(cfg)
+    device = comm.device
     state = out / checkpoints.STATE_FILE
     if resume and state.exists():
         run_ = restore(state, device)
@@ -90,14 +102,19 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str 
         raise TrainStateExistsError(f"{out} already holds a training state; resume it or choose another output directory")
     else:
         run_ = build(cfg, device)
+    run_.progress, run_.rank = comm.sync(run_.model, run_.opt, run_.progress), comm.rank
     family = cfg.family()
     heldout = HeldOut(family, cfg.eval_tasks, cfg.steps, device)
     n_batches = -(-cfg.trajectories // cfg.batch)
 
     def sample(first: int, count: int):
-        return family.sample(train_seeds(cfg.seed, first, count), device=device)
+        offset, mine = comm.share(count)
+        return family.sample(train_seeds(cfg.seed, first + offset, mine), device=device)
 
-    with TrainLog(logdir, n_batches, run_.progress.batches_done, progress) as log, stop_on_signals() as stop:
+    with TrainLog(logdir if comm.rank == 0 else None, n_batches, run_.progress.batches_done,
+                  progress and comm.rank == 0) as log, stop_on_signals() as flag:
+        stop = comm.stop(flag)
+
         def after_batch(p: Progress, stats: dict[str, float], size: int) -> None:
             log.batch(stats, size * cfg.steps, run_.trajectories_seen, p.skipped_windows)
             if cfg.eval_every and (p.batches_done % cfg.eval_every == 0 or p.batches_done == n_batches):
@@ -107,8 +124,8 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str 
             if cfg.ckpt_every and p.batches_done % cfg.ckpt_every == 0:
                 save(run_, out)
 
-        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample, after_batch=after_batch, stop=stop,
-                   max_batches=max_batches)
-        save(run_, out)
+        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample,
+                   after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm)
+        comm.on_rank0(save, run_, out)
         run_.interrupted = stop()
     return run_

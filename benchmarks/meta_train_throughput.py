@@ -1,10 +1,11 @@
-"""Meta-training throughput of lstm-update-tele at paper sizes (hidden 300, 20×20 tasks).
+"""Meta-training throughput of the learned methods at paper sizes (20×20 tasks, unroll 10, exact meta-gradients).
 
-Prints traj-steps/s at B = 1, 16, 64, 256 (unroll 10, full meta-update per window), the achieved
-GFLOP/s (counted from the LSTM/linear matmuls, forward + backward), and an sgemm peak measured on
-this machine in the same run. Last line: `best traj-steps/s: N`.
+Prints traj-steps/s for each method at B = 1, 16, 64, 256 (full meta-update per window), the achieved GFLOP/s
+(counted from the LSTM/linear matmuls of the meta-optimizer, forward + backward = ×3) and the share of an sgemm
+peak measured on this machine in the same run.
 
-    python benchmarks/meta_train_throughput.py [--batches 1 16 64 256] [--windows 3]
+    python benchmarks/meta_train_throughput.py [--methods lstm-update-tele lstm-update lstm-lr-tele]
+        [--batches 1 16 64 256] [--windows 3] [--set key=value] [--device cpu]
 """
 from __future__ import annotations
 
@@ -13,18 +14,28 @@ import time
 
 import torch
 
-from metatele import config, tasks, train
+from metatele import config, train
 from metatele.learned.trainer import train_batch
+from metatele.tasks import RegressionFamily
 from metatele.tasks.seeds import train_seeds
 
+SHIPPED = {"lstm-update-tele": ["hidden=300", "magnitude=0.1", "gate=true"], "lstm-update": ["hidden=300"],
+           "lstm-lr-tele": ["hidden=20"]}  # the sizes of the shipped checkpoints
 
-def sgemm_peak(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+def sgemm_peak(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    """GFLOP/s of a float32 n×n matmul on `device` (the best of two timed rounds)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    best = 0.0
+    for _ in range(3):
+        sync()
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def flops_per_traj_step(model: torch.nn.Module) -> float:
@@ -38,38 +49,40 @@ def flops_per_traj_step(model: torch.nn.Module) -> float:
     return 3.0 * fwd
 
 
-def measure(B: int, windows: int, cfg_kw: dict) -> float:
-    cfg = config.load(method="lstm-update-tele", batch=B, trajectories=B, steps=10 * (windows + 1), unroll=10,
-                      eval_every=0, **cfg_kw)
-    run = train.build(cfg)
-    task = tasks.sample(train_seeds(0, 0, B))
-    # warm-up on a one-window trajectory, then time `windows` windows
-    train_batch(run.model, run.opt, task, config.load(**{**config.to_dict(cfg), "steps": 10}))
-    timed = config.load(**{**config.to_dict(cfg), "steps": 10 * windows})
+def measure(method: str, B: int, windows: int, overrides: list[str], device: str) -> tuple[float, float]:
+    """(traj-steps/s, FLOPs per traj-step) for `windows` timed windows after one warm-up window."""
+    cfg = config.load(method=method, batch=B, trajectories=B, steps=10 * windows, unroll=10, eval_every=0,
+                      overrides=SHIPPED.get(method, []) + overrides)
+    run = train.build(cfg, device)
+    task = RegressionFamily(tuple(cfg.widths), cfg.n).sample(train_seeds(0, 0, B), device=device)
+    train_batch(run.model, run.opt, task, cfg, steps=10)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     t = time.perf_counter()
-    train_batch(run.model, run.opt, task, timed)
-    return B * 10 * windows / (time.perf_counter() - t)
+    train_batch(run.model, run.opt, task, cfg)
+    sync()
+    return B * 10 * windows / (time.perf_counter() - t), flops_per_traj_step(run.model)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--methods", nargs="+", default=list(SHIPPED))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     p.add_argument("--windows", type=int, default=3)
-    p.add_argument("--set", action="append", default=[], help="config override key=value")
+    p.add_argument("--set", action="append", default=[], help="config override key=value (all methods)")
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
-    kw = dict(kv.split("=", 1) for kv in a.set)
-    cfg = config.load(method="lstm-update-tele", **kw)
-    fl = flops_per_traj_step(train.build(cfg).model)
-    peak = sgemm_peak()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, preprocessing {cfg.preprocessing}, "
-          f"second_order {cfg.second_order}; {fl / 1e6:.1f} MFLOP per traj-step; sgemm peak {peak:.1f} GFLOP/s")
-    print(f"{'B':>5} {'traj-steps/s':>13} {'GFLOP/s':>9} {'% peak':>7}")
-    best = 0.0
-    for B in a.batches:
-        r = measure(B, a.windows, kw)
-        best = max(best, r)
-        print(f"{B:>5} {r:>13.0f} {r * fl / 1e9:>9.1f} {100 * r * fl / 1e9 / peak:>6.1f}%")
-    print(f"best traj-steps/s: {best:.0f}")
+    peak = sgemm_peak(device=a.device)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; sgemm peak {peak:.1f} GFLOP/s")
+    for method in a.methods:
+        print(f"{method}  ({' '.join(SHIPPED.get(method, []) + a.set)})")
+        print(f"{'B':>5} {'traj-steps/s':>13} {'GFLOP/s':>9} {'% peak':>7}")
+        best = 0.0
+        for B in a.batches:
+            r, fl = measure(method, B, a.windows, a.set, a.device)
+            best = max(best, r)
+            print(f"{B:>5} {r:>13.0f} {r * fl / 1e9:>9.1f} {100 * r * fl / 1e9 / peak:>6.1f}%  ({fl / 1e6:.1f} MFLOP/traj-step)")
+        print(f"{method}: best traj-steps/s {best:.0f}")
 
 
 if __name__ == "__main__":

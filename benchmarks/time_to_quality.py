@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
-    peak = sgemm_peak()
+    peak = sgemm_peak(device=a.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; "
           f"sgemm peak {peak:.1f} GFLOP/s")
     for path in a.config:

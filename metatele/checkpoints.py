@@ -140,7 +140,7 @@ def model_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str
     spec = spec_from_meta(meta, path)
     if method is not None and spec.method != method:
         raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
-    if widths is not None and tuple(widths) != spec.widths:
+    if widths is not None and spec.widths and tuple(widths) != spec.widths:
         raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
     model = MetaOptimizer(spec)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

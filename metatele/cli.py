@@ -14,7 +14,9 @@ from metatele.errors import CheckpointError, ConfigError, MetateleError, SeedOve
 from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
-from metatele.tasks import PAPER_N, RegressionFamily, TaskFamily, family_from_dict
+from metatele.datasets import DATASETS
+from metatele.tasks import (LAWS, PAPER_MNIST_WIDTHS, PAPER_N, PAPER_WIDTHS, ClassificationFamily, RegressionFamily,
+                            TaskFamily, family_from_dict)
 from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
 
 VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
@@ -40,6 +42,16 @@ def _int_at_least(lo: int, what: str) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1, "positive")
 nonneg_int = _int_at_least(0, "non-negative")
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 20,32,32,20, got {text!r}") from None
+    if len(widths) < 3 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"need ≥ 3 positive widths (input, hidden…, output), got {text!r}")
+    return widths
 
 
 def resolve_device(name: str) -> str:
@@ -78,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
+    c.add_argument("--task", choices=("regression", "classification"), default="regression",
+                   help="task family (default regression: the paper's)")
+    c.add_argument("--widths", type=_widths, default=None,
+                   help="network widths, e.g. 20,32,32,20 (default: 20,20,20; classification: 784,16,10,10)")
+    c.add_argument("--n", type=positive_int, default=None,
+                   help="regression samples per task (default min(20, smallest hidden-layer input width))")
+    c.add_argument("--law", choices=tuple(LAWS), default="paper", help="regression law of the tasks (default paper)")
+    c.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="classification dataset (default mnist5k)")
     _eval_args(c, "results/compare", "runs/compare")
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks (of the family it was trained on)")
@@ -142,11 +162,21 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if not ckdir.is_dir():
         raise ConfigError(f"checkpoint directory not found: {ckdir}")
 
+    if a.task == "classification":
+        family: TaskFamily = ClassificationFamily(a.dataset, tuple(a.widths or PAPER_MNIST_WIDTHS))
+    else:
+        widths = tuple(a.widths or PAPER_WIDTHS)
+        family = RegressionFamily(widths, a.n or min(PAPER_N, min(widths[:-2])), LAWS[a.law])
+
     def entries(family: TaskFamily, device: str) -> list[compare.Entry]:
         valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + VALIDATION_TASKS), device=device)
-        return compare.baselines(valid, a.steps) + compare.learned(ckdir, family.widths, device)
+        found, skipped = compare.learned(ckdir, family.widths, device)
+        if skipped:
+            print(f"metatele: warning: skipped {', '.join(skipped)}: they only run on the shape they were trained for",
+                  file=sys.stderr)
+        return compare.baselines(valid, a.steps) + found
 
-    return _run_eval(a, RegressionFamily(), entries)
+    return _run_eval(a, family, entries)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from metatele.errors import ConfigError
 from metatele.learned.meta_optimizer import MetaOptSpec
 from metatele.methods.registry import LEARNED
-from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, RegressionFamily, TaskFamily
+from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, MixtureFamily, RegressionFamily, TaskFamily
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,19 +23,22 @@ else:  # pragma: no cover
 
 __all__ = ["TrainConfig", "load", "to_dict", "TASKS", "META_LOSSES"]
 
-TASKS = ("regression", "classification")
+TASKS = ("regression", "classification", "mixture")
 META_LOSSES = ("sum", "log")
 
 
 @dataclass
 class TrainConfig:
     method: str = "lstm-update-tele"
-    task: str = "regression"      # task family: "regression" (the paper's) or "classification"
+    task: str = "regression"      # task family: "regression" (the paper's), "classification" or "mixture"
     widths: list[int] = field(default_factory=lambda: [20, 20, 20])
     n: int = 20                   # regression: samples per task
     law: str = "paper"            # regression: how tasks are drawn (metatele.tasks.LAWS)
     dataset: str = "mnist5k"      # classification: metatele.datasets name
     data_batch: int = 20          # classification: mini-batch size
+    width_range: list[int] = field(default_factory=lambda: [8, 48])  # mixture: every width drawn in [low, high]
+    depth_range: list[int] = field(default_factory=lambda: [1, 3])   # mixture: hidden layers in [low, high]
+    laws: list[str] = field(default_factory=lambda: ["paper", "normal-init"])  # mixture: laws drawn from
     slope: float = 0.1            # LeakyReLU negative slope of the task networks
     trajectories: int = 700       # tasks meta-trained on, in batches of `batch` (the last may be smaller)
     steps: int = 100              # inner steps per trajectory (the longest, if min_steps < steps)
@@ -47,6 +50,8 @@ class TrainConfig:
     magnitude: float = 0.01       # teleport magnitude ‖T‖_F
     exact: bool = True            # exact group action; False: the paper's first-order variant
     gate: bool = False            # learned gate scaling the magnitude per step
+    gate_bias: float = 2.0        # the gate starts at sigmoid(gate_bias): 2 → 0.88 (open), −2 → 0.12
+    teleport_decay: float = 0.0   # > 0: teleport magnitude × exp(−t / teleport_decay) at inner step t
     preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h) (update_form "direct")
     update_form: str = "direct"   # m1: "direct" (the paper) or "residual" (learned GD step + learned part)
@@ -65,7 +70,7 @@ class TrainConfig:
         for name in ("trajectories", "steps", "unroll", "batch", "hidden", "n", "eval_tasks", "data_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "ckpt_every", "seed", "min_steps", "loss_cap"):
+        for name in ("eval_every", "ckpt_every", "seed", "min_steps", "loss_cap", "teleport_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         for name, value, allowed in (("method", self.method, tuple(LEARNED)), ("task", self.task, TASKS),
@@ -96,17 +101,28 @@ class TrainConfig:
         act = LeakyReLU(self.slope)
         if self.task == "classification":
             return ClassificationFamily(self.dataset, tuple(self.widths), self.data_batch, activation=act)
+        if self.task == "mixture":
+            if len(self.width_range) != 2 or len(self.depth_range) != 2:
+                raise ValueError("width_range and depth_range need two entries: [low, high]")
+            return MixtureFamily(tuple(self.width_range), tuple(self.depth_range), tuple(self.laws), self.n, act)
         return RegressionFamily(tuple(self.widths), self.n, LAWS[self.law], act)
 
     def spec(self) -> MetaOptSpec:
         """The meta-optimizer these settings build."""
-        return MetaOptSpec(method=self.method, widths=tuple(self.widths), hidden=self.hidden,
+        widths = () if LEARNED[self.method].size_agnostic else tuple(self.widths)
+        return MetaOptSpec(method=self.method, widths=widths, hidden=self.hidden,
                            preprocessing=self.preprocessing, magnitude=self.magnitude, exact=self.exact,
-                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form)
+                           gate=self.gate, out_scale=self.out_scale, update_form=self.update_form,
+                           gate_bias=self.gate_bias, teleport_decay=self.teleport_decay)
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
-    typ = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list}.get(typ, typ)
+    typ = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list, "list[str]": "strs"}.get(typ, typ)
+    if typ == "strs":
+        items = value.strip("[]() ").split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"config key {name!r} expects a list of strings, got {value!r}")
+        return [v.strip().strip("'\"") for v in items if v.strip()]
     try:
         if typ is bool:
             if isinstance(value, bool):

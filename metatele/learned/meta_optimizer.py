@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from metatele.methods.base import Composed, Proposal, add_update, chain
+from metatele.learned.coordinatewise import AnyTeleport, AnyUpdate, BilinearTeleNet, CoordUpdate, LayerGate
+from metatele.methods.base import Composed, Proposal, Transform, add_update, chain
 from metatele.methods.registry import LEARNED
-from metatele.methods.teleports import LieTeleport
+from metatele.methods.teleports import LieTeleport, decay_teleport
 from metatele.learned.nets import PREPROCESSING, UPDATE_FORMS, LSTMState, TeleNet, UpdateNet, learned_lr
 
 __all__ = ["MetaOptSpec", "MetaOptimizer", "LearnedUpdate", "LearnedTeleport"]
@@ -27,8 +28,10 @@ class MetaOptSpec:
 
     hidden: LSTM size; magnitude: teleport ‖T‖_F (× a learned gate if `gate`); exact: exact group action
     (else the paper's first-order one); out_scale: m1's output scale ("direct" form); update_form: "direct"
-    (the paper: m1 outputs the update) or "residual" (a learned GD step plus a zero-initialized learned part
-    scaled by rms(g), see `metatele.learned.nets.UpdateNet`).
+    (the paper: m1 outputs the update), "residual" or "gain" (a learned GD step with a zero-initialized learned
+    part, see `metatele.learned.nets.UpdateNet`); gate_bias: the gate starts at sigmoid(gate_bias) (2: open,
+    0.88; −2: nearly closed, 0.12); teleport_decay: > 0 scales the teleport magnitude by exp(−t/teleport_decay)
+    at step t (`metatele.methods.decay_teleport`).
     """
 
     method: str
@@ -40,6 +43,8 @@ class MetaOptSpec:
     gate: bool = False
     out_scale: float = 0.1
     update_form: str = "direct"
+    gate_bias: float = 2.0
+    teleport_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.update_form not in UPDATE_FORMS:
@@ -117,16 +122,26 @@ class MetaOptimizer(nn.Module):
         recipe = LEARNED[spec.method]
         w = spec.widths
         self.sizes = [a * b for a, b in zip(w[1:], w[:-1])]
-        self.update = (UpdateNet(sum(self.sizes), spec.hidden, spec.preprocessing, spec.out_scale, spec.update_form)
-                       if recipe.update else None)
-        self.tele = nn.ModuleList()
-        if recipe.teleport:
-            for m in range(len(w) - 2):
-                self.tele.append(TeleNet(self.sizes[m] + self.sizes[m + 1], w[m + 1], spec.hidden,
-                                         spec.preprocessing, spec.gate, recipe.step_size))
-        self.parts = [LearnedUpdate(self.update, self.sizes)] if self.update is not None else []
-        if recipe.teleport:
+        self.parts: list[Transform] = []
+        if recipe.update == "lstm":
+            self.update = UpdateNet(sum(self.sizes), spec.hidden, spec.preprocessing, spec.out_scale, spec.update_form)
+            self.parts.append(LearnedUpdate(self.update, self.sizes))
+        elif recipe.update == "coordinatewise":
+            self.update = CoordUpdate(spec.hidden)
+            self.parts.append(AnyUpdate(self.update))
+        else:
+            self.update = None
+        if recipe.teleport == "lstm":
+            self.tele = nn.ModuleList(TeleNet(self.sizes[m] + self.sizes[m + 1], w[m + 1], spec.hidden,
+                                              spec.preprocessing, spec.gate, recipe.step_size, spec.gate_bias)
+                                      for m in range(len(w) - 2))
             self.parts.append(LearnedTeleport(self.tele, spec.magnitude, spec.exact, recipe.step_size))
+        elif recipe.teleport in ("steepest", "bilinear"):
+            self.gate = LayerGate(spec.hidden)
+            self.bilinear = BilinearTeleNet(spec.hidden) if recipe.teleport == "bilinear" else None
+            self.parts.append(AnyTeleport(self.gate, spec.magnitude, recipe.teleport, self.bilinear, spec.exact))
+        if recipe.teleport and spec.teleport_decay > 0:
+            self.parts.append(decay_teleport(spec.teleport_decay))
         self.transform = chain(*self.parts)
 
     @property
@@ -144,4 +159,4 @@ class MetaOptimizer(nn.Module):
         """The same learned update with the teleport switched off (an ablation; shares the nets)."""
         if self.update is None:
             raise ValueError(f"{self.name} has no learned update to keep")
-        return Composed(f"{self.name} (teleport off)", LearnedUpdate(self.update, self.sizes))
+        return Composed(f"{self.name} (teleport off)", self.parts[0])

@@ -111,11 +111,12 @@ class UpdateNet(nn.Module):
 
 class TeleNet(nn.Module):
     """m2 for one hidden layer of width k: (B, P_pair) gradients → T (B, k, k), an optional gate
-    in (0, 1) per task (B,) and an optional step-size logit (B,)."""
+    in (0, 1) per task (B,), starting near sigmoid(gate_bias), and an optional step-size logit (B,)."""
 
-    def __init__(self, n_in: int, k: int, size: int, preprocessing: str, gate: bool, step_size: bool) -> None:
+    def __init__(self, n_in: int, k: int, size: int, preprocessing: str, gate: bool, step_size: bool,
+                 gate_bias: float = 2.0) -> None:
         super().__init__()
-        self.k, self.preprocessing = k, preprocessing
+        self.k, self.preprocessing, self.gate_bias = k, preprocessing, gate_bias
         self.lstm = StackedLSTM(input_size(n_in, preprocessing), size)
         self.head = nn.Linear(size, k * k)
         self.gate = scaled_linear(size, 1) if gate else None
@@ -125,7 +126,7 @@ class TeleNet(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LSTMState]:
         h, state = self.lstm(preprocess(g, self.preprocessing), state)
         T = self.head(h).view(-1, self.k, self.k)
-        gate = torch.sigmoid(self.gate(h)[:, 0] + 2.0) if self.gate is not None else None
+        gate = torch.sigmoid(self.gate(h)[:, 0] + self.gate_bias) if self.gate is not None else None
         lr = self.lr(h)[:, 0] if self.lr is not None else None
         return T, gate, lr, state
 

@@ -22,20 +22,29 @@ PAPER_GD_LR = 3e-4
 class LearnedRecipe:
     """What a learned method is made of.
 
-    update: m1, an LSTM over the flattened gradients that gives the local update;
-    teleport: m2, one LSTM per hidden layer that gives the group element g = I + T;
-    step_size: m2 also gives a GD step size, and the update is that plain GD step (LSTM(lr,tele)).
+    update (m1): "lstm", an LSTM over the flattened gradients of one network size (the paper); or
+      "coordinatewise", one LSTM shared by every weight, for any size; or None.
+    teleport (m2): "lstm", one LSTM per hidden layer reading that layer pair's flattened gradients (the paper);
+      "steepest" or "bilinear", size-agnostic (see metatele.learned.coordinatewise); or None.
+    step_size: the m2 LSTMs also give a GD step size, and the update is that plain GD step (LSTM(lr,tele)).
     """
 
-    update: bool
-    teleport: bool
+    update: str | None
+    teleport: str | None
     step_size: bool = False
+
+    @property
+    def size_agnostic(self) -> bool:
+        return self.update != "lstm" and self.teleport != "lstm"
 
 
 LEARNED: dict[str, LearnedRecipe] = {  # in report order
-    "lstm-lr-tele": LearnedRecipe(update=False, teleport=True, step_size=True),
-    "lstm-update": LearnedRecipe(update=True, teleport=False),
-    "lstm-update-tele": LearnedRecipe(update=True, teleport=True),
+    "lstm-lr-tele": LearnedRecipe(update=None, teleport="lstm", step_size=True),
+    "lstm-update": LearnedRecipe(update="lstm", teleport=None),
+    "lstm-update-tele": LearnedRecipe(update="lstm", teleport="lstm"),
+    "any-update": LearnedRecipe(update="coordinatewise", teleport=None),
+    "any-update-tele": LearnedRecipe(update="coordinatewise", teleport="steepest"),
+    "any-update-tele-bilinear": LearnedRecipe(update="coordinatewise", teleport="bilinear"),
 }
 
 BASELINES: dict[str, Callable[..., Composed]] = {

@@ -2,10 +2,12 @@
 
 `LieTeleport` applies g = I + T with T given (a learned group element); `AscentTeleport` searches the
 level set by gradient ascent on ‖∇L‖². Both act on the task's teleport data for the step, with the
-task's activation; the task must support the exact GL action (`Symmetry.GL`).
+task's activation; the task must support the exact GL action (`Symmetry.GL`). A task of the batch where the
+action is impossible at this step (a diverged, non-finite or rank-deficient layer input) is left as it is.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ from metatele.teleport.ascent import gradient_ascent_teleport
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch
 
-__all__ = ["LieTeleport", "AscentTeleport", "ascent_every"]
+__all__ = ["LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport"]
 
 
 @dataclass
@@ -34,7 +36,7 @@ class LieTeleport:
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         data = task.teleport_data(step)
         return teleport(weights, data.batch.X, self.T, self.magnitude, act=task.activation, exact=self.exact,
-                        X_pinv=data.X_pinv)
+                        X_pinv=data.X_pinv, skip_invalid=True)
 
 
 @dataclass
@@ -45,7 +47,8 @@ class AscentTeleport:
     lr: float | None = None
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
-        return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr)
+        return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr,
+                                        skip_invalid=True)
 
 
 @dataclass
@@ -64,4 +67,24 @@ class ascent_every:
                 weights: Sequence[torch.Tensor]) -> tuple[Proposal, int]:
         if t % self.every == 0 and t < self.until:
             prop = replace(prop, teleport=AscentTeleport(self.ascent_steps, self.lr))
+        return prop, t + 1
+
+
+@dataclass
+class decay_teleport:
+    """Scale the proposed teleport's magnitude by exp(−t/tau) at step t: teleports happen mostly early, and the
+    total displacement along the orbit stays bounded (≈ tau × magnitude), so that repeated teleports cannot drift
+    the weights without bound towards ever sharper, unstable points. Teleports without a magnitude pass as they are."""
+
+    tau: float
+
+    def init(self, weights: Sequence[torch.Tensor]) -> int:
+        return 0
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], t: int, *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, int]:
+        tele = prop.teleport
+        if tele is not None and hasattr(tele, "magnitude"):
+            f = math.exp(-t / self.tau)
+            prop = replace(prop, teleport=replace(tele, magnitude=[m * f for m in tele.magnitude]))
         return prop, t + 1

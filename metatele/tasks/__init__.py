@@ -9,12 +9,13 @@ import torch
 
 from metatele.tasks.base import Batch, Symmetry, TaskBatch, TaskFamily, TeleportData
 from metatele.tasks.classification import PAPER_MNIST_WIDTHS, ClassificationFamily, ClassificationTasks
+from metatele.tasks.mixture import MixtureFamily
 from metatele.tasks.mlp import LeakyReLU
 from metatele.tasks.regression import LAWS, PAPER_LAW, PAPER_N, PAPER_WIDTHS, Law, RegressionFamily, RegressionTasks
 
 __all__ = ["Batch", "Symmetry", "TaskBatch", "TaskFamily", "TeleportData", "LeakyReLU", "Law", "LAWS", "PAPER_LAW",
            "PAPER_N", "PAPER_WIDTHS", "PAPER_MNIST_WIDTHS", "RegressionFamily", "RegressionTasks",
-           "ClassificationFamily", "ClassificationTasks", "family_from_dict", "sample"]
+           "ClassificationFamily", "ClassificationTasks", "MixtureFamily", "family_from_dict", "sample"]
 
 
 def sample(seeds: Sequence[int] | int, widths: Sequence[int] = PAPER_WIDTHS, n: int = PAPER_N,
@@ -23,7 +24,7 @@ def sample(seeds: Sequence[int] | int, widths: Sequence[int] = PAPER_WIDTHS, n: 
     return RegressionFamily(tuple(widths), n).sample(seeds, dtype=dtype, device=device)
 
 
-def family_from_dict(d: dict[str, Any]) -> RegressionFamily | ClassificationFamily:
+def family_from_dict(d: dict[str, Any]) -> RegressionFamily | ClassificationFamily | MixtureFamily:
     """Rebuild a family from `to_dict()` output; raises ValueError/TypeError/KeyError on a bad description."""
     d = dict(d)
     name = d.pop("name")
@@ -33,4 +34,6 @@ def family_from_dict(d: dict[str, Any]) -> RegressionFamily | ClassificationFami
     if name == "classification":
         return ClassificationFamily(str(d["dataset"]), tuple(d["widths"]), int(d["batch_size"]),
                                     int(d["teleport_batch"]), act)
+    if name == "mixture":
+        return MixtureFamily(tuple(d["width_range"]), tuple(d["depth_range"]), tuple(d["laws"]), int(d["max_n"]), act)
     raise ValueError(f"unknown task family {name!r}")

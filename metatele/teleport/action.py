@@ -25,9 +25,24 @@ from metatele.errors import RankDeficientError
 if TYPE_CHECKING:
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["pinv_full_rank", "with_ones", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
+__all__ = ["pinv_masked", "pinv_full_rank", "with_ones", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
 
 Weights = list[torch.Tensor]
+
+
+def pinv_masked(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h⁺ (B, n, d), ok (B,)) for h (B, d, n) with n ≤ d: the pseudo-inverse of every task whose h is finite and
+    of numerical rank n (so that h⁺h = I), and zeros for the others (ok False)."""
+    d, n = h.shape[-2:]
+    finite = torch.isfinite(h).flatten(1).all(1)
+    Q, R = torch.linalg.qr(torch.where(finite[:, None, None], h, torch.zeros_like(h)))  # h = Q R
+    diag = R.diagonal(dim1=-2, dim2=-1).abs()
+    tol = max(d, n) * torch.finfo(h.dtype).eps * diag.amax(dim=-1, keepdim=True)
+    ok = finite & (diag > tol).all(-1)
+    eye = torch.eye(n, dtype=h.dtype, device=h.device).expand_as(R)
+    R = torch.where(ok[:, None, None], R, eye)
+    Qt = torch.where(ok[:, None, None], Q, torch.zeros_like(Q)).transpose(-2, -1)
+    return torch.linalg.solve_triangular(R, Qt, upper=True), ok  # h⁺ = R⁻¹ Qᵀ
 
 
 def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor:
@@ -45,16 +60,13 @@ def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor
             f"layer input has {d} rows but n={n} samples: rank ≤ {d} < n, so the exact group action "
             "is impossible (need n ≤ every hidden-layer input width); pass least_squares=True to accept an approximation"
         )
-    Q, R = torch.linalg.qr(h)  # h = Q R, Q (B, d, n), R (B, n, n)
-    diag = R.diagonal(dim1=-2, dim2=-1).abs()
-    tol = max(d, n) * torch.finfo(h.dtype).eps * diag.amax(dim=-1, keepdim=True)
-    if bool((diag <= tol).any()):
+    hp, ok = pinv_masked(h)
+    if not bool(ok.all()):
         raise RankDeficientError(
             "a layer input is rank-deficient (numerical rank < n), so the exact group action is impossible; "
             "pass least_squares=True to accept an approximation"
         )
-    # h⁺ = R⁻¹ Qᵀ
-    return torch.linalg.solve_triangular(R, Q.transpose(-2, -1), upper=True)
+    return hp
 
 
 def with_ones(h: torch.Tensor) -> torch.Tensor:
@@ -71,16 +83,26 @@ def _pairwise_action(
     least_squares: bool,
     X_pinv: torch.Tensor | None,
     bias: bool = False,
+    skip_invalid: bool = False,
 ) -> Weights:
     """Shared pair-by-pair action; `right(W_next, m)` maps W_{m+1} (its first k_m columns if bias) to its
-    transformed value. X_pinv, if given, is the pseudo-inverse of the first layer's input ([X; 1] if bias)."""
+    transformed value. X_pinv, if given, is the pseudo-inverse of the first layer's input ([X; 1] if bias).
+    skip_invalid: a task whose layer input is non-finite or rank-deficient keeps its weights (g = I for it)
+    instead of failing the batch."""
     if len(g) != len(weights) - 1:
         raise ValueError(f"need one group element per hidden layer ({len(weights) - 1}), got {len(g)}")
     new = list(weights)
     h = X
+    ok = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
     for m, gm in enumerate(g):
         hin = with_ones(h) if bias else h
-        hp = X_pinv if (m == 0 and X_pinv is not None) else pinv_full_rank(hin, least_squares)
+        if m == 0 and X_pinv is not None:
+            hp = X_pinv
+        elif skip_invalid and not least_squares and hin.shape[-1] <= hin.shape[-2]:
+            hp, ok_m = pinv_masked(hin)
+            ok = ok & ok_m
+        else:
+            hp = pinv_full_rank(hin, least_squares)
         a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
         W = torch.bmm(z, hp)
@@ -93,6 +115,9 @@ def _pairwise_action(
         else:
             new[m + 1] = right(new[m + 1], m)
         h = a
+    if skip_invalid:
+        keep = ok[:, None, None]
+        new = [torch.where(keep, a, b) for a, b in zip(new, weights)]
     return new
 
 
@@ -105,10 +130,11 @@ def group_action(
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
+    skip_invalid: bool = False,
 ) -> Weights:
     """Exact action of invertible g_m (B, k_m, k_m) on every hidden layer. X_pinv: optional cached X⁺."""
     return _pairwise_action(weights, X, g, lambda W, m: torch.linalg.solve(g[m], W, left=False), act,
-                            least_squares, X_pinv, bias)
+                            least_squares, X_pinv, bias, skip_invalid)
 
 
 def normalize(T: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Tensor:
@@ -128,6 +154,7 @@ def teleport(
     least_squares: bool = False,
     X_pinv: torch.Tensor | None = None,
     bias: bool = False,
+    skip_invalid: bool = False,
 ) -> Weights:
     """Teleport with g_m = I + T_m, each T_m first normalized to Frobenius norm `magnitude` (None: as given).
     magnitude may be one value for all layers or a per-layer list; each value is a float or a (B,) tensor.
@@ -141,8 +168,10 @@ def teleport(
     eye = [torch.eye(t.shape[-1], dtype=t.dtype, device=t.device) for t in T]
     g = [e + t for e, t in zip(eye, T)]
     if exact:
-        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias)
-    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv, bias)
+        return group_action(weights, X, g, act=act, least_squares=least_squares, X_pinv=X_pinv, bias=bias,
+                            skip_invalid=skip_invalid)
+    return _pairwise_action(weights, X, g, lambda W, m: W - torch.bmm(W, T[m]), act, least_squares, X_pinv, bias,
+                            skip_invalid)
 
 
 def rescale(weights: Sequence[torch.Tensor], s: Sequence[torch.Tensor]) -> Weights:

@@ -13,9 +13,31 @@ from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, te
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
 
-__all__ = ["gradient_ascent_teleport", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "gradient_ascent_teleport", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
+
+
+def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData,
+                       T: Sequence[torch.Tensor] | None = None, least_squares: bool = False,
+                       X_pinv: torch.Tensor | None = None, skip_invalid: bool = False,
+                       differentiable: bool = False) -> list[torch.Tensor]:
+    """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T (T = 0 by default): the steepest-ascent direction of the squared
+    gradient norm in the Lie algebra, one (B, k_m, k_m) per hidden layer. Detached from the weights unless
+    `differentiable` (then G is a differentiable function of them, for exact meta-gradients).
+    skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
+    W0 = list(weights) if differentiable else [w.detach() for w in weights]
+    X = data.batch.X
+    X_pinv = X_pinv if X_pinv is not None else data.X_pinv
+    if T is None:
+        T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+    with torch.enable_grad():
+        T = [t.detach().requires_grad_() for t in T]
+        Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv,
+                      skip_invalid=skip_invalid)
+        _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
+        G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid, create_graph=differentiable)
+    return [torch.zeros_like(t) if gt is None else torch.nan_to_num(gt) if skip_invalid else gt for t, gt in zip(T, G)]
 
 
 def gradient_ascent_teleport(
@@ -25,6 +47,7 @@ def gradient_ascent_teleport(
     steps: int = 10,
     lr: float | None = None,
     least_squares: bool = False,
+    skip_invalid: bool = False,
 ) -> list[torch.Tensor]:
     """Teleport towards a steeper point of the level set of `task`'s loss on `data`.
 
@@ -32,19 +55,15 @@ def gradient_ascent_teleport(
     lr=None (default rule): normalized steps, T ← T + 0.03·G/‖G‖_F per layer and task, where
     G = ∂‖∇L‖²/∂T. This is scale-free (the raw G spans many orders of magnitude across tasks) and
     moves g at most 0.03·steps from I in Frobenius norm. A float lr takes plain steps T ← T + lr·G.
-    The result is detached from the input weights' graph.
+    The result is detached from the input weights' graph. skip_invalid: tasks where the exact action is
+    impossible (a non-finite or rank-deficient layer input) keep their weights instead of failing the batch.
     """
     W0 = [w.detach() for w in weights]
     X = data.batch.X
-    X_pinv = pinv_full_rank(X, least_squares) if data.X_pinv is None else data.X_pinv
-    act = task.activation
+    X_pinv = data.X_pinv if data.X_pinv is not None or skip_invalid else pinv_full_rank(X, least_squares)
     T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
-    with torch.enable_grad():
-        for _ in range(steps):
-            T = [t.detach().requires_grad_() for t in T]
-            Wt = teleport(W0, X, T, None, act=act, least_squares=least_squares, X_pinv=X_pinv)
-            _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
-            G = torch.autograd.grad(grad_norm_sq(grads).sum(), T)
-            T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
-    return [w.detach() for w in teleport(W0, X, [t.detach() for t in T], None, act=act,
-                                         least_squares=least_squares, X_pinv=X_pinv)]
+    for _ in range(steps):
+        G = steepest_direction(W0, task, data, T, least_squares, X_pinv, skip_invalid)
+        T = [t + (DEFAULT_STEP * normalize(gt, 1.0) if lr is None else lr * gt) for t, gt in zip(T, G)]
+    return [w.detach() for w in teleport(W0, X, T, None, act=task.activation, least_squares=least_squares,
+                                         X_pinv=X_pinv, skip_invalid=skip_invalid)]

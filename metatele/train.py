@@ -16,9 +16,11 @@ from metatele.learned.log import TrainLog
 from metatele.learned.meta_optimizer import MetaOptimizer
 from metatele.learned.trainer import Progress, meta_train
 from metatele.signals import stop_on_signals
+from metatele.tasks import MixtureFamily, TaskFamily
+from metatele.tasks.base import TaskBatch
 from metatele.tasks.seeds import train_seeds
 
-__all__ = ["Run", "build", "restore", "save", "run"]
+__all__ = ["Run", "build", "restore", "save", "run", "rank_tasks"]
 
 
 @dataclass
@@ -82,6 +84,15 @@ def save(run_: Run, out: Path) -> None:
                            trajectories_seen=run_.trajectories_seen, history=p.history)
 
 
+def rank_tasks(family: TaskFamily, seeds: list[int], comm: distributed.Solo, device: str | torch.device = "cpu"
+               ) -> TaskBatch:
+    """This rank's contiguous slice of the batch of tasks `seeds` (all of them in one process). A mixture draws
+    one member (shape, law) per batch from the batch's first seed: every rank samples from that member."""
+    offset, mine = comm.share(len(seeds))
+    member = family.member(seeds[0]) if isinstance(family, MixtureFamily) else family
+    return member.sample(seeds[offset:offset + mine], device=device)
+
+
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, device: str | torch.device = "cpu",
         logdir: str | Path | None = None, progress: bool = True, max_batches: int | None = None) -> Run:
     """Meta-train per cfg, checkpointing into directory `out` and logging to TensorBoard `logdir`.
@@ -117,8 +128,7 @@ def _run(cfg: TrainConfig, out: Path, comm: distributed.Solo, *, resume: bool, l
     n_batches = -(-cfg.trajectories // cfg.batch)
 
     def sample(first: int, count: int):
-        offset, mine = comm.share(count)
-        return family.sample(train_seeds(cfg.seed, first + offset, mine), device=device)
+        return rank_tasks(family, train_seeds(cfg.seed, first, count), comm, device)
 
     with TrainLog(logdir if comm.rank == 0 else None, n_batches, run_.progress.batches_done,
                   progress and comm.rank == 0) as log, stop_on_signals() as flag:

@@ -83,6 +83,17 @@ def test_batches_split_into_disjoint_contiguous_slices_and_small_batches_are_ref
         Solo(world=8).check(cfg)
 
 
+@pytest.mark.parametrize("kw", [{}, {"task": "mixture", "method": "any-update-tele"}])
+def test_ranks_sample_the_tasks_of_the_single_process_batch(kw):
+    family = config.load(**kw).family()
+    seeds = train_seeds(0, 7, 7)
+    whole = train.rank_tasks(family, seeds, Solo())
+    parts = [train.rank_tasks(family, seeds, Solo(rank=r, world=2)) for r in range(2)]
+    assert [s for p in parts for s in p.seeds] == seeds
+    for m, w in enumerate(whole.init_weights()):  # a mixture's member is the batch's, not each slice's own
+        assert torch.equal(torch.cat([p.init_weights()[m] for p in parts]), w)
+
+
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path):
     cfg = config.load(**SMALL)

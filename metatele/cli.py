@@ -218,8 +218,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ConfigError(f"{e}; refusing to replace it (pass {resume}--overwrite to replace it, or choose "
                           "another --out)") from None
     state = "interrupted; saved" if run.interrupted else "done"
-    print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} diverged "
-          f"windows skipped; checkpoint {out}/, TensorBoard {logdir}")
+    if run.rank == 0:  # in a distributed run, one summary
+        print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} "
+              f"diverged windows skipped; checkpoint {out}/, TensorBoard {logdir}")
     return 128 + (run.stop_signal or 0) if run.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
 
 

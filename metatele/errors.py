@@ -48,3 +48,7 @@ class OutputInUseError(TrainStateError):
 
 class TeleportDriftError(MetateleError):
     """A teleport changed the loss on its own batch by more than the tolerance (it left the level set)."""
+
+
+class DistributedError(MetateleError):
+    """A distributed run cannot go on: a rank died, hung past the timeout, or cannot be reached."""

@@ -2,6 +2,7 @@
 the trainer (`metatele.learned.trainer`) to held-out evaluation, logging, checkpoints and signals."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,15 +12,19 @@ import torch
 
 from metatele import checkpoints, checks, config, io_safety
 from metatele.config import TrainConfig
-from metatele.errors import ConfigError, NonFiniteError, TrainStateError, TrainStateExistsError
+from metatele.errors import (ConfigError, DistributedError, MetateleError, NonFiniteError, TrainStateError,
+                             TrainStateExistsError)
 from metatele.evaluation.heldout import HeldOut
+from metatele.learned import distributed
 from metatele.learned.log import TrainLog
 from metatele.learned.meta_optimizer import MetaOptimizer
 from metatele.learned.trainer import Progress, meta_train
 from metatele.signals import stop_on_signals
+from metatele.tasks import MixtureFamily, TaskFamily
+from metatele.tasks.base import TaskBatch
 from metatele.tasks.seeds import train_seeds
 
-__all__ = ["Run", "build", "restore", "start", "save", "run"]
+__all__ = ["Run", "build", "restore", "start", "save", "run", "rank_tasks"]
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Run:
     progress: Progress
     interrupted: bool = False
     stop_signal: int | None = None  # the signal that interrupted it (SIGINT or SIGTERM)
+    rank: int = 0  # this process's rank in a distributed run (rank 0 alone logs and writes)
 
     @property
     def trajectories_seen(self) -> int:
@@ -132,6 +138,15 @@ def save(run_: Run, out: Path) -> None:
                            trajectories_seen=run_.trajectories_seen, history=p.history)
 
 
+def rank_tasks(family: TaskFamily, seeds: list[int], comm: distributed.Solo, device: str | torch.device = "cpu"
+               ) -> TaskBatch:
+    """This rank's contiguous slice of the batch of tasks `seeds` (all of them in one process). A mixture draws
+    one member (shape, law) per batch from the batch's first seed: every rank samples from that member."""
+    offset, mine = comm.share(len(seeds))
+    member = family.member(seeds[0]) if isinstance(family, MixtureFamily) else family
+    return member.sample(seeds[offset:offset + mine], device=device)
+
+
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         device: str | torch.device = "cpu", logdir: str | Path | None = None, progress: bool = True,
         max_batches: int | None = None) -> Run:
@@ -142,28 +157,45 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
     call; a later resume continues. The first SIGINT/SIGTERM stops after the current batch and saves
     (`Run.interrupted`, `Run.stop_signal`). Both directories are checked before any work; `out` is locked
     against a second training for the duration, and stray temporary files there are removed.
+
+    Under torchrun every rank calls this and becomes one rank of a distributed run
+    (`metatele.learned.distributed`): same result up to float summation order; rank 0 locks, logs and writes,
+    and a refusal on any rank stops all of them before any work.
     """
     out = Path(out)
     io_safety.check_output_dir(out, "output directory")
     if logdir is not None:
         io_safety.check_output_dir(Path(logdir), "log directory")
-    with io_safety.OutputLock(out):
-        io_safety.clean_stray_temps(out)
-        run_ = start(cfg, out, resume=resume, overwrite=overwrite, device=device)
-        return _train(run_, out, device, logdir, progress, max_batches)
+    with distributed.from_env(device) as comm, contextlib.ExitStack() as held:
+        error: MetateleError | None = None
+        try:
+            comm.check(cfg)
+            if comm.rank == 0:
+                held.enter_context(io_safety.OutputLock(out))
+                io_safety.clean_stray_temps(out)
+            run_ = start(cfg, out, resume=resume, overwrite=overwrite, device=comm.device)
+        except MetateleError as e:
+            error = e
+        if not comm.all_finite(error is None):
+            raise error or DistributedError("another rank refused to start (its message says why)")
+        run_.progress, run_.rank = comm.sync(run_.model, run_.opt, run_.progress), comm.rank
+        return _train(run_, out, comm, logdir, progress, max_batches)
 
 
-def _train(run_: Run, out: Path, device: str | torch.device, logdir: str | Path | None, progress: bool,
+def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | None, progress: bool,
            max_batches: int | None) -> Run:
-    cfg = run_.cfg
+    cfg, device = run_.cfg, comm.device
     family = cfg.family()
     heldout = HeldOut(family, cfg.eval_tasks, cfg.steps, device)
     n_batches = -(-cfg.trajectories // cfg.batch)
 
     def sample(first: int, count: int):
-        return family.sample(train_seeds(cfg.seed, first, count), device=device)
+        return rank_tasks(family, train_seeds(cfg.seed, first, count), comm, device)
 
-    with TrainLog(logdir, n_batches, run_.progress.batches_done, progress) as log, stop_on_signals() as stop:
+    with TrainLog(logdir if comm.rank == 0 else None, n_batches, run_.progress.batches_done,
+                  progress and comm.rank == 0) as log, stop_on_signals() as flag:
+        stop = comm.stop(flag)
+
         def after_batch(p: Progress, stats: dict[str, float], size: int) -> None:
             _check_finite(run_, out)
             log.batch(stats, size * cfg.steps, run_.trajectories_seen, p.skipped_windows)
@@ -174,8 +206,8 @@ def _train(run_: Run, out: Path, device: str | torch.device, logdir: str | Path 
             if cfg.ckpt_every and p.batches_done % cfg.ckpt_every == 0:
                 save(run_, out)
 
-        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample, after_batch=after_batch, stop=stop,
-                   max_batches=max_batches)
-        save(run_, out)
+        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample,
+                   after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm)
+        comm.on_rank0(save, run_, out)
         run_.interrupted, run_.stop_signal = stop(), stop.signum
     return run_

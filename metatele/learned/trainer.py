@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from metatele.learned.distributed import SOLO, Reducer
 from metatele.methods.base import Method
 from metatele.step import inner_step
 from metatele.tasks.base import TaskBatch
@@ -129,10 +130,11 @@ def meta_lr(cfg: TrainConfig, batch: int, n_batches: int) -> float:
 
 
 def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig,
-                steps: int | None = None) -> dict[str, float]:
+                steps: int | None = None, reducer: Reducer = SOLO) -> dict[str, float]:
     """Meta-train on one batch of trajectories of `steps` inner steps (default cfg.steps), one meta-update per
     window; returns mean statistics, "skipped" (1 if a window diverged and the batch was abandoned) and "windows"
-    (the meta-updates taken)."""
+    (the meta-updates taken). reducer: in a distributed run, agrees on finiteness and averages each window's
+    meta-gradient with the other ranks' (this rank's weight: its trajectory count); the default does nothing."""
     params = list(method.parameters())
     weights = task.init_weights()
     state = method.init_state(weights)
@@ -149,8 +151,9 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         ml = meta_loss(win.losses, cfg.meta_loss, cfg.loss_growth)
         opt.zero_grad(set_to_none=True)
         gn = torch.tensor(float("nan"))
-        if torch.isfinite(win.losses).all():
+        if reducer.all_finite(bool(torch.isfinite(win.losses).all())):
             ml.backward()
+            reducer.all_reduce_grads(params, len(task.seeds))
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         if not torch.isfinite(gn):  # divergence: no update from this window, abandon the batch
             opt.zero_grad(set_to_none=True)
@@ -171,10 +174,11 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
 def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, progress: Progress, *,
                sample: Callable[[int, int], TaskBatch],
                after_batch: Callable[[Progress, dict[str, float], int], None],
-               stop: Callable[[], bool], max_batches: int | None = None) -> Progress:
+               stop: Callable[[], bool], max_batches: int | None = None, reducer: Reducer = SOLO) -> Progress:
     """The outer loop: batch after batch of trajectories until cfg.trajectories are done, `stop()` is
     true, or `max_batches` batches ran in this call. sample(first, count) gives the tasks of trajectories
-    first … first+count−1; after_batch(progress, stats, trajectories in the batch) logs, evaluates and saves."""
+    first … first+count−1 (in a distributed run, this rank's slice of them); after_batch(progress, stats,
+    trajectories in the batch) logs, evaluates and saves; reducer: as in `train_batch`."""
     n_batches = -(-cfg.trajectories // cfg.batch)
     stop_at = n_batches if max_batches is None else min(n_batches, progress.batches_done + max_batches)
     while progress.batches_done < stop_at and not stop():
@@ -183,7 +187,7 @@ def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, 
                 group["lr"] = meta_lr(cfg, progress.batches_done, n_batches)
         first = progress.batches_done * cfg.batch
         size = min(cfg.batch, cfg.trajectories - first)
-        stats = train_batch(method, opt, sample(first, size), cfg, horizon(cfg, progress.batches_done))
+        stats = train_batch(method, opt, sample(first, size), cfg, horizon(cfg, progress.batches_done), reducer)
         progress.batches_done += 1
         progress.skipped_windows += int(stats["skipped"])
         after_batch(progress, stats, size)

@@ -5,8 +5,8 @@ evaluation runs at the first batch boundary after every `--eval-every` meta-upda
 Prints the wall time, the traj-steps, the meta-updates and the final held-out figure, with the machine's sgemm peak.
 Several configs run one after the other in one invocation, so that their times compare on the same machine.
 
-    python benchmarks/time_to_quality.py --config experiments/pretrained/lstm-update-tele.toml \
-        --config experiments/horizon/lstm-update-tele.toml [--target 4.5] [--max-minutes 30]
+    python benchmarks/time_to_quality.py --config experiments/pretrained-v1/lstm-update-tele.toml \
+        --config experiments/speed/lstm-update-tele-fast.toml [--target 4.5] [--max-minutes 30]
 """
 from __future__ import annotations
 

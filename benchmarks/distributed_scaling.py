@@ -1,6 +1,6 @@
 """Distributed meta-training on one machine: P processes × 1 thread (torchrun, gloo) against 1 process × P threads
-and 1 process × 1 thread, at the paper's sizes (lstm-update-tele as shipped: hidden 300, gate; tasks 20-20-20,
-n 20, unroll 10), and a paper estimate of the efficiency at many ranks.
+and 1 process × 1 thread, at the shipped sizes (lstm-update-tele's
+config in experiments/pretrained; tasks 20-20-20, n 20, unroll 10), and a paper estimate of the efficiency at many ranks.
 
 For each global batch B it prints traj-steps/s of each layout (median, min and max over --repeats rounds; each
 round times --windows windows after a warm-up window), the scaling efficiency, and per window: the time the
@@ -25,7 +25,7 @@ import time
 
 import torch
 import torch.distributed as dist
-from meta_train_throughput import SHIPPED, sgemm_peak
+from meta_train_throughput import SHIPPED, sgemm_peak, shipped
 
 from metatele import config, train
 from metatele.learned import distributed
@@ -56,8 +56,8 @@ class Timed(distributed.Collective):
 
 def configs(B: int, windows: int) -> tuple[config.TrainConfig, config.TrainConfig]:
     """(warm-up config: one window, timed config: `windows` windows) for global batch B."""
-    kw = dict(method=METHOD, batch=B, trajectories=B, unroll=10, eval_every=0, overrides=SHIPPED[METHOD])
-    return config.load(steps=10, **kw), config.load(steps=10 * windows, **kw)
+    return (shipped(METHOD, [], batch=B, trajectories=B, unroll=10, steps=10),
+            shipped(METHOD, [], batch=B, trajectories=B, unroll=10, steps=10 * windows))
 
 
 def one_process(B: int, windows: int, threads: int) -> float:
@@ -133,7 +133,7 @@ def main() -> None:
     P = a.ranks
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; sgemm peak {sgemm_peak():.1f} GFLOP/s on "
           f"{torch.get_num_threads()} threads; {load()}")
-    print(f"{METHOD} ({' '.join(SHIPPED[METHOD])}), tasks 20-20-20, unroll 10, {a.windows} timed windows, "
+    print(f"{METHOD} (shipped config {SHIPPED[METHOD].name}), tasks 20-20-20, unroll 10, {a.windows} timed windows, "
           f"{a.repeats} rounds")
     rows: dict[int, dict[str, list]] = {B: {"1x1": [], f"1x{P}": [], f"{P}x1": [], "dist": []} for B in a.batches}
     for r in range(a.repeats):

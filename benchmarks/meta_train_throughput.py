@@ -1,4 +1,5 @@
-"""Meta-training throughput of the learned methods at paper sizes (20×20 tasks, unroll 10, exact meta-gradients).
+"""Meta-training throughput of the shipped learned methods (their configs in experiments/pretrained; 20×20 tasks,
+unroll 10, fixed-length trajectories).
 
 Prints traj-steps/s for each method at B = 1, 16, 64, 256 (full meta-update per window), the achieved GFLOP/s
 (counted from the LSTM/linear matmuls of the meta-optimizer, forward + backward = ×3) and the share of an sgemm
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,8 +22,13 @@ from metatele.learned.trainer import train_batch
 from metatele.tasks import RegressionFamily
 from metatele.tasks.seeds import train_seeds
 
-SHIPPED = {"lstm-update-tele": ["hidden=300", "magnitude=0.1", "gate=true"], "lstm-update": ["hidden=300"],
-           "lstm-lr-tele": ["hidden=20"]}  # the sizes of the shipped checkpoints
+SHIPPED = {m: Path(__file__).resolve().parents[1] / "experiments" / "pretrained" / f"{m}.toml"
+           for m in ("lstm-update-tele", "lstm-update", "lstm-lr-tele")}  # the configs of the shipped checkpoints
+
+
+def shipped(method: str, overrides: list[str], **kw: Any) -> config.TrainConfig:
+    """The shipped config of `method` (its sizes and levers) with fixed-length trajectories and `kw`."""
+    return config.load(SHIPPED[method], overrides, method=method, min_steps=0, eval_every=0, ckpt_every=0, **kw)
 
 
 def sgemm_peak(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
@@ -51,8 +59,7 @@ def flops_per_traj_step(model: torch.nn.Module) -> float:
 
 def measure(method: str, B: int, windows: int, overrides: list[str], device: str) -> tuple[float, float]:
     """(traj-steps/s, FLOPs per traj-step) for `windows` timed windows after one warm-up window."""
-    cfg = config.load(method=method, batch=B, trajectories=B, steps=10 * windows, unroll=10, eval_every=0,
-                      overrides=SHIPPED.get(method, []) + overrides)
+    cfg = shipped(method, overrides, batch=B, trajectories=B, steps=10 * windows, unroll=10)
     run = train.build(cfg, device)
     task = RegressionFamily(tuple(cfg.widths), cfg.n).sample(train_seeds(0, 0, B), device=device)
     train_batch(run.model, run.opt, task, cfg, steps=10)
@@ -66,7 +73,7 @@ def measure(method: str, B: int, windows: int, overrides: list[str], device: str
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--methods", nargs="+", default=list(SHIPPED))
+    p.add_argument("--methods", nargs="+", choices=list(SHIPPED), default=list(SHIPPED))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--set", action="append", default=[], help="config override key=value (all methods)")
@@ -75,7 +82,7 @@ def main() -> None:
     peak = sgemm_peak(device=a.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; sgemm peak {peak:.1f} GFLOP/s")
     for method in a.methods:
-        print(f"{method}  ({' '.join(SHIPPED.get(method, []) + a.set)})")
+        print(f"{method}  ({SHIPPED[method].name} {' '.join(a.set)})")
         print(f"{'B':>5} {'traj-steps/s':>13} {'GFLOP/s':>9} {'% peak':>7}")
         best = 0.0
         for B in a.batches:

@@ -3,7 +3,7 @@ one evaluation step, split into m1, m2, the group action, the task's loss and gr
 the rest. Components are timed by wrapping the functions that implement them (CPU ops are synchronous; on CUDA
 every wrapper synchronizes first), so the split adds a little overhead of its own.
 
-    python benchmarks/profile_step.py [--method lstm-update-tele] [--batches 32 256] [--windows 3] [--device cpu]
+    python benchmarks/profile_step.py [--method lstm-update-tele | --config FILE] [--batches 32 256] [--windows 3] [--device cpu]
 """
 from __future__ import annotations
 
@@ -63,9 +63,13 @@ def timed(device: str) -> Iterator[dict[str, float]]:
             setattr(owner, attr, fn)
 
 
-def profile(method: str, B: int, windows: int, device: str, overrides: list[str]) -> tuple[dict, dict]:
-    cfg = config.load(method=method, batch=B, trajectories=B, steps=10 * windows, unroll=10, eval_every=0,
-                      overrides=overrides)
+def profile(path: str | None, method: str, B: int, windows: int, device: str, overrides: list[str]
+            ) -> tuple[dict, dict]:
+    """(training-window split, evaluation-step split) in seconds, for the config at `path` (or the defaults of
+    `method`) at batch B with fixed-length trajectories."""
+    kw = {} if path else {"method": method}
+    cfg = config.load(path, overrides, batch=B, trajectories=B, steps=10 * windows, min_steps=0, unroll=10,
+                      eval_every=0, ckpt_every=0, **kw)
     run = train.build(cfg, device)
     task = RegressionFamily(tuple(cfg.widths), cfg.n).sample(train_seeds(0, 0, B), device=device)
     train_batch(run.model, run.opt, task, config.load(**{**config.to_dict(cfg), "steps": 10}))  # warm-up
@@ -86,15 +90,16 @@ def profile(method: str, B: int, windows: int, device: str, overrides: list[str]
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--method", default="lstm-update-tele")
+    p.add_argument("--method", default="lstm-update-tele", help="its default config (ignored with --config)")
+    p.add_argument("--config", help="TOML config to profile (e.g. experiments/pretrained-v1/lstm-update-tele.toml)")
     p.add_argument("--batches", type=int, nargs="+", default=[32, 256])
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], help="config override key=value")
     a = p.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, method {a.method}, device {a.device}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {a.config or a.method}, device {a.device}")
     for B in a.batches:
-        tr, ev = profile(a.method, B, a.windows, a.device, a.set)
+        tr, ev = profile(a.config, a.method, B, a.windows, a.device, a.set)
         for name, d in (("training window (10 steps)", tr), ("evaluation step", ev)):
             rest = d["total"] - sum(d.get(k, 0.0) for k in PARTS)
             cells = "  ".join(f"{k} {1e3 * d.get(k, 0.0):7.1f} ms ({100 * d.get(k, 0.0) / d['total']:4.1f}%)" for k in PARTS)

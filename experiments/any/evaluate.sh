@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Size-agnostic learned optimizers (issue 17) on shapes and laws never seen in meta-training (which drew 1-3
 # hidden layers of widths 8..32, laws paper and normal-init, 50..300 steps). Every learned method under CKPT
-# that can run on the shape is compared with the tuned baselines on 32 unseen tasks.
+# that can run on the shape is compared with the tuned baselines on 64 unseen tasks.
 # Usage: bash experiments/any/evaluate.sh OUTDIR [CKPT]   (from the repository root; CKPT defaults to checkpoints)
 set -euo pipefail
 out=${1:-any-eval}
 ckpt=${2:-checkpoints}
 cmp() {
   local name=$1; shift
-  metatele compare --checkpoints "$ckpt" --tasks 32 --no-progress --out "$out/$name" --logdir "$out/runs/$name" "$@" \
+  metatele compare --checkpoints "$ckpt" --tasks 64 --no-progress --out "$out/$name" --logdir "$out/runs/$name" "$@" \
     > "$out/$name.log" 2>&1
   echo "== $name"; grep "^| " "$out/$name/results.md" | cut -d'|' -f2-9
 }

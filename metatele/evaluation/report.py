@@ -17,7 +17,7 @@ from metatele.evaluation.compare import Result
 from metatele.evaluation.stats import divergence, fmt, report_steps, steps_to_reach, summarize
 from metatele.plotting import pyplot, save_png
 
-__all__ = ["REACH_FACTORS", "LAYOUT", "TABLE_NOTE", "TB_TAGS", "CSV_COLUMNS", "rows", "markdown", "write_tables",
+__all__ = ["REACH_FACTORS", "LAYOUT", "TABLE_NOTE", "TB_TAGS", "CSV_COLUMNS", "rows", "markdown", "tuning_note", "write_tables",
            "write_tensorboard", "plot", "report"]
 
 REACH_FACTORS = (1e-1, 1e-2, 1e-3)
@@ -52,8 +52,18 @@ def write_tables(results: list[Result], out: Path) -> list[dict[str, Any]]:
         w.writerow({k: (int(v) if k in ("n_tasks", "n_nonfinite", "n_diverged", "n_blowup", "step") else v)
                     for k, v in row.items()})
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", markdown(table))
+    atomic_write_text(out / "results.md", markdown(table) + tuning_note(results))
     return table
+
+
+def tuning_note(results: list[Result]) -> str:
+    """One line naming each tuned baseline's learning rate and the horizon it was tuned for ('' if none)."""
+    tuned = [f"{r.name} lr {r.hparams['lr']:.3g}" for r in results if "tuned_for_steps" in r.hparams]
+    horizons = sorted({r.hparams["tuned_for_steps"] for r in results if "tuned_for_steps" in r.hparams})
+    if not tuned:
+        return ""
+    return (f"\nTuned on validation tasks (seeds from 3·10⁹) for {', '.join(map(str, horizons))} steps: "
+            f"{', '.join(tuned)}.\n")
 
 
 def markdown(table: list[dict[str, Any]]) -> str:

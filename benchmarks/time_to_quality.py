@@ -6,7 +6,7 @@ Prints the wall time, the traj-steps, the meta-updates and the final held-out fi
 Several configs run one after the other in one invocation, so that their times compare on the same machine.
 
     python benchmarks/time_to_quality.py --config experiments/pretrained-v1/lstm-update-tele.toml \
-        --config experiments/speed/lstm-update-tele-fast.toml [--target 4.5] [--max-minutes 30]
+        --config experiments/speed/lstm-update-tele-fast.toml [--target 4.5] [--max-minutes 30 [--max-minutes 10]]
 """
 from __future__ import annotations
 
@@ -63,17 +63,21 @@ def main() -> None:
                    "9.5 for lstm-update)")
     p.add_argument("--valid-tasks", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=100, help="meta-updates between held-out evaluations")
-    p.add_argument("--max-minutes", type=float, default=30.0)
+    p.add_argument("--max-minutes", type=float, action="append",
+                   help="give up after this long (default 30; once for all configs, or once per config in order)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     peak = sgemm_peak(device=a.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; "
           f"sgemm peak {peak:.1f} GFLOP/s")
-    for path in a.config:
+    limits = a.max_minutes or [30.0]
+    if len(limits) not in (1, len(a.config)):
+        p.error("give --max-minutes once, or once per --config")
+    for path, max_minutes in zip(a.config, limits * len(a.config) if len(limits) == 1 else limits):
         cfg = config.load(path, a.set, eval_every=0, ckpt_every=0)
         target = a.target if a.target is not None else TARGETS.get(cfg.method, math.nan)
         print(f"{path}: {cfg.method}, target {target}")
-        r = time_to_quality(cfg, target, a.valid_tasks, a.eval_every, a.max_minutes, a.device)
+        r = time_to_quality(cfg, target, a.valid_tasks, a.eval_every, max_minutes, a.device)
         verdict = "reached" if r["reached"] else "NOT reached"
         print(f"{path}: {verdict} in {r['seconds']:.1f} s ({r['seconds'] / 60:.2f} min), {r['traj_steps']:.0f} traj-steps, "
               f"{r['updates']:.0f} meta-updates, held-out mean loss @{EVAL_STEPS} {r['held_out']:.3f} "

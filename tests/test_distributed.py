@@ -37,13 +37,7 @@ LONG = ["--set", "hidden=8", "--set", "trajectories=4000", "--set", "batch=4", "
 TOL = 1e-5  # float32, up to summation order
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The in-process reference runs beside two single-threaded ranks on a 2-core machine: one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -22,13 +22,7 @@ from metatele.teleport.targets import DRIFT_TOL, OBJECTIVES, teleport_to_target_
 ACT = LeakyReLU(0.1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks: one thread, as `metatele generalization` runs (two threads are far slower when shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(widths, bias, seed=0):

@@ -18,9 +18,9 @@ from torch import nn
 from metatele.methods.base import Method
 from metatele.step import Trajectory, rollout
 from metatele.tasks.base import TaskBatch
-from metatele.tasks.classification import ClassificationTasks
+from metatele.tasks.classification import ClassificationTasks, default_teleport_batch
 from metatele.tasks.regression import RegressionTasks
-from metatele.teleport.sequential import ArchitectureError, get_weights, inspect_mlp, set_weights_
+from metatele.teleport.sequential import ArchitectureError, MLPStructure, get_weights, inspect_mlp, set_weights_
 
 __all__ = ["LOSSES", "sequential_task", "optimize_"]
 
@@ -33,11 +33,21 @@ def sequential_task(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, *,
     """The task of training `model` on (X, y), as a batch of one, starting from the model's current weights.
 
     cross_entropy: inner step t trains on mini-batch t of a seeded shuffle of the n samples (batch_size, default
-    min(n, 128)); teleports keep the loss on its first teleport_batch samples (default: half the smallest hidden
-    layer's input width). squared: ½‖y − f(X)‖² summed over entries, full batch (the paper's regression loss)."""
+    min(n, 128)); teleports keep the loss on its first teleport_batch samples (default: the classification
+    family's, `default_teleport_batch`). squared: ½‖y − f(X)‖² summed over entries, full batch (the paper's
+    regression loss)."""
+    return _task(_bias_free(model), X, y, loss, batch_size, teleport_batch, seed)
+
+
+def _bias_free(model: nn.Sequential) -> MLPStructure:
     s = inspect_mlp(model)
     if s.bias:
         raise ArchitectureError("learned optimizers train bias-free networks; build the Linear layers with bias=False")
+    return s
+
+
+def _task(s: MLPStructure, X: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int | None,
+          teleport_batch: int | None, seed: int) -> TaskBatch:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     weights = get_weights(s)
@@ -52,9 +62,12 @@ def sequential_task(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, *,
         return RegressionTasks(X.T[None], Y.T[None], weights, [seed], s.act)
     n = X.shape[0]
     b = min(n, 128) if batch_size is None else batch_size
-    tb = max(1, min(W.shape[2] for W in weights[1:]) // 2) if teleport_batch is None else teleport_batch
-    if not (0 < b <= n and 0 < tb <= b):
-        raise ValueError(f"need 0 < teleport_batch ≤ batch_size ≤ n = {n}, got batch_size {b}, teleport_batch {tb}")
+    widths = (W0.shape[2], *(W.shape[1] for W in weights))
+    tb = default_teleport_batch(widths, b) if teleport_batch is None else teleport_batch
+    exact = min(widths[:-2])
+    if not (0 < b <= n and 0 < tb <= min(b, exact)):
+        raise ValueError(f"need 0 < teleport_batch ≤ batch_size ≤ n = {n} and teleport_batch ≤ every hidden layer's "
+                         f"input width ({exact}), got batch_size {b}, teleport_batch {tb}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[None].to(W0.device)
     return ClassificationTasks(X, y.to(W0.device, torch.long), order, weights, [seed], b, tb, s.act)
 
@@ -65,8 +78,8 @@ def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Te
     """Train `model` in place for `steps` inner steps of `method` (a learned optimizer or any `Method`) on (X, y);
     returns the trajectory (loss (steps+1, 1) on each step's batch, ‖∇L‖², seconds). If the loss becomes
     non-finite, the model keeps its last finite weights."""
-    task = sequential_task(model, X, y, loss=loss, batch_size=batch_size, teleport_batch=teleport_batch, seed=seed)
-    s = inspect_mlp(model)
+    s = _bias_free(model)
+    task = _task(s, X, y, loss, batch_size, teleport_batch, seed)
     last: list[torch.Tensor] = task.init_weights()
 
     def keep_finite(t: int, weights: list[torch.Tensor]) -> None:

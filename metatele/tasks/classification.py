@@ -22,9 +22,15 @@ from metatele.tasks import mlp
 from metatele.tasks.base import Batch, Symmetry, TeleportData, loss_and_grad
 from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["ClassificationFamily", "ClassificationTasks", "PAPER_MNIST_WIDTHS"]
+__all__ = ["ClassificationFamily", "ClassificationTasks", "PAPER_MNIST_WIDTHS", "default_teleport_batch"]
 
 PAPER_MNIST_WIDTHS = (784, 16, 10, 10)
+
+
+def default_teleport_batch(widths: Sequence[int], batch_size: int) -> int:
+    """Half the largest exact teleport batch, min(widths[:-2]) // 2 (every hidden layer's input width), at most
+    the mini-batch: a square layer input (n = width) is exact in theory but often too ill-conditioned in float32."""
+    return max(1, min(min(widths[:-2]) // 2, batch_size))
 
 
 @dataclass
@@ -73,8 +79,7 @@ class ClassificationTasks:
 
 @dataclass(frozen=True)
 class ClassificationFamily:
-    """The classification `TaskFamily`. teleport_batch 0 means half the largest exact size, min(widths[:-2]) // 2:
-    a square layer input (n = width) is exact in theory but often too ill-conditioned in float32."""
+    """The classification `TaskFamily`. teleport_batch 0 means `default_teleport_batch`."""
 
     dataset: str = "mnist5k"
     widths: tuple[int, ...] = PAPER_MNIST_WIDTHS
@@ -89,7 +94,7 @@ class ClassificationFamily:
             raise ValueError(f"widths need ≥ 3 positive entries (input, hidden..., classes), got {list(self.widths)}")
         limit = min(self.widths[:-2])
         if self.teleport_batch == 0:
-            object.__setattr__(self, "teleport_batch", max(1, min(limit // 2, self.batch_size)))
+            object.__setattr__(self, "teleport_batch", default_teleport_batch(self.widths, self.batch_size))
         if not 1 <= self.teleport_batch <= min(limit, self.batch_size):
             raise ValueError(f"teleport_batch must be in 1..{min(limit, self.batch_size)} (≤ the mini-batch and ≤ "
                              f"every hidden layer's input width {limit}), got {self.teleport_batch}")

@@ -88,6 +88,28 @@ def test_ranks_sample_the_tasks_of_the_single_process_batch(kw):
         assert torch.equal(torch.cat([p.init_weights()[m] for p in parts]), w)
 
 
+LEAVES = """
+import glob, json, torch
+from metatele.learned import distributed
+with distributed.from_env() as comm:
+    torch.optim.Adam([torch.nn.Parameter(torch.ones(1))])  # the first optimizer imports torch._dynamo
+    comm.barrier("a test")
+print(json.dumps(sorted(open(f).read().strip() for f in glob.glob("/proc/self/task/*/comm"))))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux's /proc")
+def test_leaving_the_group_stops_its_threads_before_interpreter_shutdown(tmp_path):
+    """A group that outlives destroy_process_group keeps gloo's threads running into interpreter shutdown,
+    where they sometimes abort a rank that had finished (seen in CI: SIGABRT after a successful run)."""
+    procs = _ranks(["-c", LEAVES], tmp_path)
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        threads = json.loads(out.strip().splitlines()[-1])  # the names of the threads left at the end
+        assert not [t for t in threads if "gloo" in t], threads
+
+
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path):
     cfg = config.load(**SMALL)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -260,6 +261,11 @@ def from_env(device: str | torch.device = "cpu") -> Iterator[Solo]:
     torch.set_num_threads(threads_per_rank(_env_int("LOCAL_WORLD_SIZE", str(world))))
     own = not dist.is_initialized()
     if own:
+        # torch 2.13 pins the default group when torch._dynamo is first imported after the group exists (the first
+        # torch.optim optimizer imports it); destroy_process_group then cannot free it, and gloo's threads live
+        # on into interpreter shutdown, which now and then aborts a rank that had finished cleanly (SIGABRT,
+        # "terminate called without an active exception"). Imported first, it leaves the group alone.
+        importlib.import_module("torch._dynamo")
         try:
             dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=_timeout(),
                                     device_id=device if cuda else None)

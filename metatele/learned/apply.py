@@ -18,7 +18,7 @@ from torch import nn
 from metatele.methods.base import Method
 from metatele.step import Trajectory, rollout
 from metatele.tasks.base import TaskBatch
-from metatele.tasks.classification import ClassificationTasks, default_teleport_batch
+from metatele.tasks.classification import ClassificationTasks, teleport_batch_for
 from metatele.tasks.regression import RegressionTasks
 from metatele.teleport.sequential import ArchitectureError, MLPStructure, get_weights, inspect_mlp, set_weights_
 
@@ -34,7 +34,7 @@ def sequential_task(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, *,
 
     cross_entropy: inner step t trains on mini-batch t of a seeded shuffle of the n samples (batch_size, default
     min(n, 128)); teleports keep the loss on its first teleport_batch samples (default: the classification
-    family's, `default_teleport_batch`). squared: ½‖y − f(X)‖² summed over entries, full batch (the paper's
+    family's, `teleport_batch_for`). squared: ½‖y − f(X)‖² summed over entries, full batch (the paper's
     regression loss)."""
     return _task(_bias_free(model), X, y, loss, batch_size, teleport_batch, seed)
 
@@ -62,12 +62,9 @@ def _task(s: MLPStructure, X: torch.Tensor, y: torch.Tensor, loss: str, batch_si
         return RegressionTasks(X.T[None], Y.T[None], weights, [seed], s.act)
     n = X.shape[0]
     b = min(n, 128) if batch_size is None else batch_size
-    widths = (W0.shape[2], *(W.shape[1] for W in weights))
-    tb = default_teleport_batch(widths, b) if teleport_batch is None else teleport_batch
-    exact = min(widths[:-2])
-    if not (0 < b <= n and 0 < tb <= min(b, exact)):
-        raise ValueError(f"need 0 < teleport_batch ≤ batch_size ≤ n = {n} and teleport_batch ≤ every hidden layer's "
-                         f"input width ({exact}), got batch_size {b}, teleport_batch {tb}")
+    if not 0 < b <= n:
+        raise ValueError(f"need 0 < batch_size ≤ n = {n}, got {b}")
+    tb = teleport_batch_for((W0.shape[2], *(W.shape[1] for W in weights)), b, teleport_batch)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[None].to(W0.device)
     return ClassificationTasks(X, y.to(W0.device, torch.long), order, weights, [seed], b, tb, s.act)
 

@@ -22,15 +22,23 @@ from metatele.tasks import mlp
 from metatele.tasks.base import Batch, Symmetry, TeleportData, loss_and_grad
 from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["ClassificationFamily", "ClassificationTasks", "PAPER_MNIST_WIDTHS", "default_teleport_batch"]
+__all__ = ["ClassificationFamily", "ClassificationTasks", "PAPER_MNIST_WIDTHS", "teleport_batch_for"]
 
 PAPER_MNIST_WIDTHS = (784, 16, 10, 10)
 
 
-def default_teleport_batch(widths: Sequence[int], batch_size: int) -> int:
-    """Half the largest exact teleport batch, min(widths[:-2]) // 2 (every hidden layer's input width), at most
-    the mini-batch: a square layer input (n = width) is exact in theory but often too ill-conditioned in float32."""
-    return max(1, min(min(widths[:-2]) // 2, batch_size))
+def teleport_batch_for(widths: Sequence[int], batch_size: int, teleport_batch: int | None = None) -> int:
+    """The teleport batch for an MLP of `widths` trained on mini-batches of `batch_size`: `teleport_batch`, checked
+    (1 ≤ it ≤ the mini-batch and ≤ every hidden layer's input width, min(widths[:-2]), where the action is exact;
+    else ValueError), or by default half that width limit, at most the mini-batch: a square layer input
+    (n = width) is exact in theory but often too ill-conditioned in float32."""
+    limit = min(widths[:-2])
+    if teleport_batch is None:
+        return max(1, min(limit // 2, batch_size))
+    if not 1 <= teleport_batch <= min(limit, batch_size):
+        raise ValueError(f"teleport_batch must be in 1..{min(limit, batch_size)} (≤ the mini-batch and ≤ every "
+                         f"hidden layer's input width {limit}), got {teleport_batch}")
+    return teleport_batch
 
 
 @dataclass
@@ -79,7 +87,7 @@ class ClassificationTasks:
 
 @dataclass(frozen=True)
 class ClassificationFamily:
-    """The classification `TaskFamily`. teleport_batch 0 means `default_teleport_batch`."""
+    """The classification `TaskFamily`. teleport_batch 0 means `teleport_batch_for`'s default."""
 
     dataset: str = "mnist5k"
     widths: tuple[int, ...] = PAPER_MNIST_WIDTHS
@@ -92,14 +100,10 @@ class ClassificationFamily:
         object.__setattr__(self, "widths", tuple(int(d) for d in self.widths))
         if len(self.widths) < 3 or min(self.widths) < 1:
             raise ValueError(f"widths need ≥ 3 positive entries (input, hidden..., classes), got {list(self.widths)}")
-        limit = min(self.widths[:-2])
-        if self.teleport_batch == 0:
-            object.__setattr__(self, "teleport_batch", default_teleport_batch(self.widths, self.batch_size))
-        if not 1 <= self.teleport_batch <= min(limit, self.batch_size):
-            raise ValueError(f"teleport_batch must be in 1..{min(limit, self.batch_size)} (≤ the mini-batch and ≤ "
-                             f"every hidden layer's input width {limit}), got {self.teleport_batch}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        object.__setattr__(self, "teleport_batch",
+                           teleport_batch_for(self.widths, self.batch_size, self.teleport_batch or None))
 
     def check_dataset(self) -> datasets.Dataset:
         """The dataset (loaded once per process), if the input and output widths fit it; else ConfigError."""

@@ -28,6 +28,7 @@ from torch import nn
 from metatele import io_safety
 from metatele._version import __version__
 from metatele.errors import CheckpointError, NonFiniteError
+from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
 from metatele.learned.meta_optimizer import MetaOptimizer, MetaOptSpec
 
 MODEL_FILE = "model.safetensors"
@@ -273,6 +274,29 @@ def pretrained_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> MetaOptimizer:
-    """A shipped pretrained meta-optimizer by method name (see `metatele.methods.LEARNED`)."""
-    return load_model(pretrained_dir() / name / MODEL_FILE, method=name, device=device)
+def load_adafac(path: str | Path, device: str | torch.device = "cpu") -> AdafacOptimizer:
+    """Rebuild an `AdafacOptimizer` (kind "adafac") from a checkpoint; spec and name are untrusted and checked."""
+    tensors, meta = read(path)
+    if meta.get("kind") != "adafac":
+        raise CheckpointError(f"{path} does not hold an adafac optimizer (kind {meta.get('kind')!r})")
+    try:
+        spec = AdafacSpec(**dict(meta["spec"]))
+        name = meta["name"]
+        if not (isinstance(name, str) and 0 < len(name) <= 64 and name.isprintable()):
+            raise ValueError(f"bad name {name!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: metadata has no valid adafac spec ({e})") from None
+    check_tensors(tensors, path)
+    model = AdafacOptimizer(spec, name)
+    load_state_dict_checked(model, tensors, path)
+    model.metadata = meta
+    return model.to(device)
+
+
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> MetaOptimizer | AdafacOptimizer:
+    """A shipped pretrained learned optimizer by name (see `metatele.methods.LEARNED`, and the adafac
+    checkpoints, whose metadata says kind "adafac")."""
+    path = pretrained_dir() / name / MODEL_FILE
+    if path.is_file() and read(path)[1].get("kind") == "adafac":
+        return load_adafac(path, device)
+    return load_model(path, method=name, device=device)

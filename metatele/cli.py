@@ -1,4 +1,4 @@
-"""Command line: `metatele train | eval | compare | repdyn | generalization | optimizers`. User errors print one
+"""Command line: `metatele train | eval | compare | bench | repdyn | generalization | optimizers`. User errors print one
 line and exit 2, and so do operating-system errors (disk full, permission denied, …); Ctrl-C prints one line and
 exits 130. Output locations are checked before any long work. The program's entry point is `metatele.entry`."""
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from metatele import checkpoints, checks, config, io_safety, train
 from metatele._version import __version__
 from metatele.errors import CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.bench import suite as bench_suite
 from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
@@ -184,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default 1: the networks are small, and on a shared 2-core machine one "
                    "thread measured 3× faster than two)")
 
+    b = sub.add_parser("bench", help="the benchmark suite: learned optimizers against tuned Adam, AdamW, SGD-momentum "
+                       "and RMSProp on fixed problems (held-out and meta-training splits)")
+    b.add_argument("--quick", action="store_true", help="three small problems, short horizons (< 2 min on 2 cores)")
+    b.add_argument("--learned", nargs="*", default=None, metavar="NAME|PATH",
+                   help="adafac checkpoints to judge: shipped names or paths (default: the shipped ones; none: "
+                   "--learned with no value)")
+    b.add_argument("--split", choices=("all", "heldout", "train", "validation"), default="all",
+                   help="which problems (default all)")
+    b.add_argument("--seeds", type=_int_in(2, 1024), default=bench_suite.SEEDS,
+                   help=f"report seeds per problem (default {bench_suite.SEEDS})")
+    b.add_argument("--tune-seeds", type=_int_in(1, 1024), default=bench_suite.TUNE_SEEDS,
+                   help=f"tuning seeds per lr (default {bench_suite.TUNE_SEEDS})")
+    b.add_argument("--out", default="results/bench", help="directory for results.csv/.md, summary.csv, loss_curves.png")
+    b.add_argument("--logdir", default="runs/bench", help="TensorBoard log directory (default runs/bench)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     o = sub.add_parser("optimizers", help="SGD, momentum, AdaGrad, RMSProp, Adam with and without teleport on real data",
                        description="The paper's §5 experiment on an nn.Sequential 784-16-10-10 (see "
                        "metatele/studies/optimizers.py): lr tuned per optimizer, then every arm over several seeds.")
@@ -317,6 +335,13 @@ def cmd_optimizers(a: argparse.Namespace) -> int:
                                  arms=split(a.arms), epochs=a.epochs, seeds=a.seeds, device=device)
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    device = resolve_device(a.device)
+    _check_outputs(Path(a.out), Path(a.logdir))
+    return bench_suite.main(quick=a.quick, learned=a.learned, out=Path(a.out), logdir=Path(a.logdir), split=a.split,
+                            seeds=a.seeds, tune_seeds=a.tune_seeds, device=device, progress=not a.no_progress)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -325,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
-                   "generalization": cmd_generalization, "optimizers": cmd_optimizers}[a.command]
+                   "generalization": cmd_generalization, "optimizers": cmd_optimizers, "bench": cmd_bench}[a.command]
         return handler(a)
     except MetateleError as e:
         print(f"metatele: error: {e}", file=sys.stderr)

@@ -1,0 +1,160 @@
+"""Meta-train an `AdafacOptimizer` on the suite's meta-training problems, selecting the checkpoint on its
+validation problems.
+
+Each batch: a training problem drawn uniformly (seeded), B tasks from the training seed range, a horizon T drawn
+log-uniformly in [min_steps, steps] (rounded to the unroll) and given to the optimizer's progress features, and
+optionally parameter-scale and loss-scale augmentation (`Scaled`). The inner trajectory is cut into windows of
+`unroll` steps; each window's mean log loss is back-propagated (truncated BPTT with a log objective,
+`metatele.learned.trainer.train_batch`, first-order by default). Every `eval_every` batches the optimizer runs the
+validation problems on their selection seeds; the checkpoint with the lowest validation score (mean over problems
+of the mean log10 final loss; +inf if a run diverged) is the one saved — not the one with the lowest meta-loss.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metatele import checkpoints
+from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
+from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
+from metatele.learned.trainer import train_batch
+from metatele.step import rollout
+from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
+from metatele.tasks.seeds import train_seeds
+
+__all__ = ["MetaTrainConfig", "Scaled", "validation_score", "meta_train", "save_adafac"]
+
+
+@dataclass
+class MetaTrainConfig:
+    """Settings of one meta-training run (field names shared with `metatele.config.TrainConfig` where the trainer
+    reads them: steps, unroll, meta_loss, loss_growth, clip, loss_cap, second_order)."""
+
+    spec: AdafacSpec = field(default_factory=AdafacSpec)
+    steps: int = 200              # longest inner horizon
+    min_steps: int = 50           # shortest (log-uniform in between)
+    unroll: int = 10
+    batch: int = 8
+    meta_lr: float = 3e-3         # the MLP's meta lr
+    scalar_lr: float = 3e-2       # the global scalars' (log_gain, fan_power, log_mix): lr must move by ×10–100
+    clip: float = 1.0
+    meta_loss: str = "log"
+    loss_growth: float = 1.0
+    loss_cap: float = 10.0        # freeze a task once its loss exceeds 10× its initial loss
+    second_order: bool = False
+    augment: bool = True          # parameter scale e^U(log .1, log 10) per tensor, loss scale e^U(log 1e-3, log 1e3)
+    seed: int = 0
+    minutes: float = 60.0         # wall-clock budget
+    max_batches: int = 10**6
+    eval_every: int = 10
+    select_seeds: int = 4
+
+
+@dataclass
+class Scaled:
+    """Augmentation: the optimizer sees weights w with true weights c_m·w (c (B,) per tensor) and the loss × s (B,).
+    Positive scalars per layer keep a bias-free LeakyReLU MLP's GL teleport exact."""
+
+    inner: Any
+    scale: list[torch.Tensor]
+    loss_scale: torch.Tensor
+
+    def __getattr__(self, name: str) -> Any:  # seeds, activation, symmetry, widths, data, teleport_data
+        return getattr(self.inner, name)
+
+    def _true(self, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [c.view(-1, *([1] * (w.dim() - 1))) * w for c, w in zip(self.scale, weights)]
+
+    def init_weights(self) -> list[torch.Tensor]:
+        return [w / c.view(-1, *([1] * (w.dim() - 1))) for c, w in zip(self.scale, self.inner.init_weights())]
+
+    def data(self, step: int) -> Batch:
+        return self.inner.data(step)
+
+    def teleport_data(self, step: int) -> TeleportData:
+        return self.inner.teleport_data(step)
+
+    def loss(self, weights: Sequence[torch.Tensor], data: Batch) -> torch.Tensor:
+        return self.loss_scale * self.inner.loss(self._true(weights), data)
+
+    def loss_and_grad(self, weights: Sequence[torch.Tensor], data: Batch, *, create_graph: bool = False,
+                      retain_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return loss_and_grad(self.loss, weights, data, create_graph=create_graph, retain_graph=retain_graph)
+
+
+def _log_uniform(gen: torch.Generator, lo: float, hi: float, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(shape, generator=gen))
+
+
+def validation_score(method: AdafacOptimizer, problems: Sequence[Problem], seeds: int) -> float:
+    """Mean over problems of the mean log10 final loss on the selection seeds; +inf if any run diverged."""
+    scores = []
+    for p in problems:
+        method.horizon = float(p.steps)
+        loss = rollout(method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
+        if not bool((torch.isfinite(loss).all(0) & (loss[-1] <= loss[0])).all()):
+            return math.inf
+        scores.append(float(loss[-1].double().clamp_min(1e-300).log10().mean()))
+    return sum(scores) / len(scores)
+
+
+def save_adafac(path: Path, method: AdafacOptimizer, **extra: Any) -> None:
+    """The deployable checkpoint: parameters + {"kind": "adafac", "spec", "name", …} (`checkpoints.load_adafac`)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+    checkpoints.save(path, tensors, {"kind": "adafac", "name": method.name, "spec": asdict(method.spec), **extra})
+
+
+def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, Any]:
+    """Train per cfg for cfg.minutes (or max_batches), writing out/model.safetensors (best on validation) and
+    out/train_log.csv; returns a summary."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        method = AdafacOptimizer(cfg.spec)
+    scalars = [method.net.log_gain, method.net.fan_power, method.net.log_mix]
+    rest = [p for p in method.parameters() if all(p is not s for s in scalars)]
+    opt = torch.optim.Adam([{"params": rest, "lr": cfg.meta_lr}, {"params": scalars, "lr": cfg.scalar_lr}])
+    train_problems, val_problems = split("train"), split("validation")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
+    best, best_batch, rows = validation_score(method, val_problems, cfg.select_seeds), 0, []
+    untrained = best
+    save_adafac(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
+    b = 0
+    while b < cfg.max_batches and time.time() - start < cfg.minutes * 60:
+        problem = train_problems[int(torch.randint(len(train_problems), (), generator=gen))]
+        u = float(torch.rand((), generator=gen))
+        T = math.exp(math.log(cfg.min_steps) + u * (math.log(cfg.steps) - math.log(cfg.min_steps)))
+        T = max(cfg.unroll, cfg.unroll * round(T / cfg.unroll))
+        task: TaskBatch = problem.sample(train_seeds(cfg.seed, b * cfg.batch, cfg.batch))
+        if cfg.augment:
+            n = len(task.init_weights())
+            task = Scaled(task, [_log_uniform(gen, 0.1, 10.0, (cfg.batch,)) for _ in range(n)],
+                          _log_uniform(gen, 1e-3, 1e3, (cfg.batch,)))
+        method.horizon = float(T)
+        stats = train_batch(method, opt, task, cfg, T)
+        b += 1
+        row = {"batch": b, "minutes": (time.time() - start) / 60, "problem": problem.name, "steps": T,
+               "meta_loss": stats.get("meta_loss", math.nan), "skipped": stats["skipped"],
+               "log_gain": float(method.net.log_gain.detach()), "fan_power": float(method.net.fan_power.detach()),
+               "validation": math.nan}
+        if b % cfg.eval_every == 0:
+            score = validation_score(method, val_problems, cfg.select_seeds)
+            row["validation"] = score
+            if score < best:
+                best, best_batch = score, b
+                save_adafac(out / checkpoints.MODEL_FILE, method, batches=b, validation_score=score)
+        rows.append(row)
+        if log:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        if b % cfg.eval_every == 0:
+            checkpoints.atomic_write_csv(out / "train_log.csv", rows)
+    checkpoints.atomic_write_csv(out / "train_log.csv", rows)
+    return {"batches": b, "minutes": (time.time() - start) / 60, "best_batch": best_batch,
+            "best_validation": best, "untrained_validation": untrained}
+

@@ -1,0 +1,79 @@
+"""Run the suite: per problem, tune every baseline's lr on the tuning seeds (the whole grid as one batch), then run
+the tuned baselines and the learned methods on the report seeds, batched over seeds, through the shared inner
+step (`metatele.step.rollout`). Tuned Adam runs SPEEDUP_FACTOR × the horizon, so that the speedup of a method that
+beats it can be measured (how many Adam steps reach its final loss)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from metatele.bench.baselines import BASELINES, LR_GRID, make
+from metatele.bench.problems import REPORT_FIRST_SEED, TUNE_FIRST_SEED, Problem
+from metatele.methods.base import Method
+from metatele.step import Trajectory, rollout
+
+__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "tune", "run_problem", "run_suite"]
+
+SEEDS = 8            # reported runs per problem
+TUNE_SEEDS = 4       # tuning runs per lr (disjoint seeds)
+SPEEDUP_FACTOR = 3   # tuned Adam runs this many times the horizon
+
+
+@dataclass
+class ProblemRun:
+    """One problem's runs: trajectories per method on the report seeds (tuned Adam's is SPEEDUP_FACTOR × longer)
+    and each baseline's tuned lr."""
+
+    problem: Problem
+    trajectories: dict[str, Trajectory]
+    lrs: dict[str, float]
+
+
+def _score(final: torch.Tensor, first: torch.Tensor) -> float:
+    """Tuning score of one lr over its seeds: mean log10 final loss; +inf if a run diverged (non-finite, or
+    above its initial loss)."""
+    if not bool((torch.isfinite(final) & (final <= first)).all()):
+        return math.inf
+    return float(final.double().clamp_min(1e-300).log10().mean())
+
+
+def tune(problem: Problem, kind: str, seeds: int = TUNE_SEEDS, grid: Sequence[float] = LR_GRID,
+         device: str | torch.device = "cpu") -> float:
+    """The lr of `grid` with the best tuning score for baseline `kind` on `problem`'s tuning seeds."""
+    ids = list(range(TUNE_FIRST_SEED, TUNE_FIRST_SEED + seeds))
+    task = problem.sample(ids * len(grid), device=device)
+    lr = torch.tensor(grid, dtype=torch.float32, device=device).repeat_interleave(seeds)
+    traj = rollout(make(kind, lr), task, problem.steps)
+    final, first = traj.loss[-1].view(len(grid), seeds), traj.loss[0].view(len(grid), seeds)
+    scores = [_score(f, s) for f, s in zip(final, first)]
+    return grid[min(range(len(grid)), key=lambda i: (scores[i], i))]
+
+
+def run_problem(problem: Problem, learned: Sequence[Method], seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS,
+                device: str | torch.device = "cpu", prepare: Callable[[Method, Problem], None] | None = None
+                ) -> ProblemRun:
+    """Tune and run every baseline, then every learned method (prepare(method, problem) is called first, e.g. to
+    give it the horizon)."""
+    task = problem.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + seeds), device=device)
+    trajs, lrs = {}, {}
+    for kind in BASELINES:
+        lrs[kind] = tune(problem, kind, tune_seeds, device=device)
+        lr = torch.full((seeds,), lrs[kind], device=device)
+        steps = problem.steps * (SPEEDUP_FACTOR if kind == "adam" else 1)
+        trajs[kind] = rollout(make(kind, lr), task, steps)
+    for method in learned:
+        if prepare is not None:
+            prepare(method, problem)
+        trajs[method.name] = rollout(method, task, problem.steps)
+    return ProblemRun(problem, trajs, lrs)
+
+
+def run_suite(problems: Sequence[Problem], learned: Sequence[Method], seeds: int = SEEDS,
+              tune_seeds: int = TUNE_SEEDS, device: str | torch.device = "cpu", progress: bool = True,
+              prepare: Callable[[Method, Problem], None] | None = None) -> list[ProblemRun]:
+    return [run_problem(p, learned, seeds, tune_seeds, device, prepare)
+            for p in tqdm(problems, desc="bench", unit="problem", disable=not progress)]

@@ -1,0 +1,302 @@
+"""`adafac` (and `adafac-tele`): a size-agnostic learned update rule that is exactly Adam when untrained, with an optional
+gated, size-agnostic teleport (m2) on top.
+
+For every parameter tensor P (B, *shape) — weights and biases alike, any shape — and every element, a small
+MLP shared by all elements of all tensors reads per-element features and outputs two numbers (a, d):
+
+    u = lr · (FAN_REF / fan_in)^p · [ 10^tanh(a) · adam + c · tanh(d) ],   lr = NOMINAL_LR · e^{log_gain}
+
+adam is Adam's bias-corrected direction m̂/(√v̂ + ε) (β = 0.9, 0.999, ε = 1e-8). The MLP's last layer starts at
+zero and log_gain = p = 0, so the untrained rule is exactly Adam at lr 1e-3. The output is bounded: per element
+|u| ≤ lr·(FAN_REF/fan_in)^p·(10·|adam| + c). fan_in is the size of the last axis of a matrix (the μP-style factor
+whose exponent p is learned, starting at 0); vectors (biases) have no fan-in factor.
+
+Features (`features`, as in learned_optimization's AdafacMLPLOpt, each normalized per tensor by its RMS):
+g, p, momenta at β ∈ {0.9, 0.99, 0.999}, √v (β 0.999), m·v^{-1/2} (×3), v^{-1/2}, Adam's direction, Adafactor
+row/column factors at the three decays (g·v̂^{-1/2} ×3, row^{-1/2} ×3, column^{-1/2} ×3; for vectors v̂ = v of
+that decay), m·v̂^{-1/2} (×3) — 23 channels; then per tensor log10(rms g / rms g_0)/5, and VeLO's progress
+features tanh(10(t/T − c)), c ∈ {.03, .1, .2, .4, .6, .8, .9, 1, 1.1}, which are not normalized. T is the run's
+horizon (`horizon`); DEFAULT_HORIZON when unknown.
+Shapes: weights[m], grads[m] (B, ...) with a leading task dimension B.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from metatele.learned.coordinatewise import LayerGate
+from metatele.methods.base import Proposal, add_update, chain
+from metatele.tasks.base import Symmetry
+from metatele.teleport.action import teleport
+from metatele.teleport.ascent import steepest_direction
+
+if TYPE_CHECKING:
+    from metatele.tasks.base import TaskBatch
+
+__all__ = ["NOMINAL_LR", "DEFAULT_HORIZON", "FAN_REF", "ELEMENT_FEATURES", "PROGRESS_CENTRES", "N_INPUTS",
+           "AdafacSpec", "AdafacNet", "AdafacState", "AdafacUpdate", "GatedSteepestTeleport", "SteepestGate",
+           "AdafacOptimizer", "progress_features"]
+
+NOMINAL_LR = 1e-3         # the untrained rule is Adam at this lr (torch.optim.Adam's default)
+DEFAULT_HORIZON = 1000    # T for the progress features when the run's length is not given
+FAN_REF = 32              # fan-in at which the μP factor is 1
+B1, B2, EPS = 0.9, 0.999, 1e-8
+DECAYS = (0.9, 0.99, 0.999)
+PROGRESS_CENTRES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+ELEMENT_FEATURES = 23
+N_INPUTS = ELEMENT_FEATURES + 1 + len(PROGRESS_CENTRES)
+TINY = 1e-30
+
+
+def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) → (B, 1, …, 1) broadcastable against `like`."""
+    return x.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """RMS over all but the task dimension, (B, …) → (B,)."""
+    return x.pow(2).flatten(1).mean(1).sqrt()
+
+
+def progress_features(t: torch.Tensor, horizon: float) -> torch.Tensor:
+    """(B,) step counts → (B, 9): tanh(10(t/T − c)) for VeLO's centres c."""
+    c = torch.tensor(PROGRESS_CENTRES, dtype=t.dtype, device=t.device)
+    return torch.tanh(10 * (t[:, None] / horizon - c))
+
+
+@dataclass(frozen=True)
+class AdafacSpec:
+    """What rebuilds an `AdafacOptimizer` (stored in checkpoint metadata).
+
+    hidden: the MLP's width (two hidden layers); mix: c, the bound of the free term; teleport: whether m2 is on;
+    magnitude: the teleport's ‖T‖_F before the gate; gate_bias: the gate starts at sigmoid(gate_bias); gate_hidden:
+    the gate LSTM's size; every: teleport at steps 0, every, 2·every, …
+    """
+
+    hidden: int = 16
+    mix: float = 0.1
+    teleport: bool = False
+    magnitude: float = 0.05
+    gate_bias: float = -3.0
+    gate_hidden: int = 8
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.hidden, int) and 1 <= self.hidden <= 1024):
+            raise ValueError(f"hidden must be an integer in 1..1024, got {self.hidden!r}")
+        if not (isinstance(self.gate_hidden, int) and 1 <= self.gate_hidden <= 1024):
+            raise ValueError(f"gate_hidden must be an integer in 1..1024, got {self.gate_hidden!r}")
+        if not (isinstance(self.every, int) and 1 <= self.every <= 10**6):
+            raise ValueError(f"every must be an integer in 1..10^6, got {self.every!r}")
+        for name in ("mix", "magnitude"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 10):
+                raise ValueError(f"{name} must be a number in (0, 10], got {v!r}")
+        if not (isinstance(self.gate_bias, (int, float)) and math.isfinite(self.gate_bias) and abs(self.gate_bias) <= 20):
+            raise ValueError(f"gate_bias must be a number in [-20, 20], got {self.gate_bias!r}")
+        if not isinstance(self.teleport, bool):
+            raise ValueError(f"teleport must be true or false, got {self.teleport!r}")
+
+
+class AdafacNet(nn.Module):
+    """The per-element MLP N_INPUTS → hidden → hidden → 2 (ReLU, last layer zero) and the scalars
+    log_gain (lr = NOMINAL_LR·e^{log_gain}), fan_power (p) and log_mix (c = mix·e^{log_mix})."""
+
+    def __init__(self, hidden: int, mix: float) -> None:
+        super().__init__()
+        self.mix = mix
+        self.mlp = nn.Sequential(nn.Linear(N_INPUTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2))
+        with torch.no_grad():
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.zero_()
+        self.log_gain = nn.Parameter(torch.zeros(()))
+        self.fan_power = nn.Parameter(torch.zeros(()))
+        self.log_mix = nn.Parameter(torch.zeros(()))
+
+
+@dataclass
+class AdafacState:
+    """Per tensor: momenta at DECAYS, Adam's first moment (β1), second moment (β2), Adafactor row and column
+    accumulators at DECAYS (for vectors: full second moments); the first gradient's RMS (B,); steps taken (B,)."""
+
+    mom: list[list[torch.Tensor]]
+    nu: list[torch.Tensor]
+    rows: list[list[torch.Tensor]]
+    cols: list[list[torch.Tensor]]
+    g0: list[torch.Tensor]
+    count: torch.Tensor
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """Channels (B, N, F) scaled to unit RMS over the tensor's elements, per task and channel."""
+    return x / x.pow(2).mean(1, keepdim=True).add(TINY).sqrt()
+
+
+def _fan_in(w: torch.Tensor) -> int | None:
+    """The fan-in of a matrix (B, out, in): in; None for a vector (B, n)."""
+    return w.shape[-1] if w.dim() >= 3 else None
+
+
+@dataclass
+class AdafacUpdate:
+    """The update rule (a `metatele.methods.Transform`); `horizon` is T of the progress features."""
+
+    net: AdafacNet
+    horizon: float = DEFAULT_HORIZON
+
+    def init(self, weights: Sequence[torch.Tensor]) -> AdafacState:
+        w0 = weights[0]
+        B = w0.shape[0]
+        z = lambda w: torch.zeros_like(w)  # noqa: E731
+        rows = [[torch.zeros_like(w[..., 0]) if w.dim() >= 3 else z(w) for _ in DECAYS] for w in weights]
+        cols = [[torch.zeros_like(w[..., 0, :]) if w.dim() >= 3 else z(w) for _ in DECAYS] for w in weights]
+        return AdafacState([[z(w) for _ in DECAYS] for w in weights], [z(w) for w in weights], rows, cols,
+                           [torch.zeros(B, dtype=w0.dtype, device=w0.device) for _ in weights],
+                           torch.zeros(B, dtype=w0.dtype, device=w0.device))
+
+    def features(self, w: torch.Tensor, g: torch.Tensor, mom: list[torch.Tensor], nu: torch.Tensor,
+                 rows: list[torch.Tensor], cols: list[torch.Tensor], g0: torch.Tensor, count: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs (B, N, N_INPUTS), Adam's direction (B, …)) for one tensor of N elements per task."""
+        B = w.shape[0]
+        m_hat = mom[0] / _bcast(1 - B1 ** count, g)
+        v_hat = nu / _bcast(1 - B2 ** count, g)
+        adam = m_hat / (v_hat.sqrt() + EPS)
+        rs_v = (nu + TINY).rsqrt()
+        chans = [g, w, *mom, nu.sqrt(), *(m * rs_v for m in mom), rs_v, adam]
+        fac, rrow, rcol = [], [], []
+        for r, c in zip(rows, cols):
+            if w.dim() >= 3:
+                vh = r[..., :, None] * c[..., None, :] / r.mean(-1, keepdim=True)[..., None].add(TINY)
+                rrow.append((r[..., :, None] + TINY).rsqrt().expand_as(g))
+                rcol.append((c[..., None, :] + TINY).rsqrt().expand_as(g))
+            else:
+                vh = r
+                rrow.append((r + TINY).rsqrt())
+                rcol.append((c + TINY).rsqrt())
+            fac.append((vh + TINY).rsqrt())
+        chans += [g * f for f in fac] + rrow + rcol + [m * f for m, f in zip(mom, fac)]
+        x = _normalize(torch.stack([ch.reshape(B, -1) for ch in chans], dim=-1))
+        x = x.clamp(-10, 10)
+        per_task = torch.cat([((_rms(g) + TINY) / (g0 + TINY)).log10().div(5).clamp(-2, 2)[:, None],
+                              progress_features(count - 1, self.horizon)], dim=1)
+        x = torch.cat([x, per_task[:, None, :].expand(B, x.shape[1], per_task.shape[1])], dim=-1)
+        return x, adam
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], state: AdafacState, *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, AdafacState]:
+        count = state.count + 1
+        first = state.count == 0
+        g0 = [torch.where(first, _rms(g).detach(), r) for g, r in zip(grads, state.g0)]
+        mom = [[b * m + (1 - b) * g for b, m in zip(DECAYS, ms)] for ms, g in zip(state.mom, grads)]
+        nu = [B2 * v + (1 - B2) * g * g for v, g in zip(state.nu, grads)]
+        rows, cols = [], []
+        for rs, cs, g in zip(state.rows, state.cols, grads):
+            g2 = g * g + TINY
+            if g.dim() >= 3:
+                rows.append([b * r + (1 - b) * g2.mean(-1) for b, r in zip(DECAYS, rs)])
+                cols.append([b * c + (1 - b) * g2.mean(-2) for b, c in zip(DECAYS, cs)])
+            else:
+                rows.append([b * r + (1 - b) * g2 for b, r in zip(DECAYS, rs)])
+                cols.append([b * c + (1 - b) * g2 for b, c in zip(DECAYS, cs)])
+        net = self.net
+        lr = NOMINAL_LR * net.log_gain.exp()
+        mix = net.mix * net.log_mix.exp()
+        update = []
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            # Adam's own first moment is the β1 = 0.9 momentum (DECAYS[0])
+            x, adam = self.features(w, g, mom[i], nu[i], rows[i], cols[i], g0[i], count)
+            out = net.mlp(x)
+            a, d = out[..., 0].view_as(g), out[..., 1].view_as(g)
+            fan = _fan_in(w)
+            scale = lr if fan is None else lr * (FAN_REF / fan) ** net.fan_power
+            update.append(scale * (10 ** torch.tanh(a) * adam + mix * torch.tanh(d)))
+        info = dict(prop.info)
+        info["lr"] = lr.detach().expand(grads[0].shape[0])
+        return replace(add_update(prop, update), info=info), AdafacState(mom, nu, rows, cols, g0, count)
+
+
+@dataclass
+class GatedSteepestTeleport:
+    """Teleport each hidden layer along the steepest-ascent direction of ‖∇L‖² (round 2's design,
+    `metatele.teleport.ascent.steepest_direction`, on the step's teleport data, treated as a constant of the
+    weights) by the exact GL action, with ‖T_m‖_F = magnitude[m] (B,). Gated off (the weights unchanged, counted
+    in `skipped`) where the exact action is impossible: a task without the GL symmetry (biases, more samples than
+    a hidden layer's input width), and per task where a layer input is rank-deficient."""
+
+    magnitude: list[torch.Tensor]
+    skipped: list[int] = field(default_factory=lambda: [0])
+
+    def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        if task.symmetry is not Symmetry.GL:
+            self.skipped[0] += 1
+            return weights
+        data = task.teleport_data(step)
+        G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True)
+        return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
+                        skip_invalid=True, nearest=True)
+
+
+@dataclass
+class SteepestGate:
+    """m2 as a transform: `LayerGate` (an LSTM over per-layer scalar features, shared by all hidden layers) gives
+    each hidden layer's gate in (0, 1); the teleport is `GatedSteepestTeleport` with magnitude × gate, proposed
+    at steps 0, every, 2·every, …"""
+
+    gate: LayerGate
+    magnitude: float
+    every: int = 1
+
+    def init(self, weights: Sequence[torch.Tensor]) -> tuple[Any, list[torch.Tensor], int]:
+        w = weights[0]
+        z = torch.zeros(w.shape[0], max(len(weights) - 1, 1), self.gate.size, dtype=w.dtype, device=w.device)
+        return (z, z), [torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) for _ in weights], 0
+
+    def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], state: tuple[Any, list[torch.Tensor], int], *,
+                weights: Sequence[torch.Tensor]) -> tuple[Proposal, tuple[Any, list[torch.Tensor], int]]:
+        lstm, g0, t = state
+        if len(weights) < 2 or any(w.dim() != 3 for w in weights):  # no hidden layer to act on
+            return prop, (lstm, g0, t + 1)
+        g0 = [torch.where(r == 0, _rms(g).detach(), r) for g, r in zip(grads, g0)]
+        if t % self.every:
+            return prop, (lstm, g0, t + 1)
+        gate, _, lstm = self.gate(self.gate.features(weights, grads, g0), lstm)
+        info = dict(prop.info)
+        info["teleport_magnitude"] = gate.detach().mean(1) * self.magnitude
+        tele = GatedSteepestTeleport([self.magnitude * gate[:, m] for m in range(gate.shape[1])])
+        return replace(prop, teleport=tele, info=info), (lstm, g0, t + 1)
+
+
+class AdafacOptimizer(nn.Module):
+    """The learned method (`metatele.methods.Method`): `AdafacUpdate`, chained with `SteepestGate` if
+    spec.teleport. `horizon` sets T of the progress features for the next runs."""
+
+    def __init__(self, spec: AdafacSpec, name: str | None = None, horizon: float = DEFAULT_HORIZON) -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = name or ("adafac-tele" if spec.teleport else "adafac")
+        self.net = AdafacNet(spec.hidden, spec.mix)
+        self.gate = LayerGate(spec.gate_hidden, spec.gate_bias) if spec.teleport else None
+        self.horizon = float(horizon)
+
+    def transform(self) -> Any:
+        rule = AdafacUpdate(self.net, self.horizon)
+        if self.gate is None:
+            return rule
+        return chain(rule, SteepestGate(self.gate, self.spec.magnitude, self.spec.every))
+
+    def init_state(self, weights: Sequence[torch.Tensor]) -> Any:
+        return self.transform().init(weights)
+
+    def propose(self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any
+                ) -> tuple[Proposal, Any]:
+        return self.transform().propose(Proposal(), grads, state, weights=weights)
+
+    def meta_parameters(self) -> Iterator[nn.Parameter]:
+        return self.parameters()

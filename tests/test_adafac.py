@@ -1,0 +1,166 @@
+"""The adafac learned update rule: Adam-nominal, size-agnostic, horizon-aware, exact meta-gradients, safe checkpoints,
+and its gated teleport."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metatele import checkpoints
+from metatele.bench.baselines import make
+from metatele.bench.metatrain import Scaled, save_adafac
+from metatele.bench.problems import Problem
+from metatele.errors import CheckpointError
+from metatele.learned.adafac import (N_INPUTS, PROGRESS_CENTRES, AdafacOptimizer, AdafacSpec, AdafacUpdate,
+                                     GatedSteepestTeleport)
+from metatele.learned.trainer import meta_loss, unroll_window
+from metatele.methods.base import Proposal
+from metatele.step import inner_step
+from metatele.tasks.base import Symmetry
+
+REG = Problem("t-reg", "train", "regression", (6, 8, 8, 3), 20, n=6)
+REG_BIAS = Problem("t-reg-b", "train", "regression", (6, 8, 3), 20, n=10, bias=True)
+
+
+def _randomize_head(opt: AdafacOptimizer) -> None:
+    with torch.no_grad():
+        torch.manual_seed(3)
+        opt.net.mlp[-1].weight.normal_(0, 0.5)
+        opt.net.mlp[-1].bias.normal_(0, 0.5)
+
+
+@pytest.mark.parametrize("problem", [REG, REG_BIAS])
+def test_untrained_equals_adam(problem):
+    task = problem.sample(range(4))
+    opt, adam = AdafacOptimizer(AdafacSpec()), make("adam", torch.full((4,), 1e-3))
+    w = task.init_weights()
+    s1, s2 = opt.init_state(w), adam.init_state(w)
+    w1 = w2 = w
+    for t in range(5):
+        r1, r2 = inner_step(opt, w1, s1, task, t), inner_step(adam, w2, s2, task, t)
+        for a, b, old in zip(r1.weights, r2.weights, w1):
+            assert not torch.equal(a, old)  # it moved
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        w1, s1, w2, s2 = r1.weights, r1.state, r2.weights, r2.state
+
+
+def test_untrained_equals_adam_on_a_vector():
+    """Any tensor shape (B, …), biases as separate vectors included."""
+    opt = AdafacOptimizer(AdafacSpec())
+    rule = opt.transform()
+    w = [torch.randn(3, 5), torch.randn(3, 4, 2, 2)]
+    g = [torch.randn(3, 5), torch.randn(3, 4, 2, 2)]
+    prop, _ = rule.propose(Proposal(), g, rule.init(w), weights=w)
+    for u, gi in zip(prop.update, g):  # Adam's first step: lr · g / (|g| + ε)
+        torch.testing.assert_close(u, 1e-3 * gi / (gi.abs() + 1e-8))
+
+
+def test_parameter_count_does_not_depend_on_shape():
+    opt = AdafacOptimizer(AdafacSpec(teleport=True))
+    names = {k: v.shape for k, v in opt.state_dict().items()}
+    n = sum(p.numel() for p in opt.parameters())
+    for problem in (REG, REG_BIAS, Problem("t-wide", "train", "regression", (4, 40, 40, 40, 2), 5, n=4)):
+        task = problem.sample(range(2))
+        w = task.init_weights()
+        res = inner_step(opt, w, opt.init_state(w), task, 0)
+        assert all(torch.isfinite(x).all() for x in res.weights)
+        assert sum(p.numel() for p in opt.parameters()) == n
+        assert {k: v.shape for k, v in opt.state_dict().items()} == names
+    assert opt.net.mlp[0].in_features == N_INPUTS
+
+
+def test_progress_features_reach_the_net():
+    """The same state at two horizons gives different updates, and the update's gradient reaches the first layer's
+    progress columns."""
+    task = REG.sample(range(2))
+    opt = AdafacOptimizer(AdafacSpec())
+    _randomize_head(opt)
+    w = task.init_weights()
+    _, g = task.loss_and_grad(w, task.data(0))
+    ups = []
+    for T in (5.0, 5000.0):
+        rule = AdafacUpdate(opt.net, T)
+        _, state = rule.propose(Proposal(), g, rule.init(w), weights=w)  # step 0: t/T = 0 at any horizon
+        prop, _ = rule.propose(Proposal(), g, state, weights=w)          # step 1: t/T = 1/T
+        ups.append(prop.update)
+    assert any(not torch.allclose(a, b) for a, b in zip(*ups))
+    opt.zero_grad()
+    sum(u.sum() for u in ups[0]).backward()
+    first = opt.net.mlp[0].weight.grad
+    assert first[:, -len(PROGRESS_CENTRES):].abs().sum() > 0
+
+
+def test_meta_gradient_matches_finite_differences():
+    """The exact (second-order) meta-gradient of a 3-step log meta-loss, in float64, against central differences,
+    for the global lr scalar, the fan-in exponent and a weight of the head."""
+    task = REG.sample(range(2), dtype=torch.float64)
+    opt = AdafacOptimizer(AdafacSpec()).double()
+    _randomize_head(opt)
+    opt.double()
+
+    def loss() -> torch.Tensor:
+        w = task.init_weights()
+        win = unroll_window(opt, task, w, opt.init_state(w), 0, 3, second_order=True)
+        return meta_loss(win.losses, "log")
+
+    params = [opt.net.log_gain, opt.net.fan_power, opt.net.mlp[-1].weight]
+    grads = torch.autograd.grad(loss(), params)
+    h = 1e-5
+    for p, g in zip(params, grads):
+        idx = (0, 3) if p.dim() == 2 else ()
+        with torch.no_grad():
+            old = p[idx].clone()
+            p[idx] = old + h
+            up = loss()
+            p[idx] = old - h
+            down = loss()
+            p[idx] = old
+        fd = (up - down) / (2 * h)
+        assert abs(fd) > 1e-6
+        torch.testing.assert_close(g[idx], fd, rtol=1e-4, atol=1e-8)
+
+
+def test_scale_augmentation_keeps_the_problem():
+    """Scaled(task): the same network function at true weights c·w, the loss × s."""
+    task = REG.sample(range(2))
+    c = [torch.tensor([2.0, 0.5]), torch.tensor([0.1, 3.0]), torch.tensor([1.0, 7.0])]
+    s = torch.tensor([10.0, 1e-3])
+    aug = Scaled(task, c, s)
+    torch.testing.assert_close(aug.loss(aug.init_weights(), aug.data(0)), s * task.loss(task.init_weights(), task.data(0)))
+    assert aug.symmetry is task.symmetry
+
+
+def test_teleport_keeps_the_loss_and_is_gated_off_where_impossible():
+    task = REG.sample(range(3), dtype=torch.float64)
+    assert task.symmetry is Symmetry.GL
+    w = task.init_weights()
+    tele = GatedSteepestTeleport([torch.full((3,), 0.05, dtype=torch.float64)] * 2)
+    new = tele.apply(w, task, 0)
+    data = task.teleport_data(0).batch
+    torch.testing.assert_close(task.loss(new, data), task.loss(w, data), rtol=1e-9, atol=1e-9)
+    assert any(not torch.allclose(a, b) for a, b in zip(new, w))
+    _, g_old = task.loss_and_grad(w, data)
+    _, g_new = task.loss_and_grad(new, data)
+    assert sum(x.pow(2).sum() for x in g_new) > sum(x.pow(2).sum() for x in g_old)  # steeper
+    biased = REG_BIAS.sample(range(3))
+    wb = biased.init_weights()
+    assert tele.apply(wb, biased, 0) is wb and tele.skipped == [1]
+
+
+def test_checkpoint_round_trip_and_untrusted_metadata(tmp_path, monkeypatch):
+    opt = AdafacOptimizer(AdafacSpec(teleport=True))
+    _randomize_head(opt)
+    path = tmp_path / "adafac-tele" / checkpoints.MODEL_FILE
+    save_adafac(path, opt, batches=3)
+    monkeypatch.setenv("METATELE_CHECKPOINTS", str(tmp_path))
+    back = checkpoints.load_pretrained("adafac-tele")
+    assert isinstance(back, AdafacOptimizer) and back.name == "adafac-tele" and back.spec == opt.spec
+    for k, v in opt.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v)
+    tensors, meta = checkpoints.read(path)
+    bad_metas = [{**meta, "spec": {**meta["spec"], **bad}}
+                 for bad in ({"hidden": 10**9}, {"teleport": "yes"}, {"magnitude": 11.0}, {"nope": 1})]
+    bad_metas += [{**meta, "name": "x" * 100}, {**meta, "kind": "meta_optimizer"}]
+    for bad in bad_metas:
+        checkpoints.save(tmp_path / "bad.safetensors", tensors, bad)
+        with pytest.raises(CheckpointError):
+            checkpoints.load_adafac(tmp_path / "bad.safetensors")

@@ -1,0 +1,137 @@
+"""The benchmark suite: problems, batched baselines equal torch.optim, disjoint seeds, the field's statistics, and
+`metatele bench --quick` end to end."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metatele.bench import problems, run, scores
+from metatele.bench.baselines import BASELINES, LR_GRID, make
+from metatele.bench.metatrain import save_adafac
+from metatele.bench.problems import SUITE, Problem
+from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
+from metatele.step import inner_step, rollout
+from metatele.tasks.seeds import TRAIN_SEEDS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_suite_spans_what_it_must():
+    widths = [d for p in SUITE for d in p.widths[1:-1]]
+    assert min(widths) <= 8 and max(widths) >= 256
+    depths = {p.hidden_layers for p in SUITE}
+    assert min(depths) == 1 and max(depths) == 6
+    assert {p.law for p in SUITE if p.kind == "regression"} == {"paper", "normal-init", "centred", "teacher"}
+    assert any(p.kind == "regression" and p.n > p.widths[0] for p in SUITE)
+    assert {"mnist5k", "digits", "fashion-mnist"} <= {p.kind for p in SUITE}
+    assert any(p.bias for p in SUITE) and any(not p.bias for p in SUITE)
+    for split in ("train", "validation", "heldout"):
+        assert any(p.split == split for p in SUITE)
+    assert len({p.name for p in SUITE}) == len(SUITE)
+    assert LR_GRID[0] == pytest.approx(1e-5) and LR_GRID[-1] == pytest.approx(1.0) and len(LR_GRID) == 11
+
+
+def test_seed_ranges_are_disjoint():
+    ranges = [range(problems.REPORT_FIRST_SEED, problems.REPORT_FIRST_SEED + 10**6),
+              range(problems.TUNE_FIRST_SEED, problems.TUNE_FIRST_SEED + 10**6),
+              range(problems.SELECT_FIRST_SEED, problems.SELECT_FIRST_SEED + 10**6), TRAIN_SEEDS]
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            assert a.stop <= b.start or b.stop <= a.start
+
+
+def test_biased_tasks_match_an_nn_sequential():
+    p = Problem("t", "train", "digits", (64, 12, 10), 5, batch=16, bias=True)
+    task = p.sample([11])
+    w = task.init_weights()
+    net = nn.Sequential(nn.Linear(64, 12), nn.LeakyReLU(0.1), nn.Linear(12, 10))
+    with torch.no_grad():
+        for lin, wm in zip((net[0], net[2]), w):
+            lin.weight.copy_(wm[0, :, :-1])
+            lin.bias.copy_(wm[0, :, -1])
+    d = task.data(3)
+    ref = nn.functional.cross_entropy(net(d.X[0].T), d.Y[0])
+    torch.testing.assert_close(task.loss(w, d)[0], ref)
+
+
+@pytest.mark.parametrize("kind", BASELINES)
+def test_batched_baselines_equal_torch_optim(kind):
+    """Each task of a batch, at its own lr, follows torch.optim's trajectory."""
+    p = Problem("t", "train", "regression", (5, 7, 2), 4, n=6, bias=True)
+    lrs = torch.tensor([1e-3, 3e-2])
+    task = p.sample([1, 1])
+    method = make(kind, lrs)
+    w = task.init_weights()
+    state = method.init_state(w)
+    for t in range(4):
+        res = inner_step(method, w, state, task, t)
+        w, state = res.weights, res.state
+    for b, lr in enumerate(lrs.tolist()):
+        params = [x[b].clone().requires_grad_() for x in task.init_weights()]
+        opt = {"adam": lambda: torch.optim.Adam(params, lr=lr), "adamw": lambda: torch.optim.AdamW(params, lr=lr),
+               "sgd-momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
+               "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr)}[kind]()
+        for t in range(4):
+            opt.zero_grad()
+            d = task.data(t)
+            task.loss([q[None] for q in params], type(d)(d.X[b:b + 1], d.Y[b:b + 1])).sum().backward()
+            opt.step()
+        for ours, ref in zip(w, params):
+            torch.testing.assert_close(ours[b], ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_tuning_picks_the_best_lr_of_the_grid():
+    p = Problem("t", "train", "regression", (4, 6, 2), 15, n=4)
+    grid = (1e-3, 1e-2, 1e-1)
+    best = run.tune(p, "adam", seeds=2, grid=grid)
+    seeds = range(problems.TUNE_FIRST_SEED, problems.TUNE_FIRST_SEED + 2)
+    score = {lr: float(rollout(make("adam", torch.full((2,), lr)), p.sample(seeds), 15).loss[-1].log10().mean())
+             for lr in grid}
+    assert best == min(score, key=score.get)
+
+
+def test_speedup_beats_and_iqm():
+    adam = torch.tensor([[10.0, 10.0], [5.0, 5.0], [2.0, 2.0], [1.0, 1.0], [0.5, 0.5], [0.2, 0.2], [0.1, 0.1]])
+    # horizon 2 (Adam ran 3× = 6 steps): final 2.0 is reached at step 2 (speedup 1), 0.5 at step 4 (2),
+    # 0.01 never (censored at 3), NaN scores 0
+    sp = scores.speedups(adam[:, [0, 1, 0, 1]], torch.tensor([2.0, 0.5, 0.01, float("nan")]), 2)
+    torch.testing.assert_close(sp, torch.tensor([1.0, 2.0, 3.0, 0.0], dtype=torch.float64))
+    b = scores.beats(torch.tensor([1.0, 3.0, float("nan")]), torch.tensor([2.0, 2.0, 2.0]))
+    assert b.tolist() == [True, False, False]
+    assert scores.iqm(np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0])) == pytest.approx(3.5)
+    point, lo, hi = scores.iqm_ci([np.arange(8.0), np.arange(8.0) + 1])
+    assert lo <= point <= hi
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path):
+    """The CLI end to end, on an untrained adafac checkpoint (= Adam at lr 1e-3): every output, every method, real
+    TensorBoard event files."""
+    ck = tmp_path / "ck" / "model.safetensors"
+    save_adafac(ck, AdafacOptimizer(AdafacSpec(teleport=True)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out, logdir = tmp_path / "out", tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "metatele", "bench", "--quick", "--learned", str(ck.parent),
+                        "--out", str(out), "--logdir", str(logdir), "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    quick = problems.suite(quick=True)
+    assert {(x["problem"], x["method"]) for x in rows} == {(p.name, m) for p in quick
+                                                         for m in (*BASELINES, "adafac-tele")}
+    assert all(x["geo_mean"] and float(x["geo_mean"]) > 0 for x in rows)
+    assert (out / "loss_curves.png").stat().st_size > 0
+    assert "IQM" in (out / "results.md").read_text() and (out / "summary.csv").exists()
+    events = list(logdir.rglob("events.out.tfevents.*"))
+    assert len(events) >= len(quick) * (len(BASELINES) + 1)
+    bad = subprocess.run([sys.executable, "-m", "metatele", "bench", "--quick", "--learned", str(tmp_path / "none"),
+                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

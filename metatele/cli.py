@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"report seeds per problem (default {bench_suite.SEEDS})")
     b.add_argument("--tune-seeds", type=_int_in(1, 1024), default=bench_suite.TUNE_SEEDS,
                    help=f"tuning seeds per lr (default {bench_suite.TUNE_SEEDS})")
+    b.add_argument("--cache", default=None, help="directory to keep the tuned baselines' runs in and reuse them from")
     b.add_argument("--out", default="results/bench", help="directory for results.csv/.md, summary.csv, loss_curves.png")
     b.add_argument("--logdir", default="runs/bench", help="TensorBoard log directory (default runs/bench)")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -339,7 +340,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     _check_outputs(Path(a.out), Path(a.logdir))
     return bench_suite.main(quick=a.quick, learned=a.learned, out=Path(a.out), logdir=Path(a.logdir), split=a.split,
-                            seeds=a.seeds, tune_seeds=a.tune_seeds, device=device, progress=not a.no_progress)
+                            seeds=a.seeds, tune_seeds=a.tune_seeds, device=device, progress=not a.no_progress,
+                            cache=Path(a.cache) if a.cache else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

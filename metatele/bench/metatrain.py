@@ -42,7 +42,7 @@ class MetaTrainConfig:
     unroll: int = 10
     batch: int = 8
     meta_lr: float = 3e-3         # the MLP's meta lr
-    scalar_lr: float = 3e-2       # the global scalars' (log_gain, fan_power, log_mix): lr must move by ×10–100
+    scalar_lr: float = 1e-2       # the global scalars' (log_gain, fan_power, log_mix): lr must move by ×10–100
     clip: float = 1.0
     meta_loss: str = "log"
     loss_growth: float = 1.0

@@ -4,19 +4,23 @@ step (`metatele.step.rollout`). Tuned Adam runs SPEEDUP_FACTOR × the horizon, s
 beats it can be measured (how many Adam steps reach its final loss)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from metatele import checkpoints
 from metatele.bench.baselines import BASELINES, LR_GRID, make
 from metatele.bench.problems import REPORT_FIRST_SEED, TUNE_FIRST_SEED, Problem
 from metatele.methods.base import Method
 from metatele.step import Trajectory, rollout
 
-__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "tune", "run_problem", "run_suite"]
+__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "tune", "baselines", "run_problem", "run_suite"]
 
 SEEDS = 8            # reported runs per problem
 TUNE_SEEDS = 4       # tuning runs per lr (disjoint seeds)
@@ -53,18 +57,48 @@ def tune(problem: Problem, kind: str, seeds: int = TUNE_SEEDS, grid: Sequence[fl
     return grid[min(range(len(grid)), key=lambda i: (scores[i], i))]
 
 
-def run_problem(problem: Problem, learned: Sequence[Method], seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS,
-                device: str | torch.device = "cpu", prepare: Callable[[Method, Problem], None] | None = None
-                ) -> ProblemRun:
-    """Tune and run every baseline, then every learned method (prepare(method, problem) is called first, e.g. to
-    give it the horizon)."""
-    task = problem.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + seeds), device=device)
+def _cache_file(cache: Path, problem: Problem, seeds: int, tune_seeds: int) -> Path:
+    key = json.dumps([problem.to_dict(), seeds, tune_seeds, LR_GRID, SPEEDUP_FACTOR, BASELINES])
+    return cache / f"{problem.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+
+
+def _baselines(problem: Problem, task: object, seeds: int, tune_seeds: int, device: str | torch.device
+               ) -> tuple[dict[str, Trajectory], dict[str, float]]:
     trajs, lrs = {}, {}
     for kind in BASELINES:
         lrs[kind] = tune(problem, kind, tune_seeds, device=device)
         lr = torch.full((seeds,), lrs[kind], device=device)
         steps = problem.steps * (SPEEDUP_FACTOR if kind == "adam" else 1)
         trajs[kind] = rollout(make(kind, lr), task, steps)
+    return trajs, lrs
+
+
+def baselines(problem: Problem, task: object, seeds: int, tune_seeds: int, device: str | torch.device,
+              cache: Path | None = None) -> tuple[dict[str, Trajectory], dict[str, float]]:
+    """Tuned baselines' trajectories and lrs, read from / written to `cache` (safetensors, keyed by the problem,
+    the seeds, the grid) when given. Only all-finite results are cached (NaN never reaches the disk); others are
+    recomputed each time."""
+    path = _cache_file(cache, problem, seeds, tune_seeds) if cache is not None else None
+    if path is not None and path.is_file():
+        tensors, meta = checkpoints.read(path)
+        trajs = {k: Trajectory(tensors[f"{k}.loss"].to(device), tensors[f"{k}.grad_norm_sq"].to(device),
+                               tensors[f"{k}.seconds"]) for k in BASELINES}
+        return trajs, {k: float(meta["lrs"][k]) for k in BASELINES}
+    trajs, lrs = _baselines(problem, task, seeds, tune_seeds, device)
+    if path is not None:
+        tensors = {f"{k}.{f}": getattr(t, f) for k, t in trajs.items() for f in ("loss", "grad_norm_sq", "seconds")}
+        if all(bool(torch.isfinite(v).all()) for v in tensors.values()):
+            checkpoints.save(path, tensors, {"kind": "bench_baselines", "problem": problem.to_dict(), "lrs": lrs})
+    return trajs, lrs
+
+
+def run_problem(problem: Problem, learned: Sequence[Method], seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS,
+                device: str | torch.device = "cpu", prepare: Callable[[Method, Problem], None] | None = None,
+                cache: Path | None = None) -> ProblemRun:
+    """Tune and run every baseline (or read them from `cache`), then every learned method (prepare(method,
+    problem) is called first, e.g. to give it the horizon)."""
+    task = problem.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + seeds), device=device)
+    trajs, lrs = baselines(problem, task, seeds, tune_seeds, device, cache)
     for method in learned:
         if prepare is not None:
             prepare(method, problem)
@@ -74,6 +108,7 @@ def run_problem(problem: Problem, learned: Sequence[Method], seeds: int = SEEDS,
 
 def run_suite(problems: Sequence[Problem], learned: Sequence[Method], seeds: int = SEEDS,
               tune_seeds: int = TUNE_SEEDS, device: str | torch.device = "cpu", progress: bool = True,
-              prepare: Callable[[Method, Problem], None] | None = None) -> list[ProblemRun]:
-    return [run_problem(p, learned, seeds, tune_seeds, device, prepare)
+              prepare: Callable[[Method, Problem], None] | None = None, cache: Path | None = None
+              ) -> list[ProblemRun]:
+    return [run_problem(p, learned, seeds, tune_seeds, device, prepare, cache)
             for p in tqdm(problems, desc="bench", unit="problem", disable=not progress)]

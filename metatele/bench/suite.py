@@ -45,11 +45,12 @@ def _horizon(method: object, problem: Problem) -> None:
 
 
 def main(*, quick: bool, learned: Sequence[str] | None, out: Path, logdir: Path | None, split: str = "all",
-         seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS, device: str = "cpu", progress: bool = True) -> int:
+         seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS, device: str = "cpu", progress: bool = True,
+         cache: Path | None = None) -> int:
     methods = resolve(learned, device)
     problems = [p for p in suite(quick) if split == "all" or p.split == split]
     start = time.perf_counter()
-    runs = run_suite(problems, methods, seeds, tune_seeds, device, progress, prepare=_horizon)
+    runs = run_suite(problems, methods, seeds, tune_seeds, device, progress, prepare=_horizon, cache=cache)
     _, agg = report(runs, out, logdir)
     for a in agg:
         print(f"{a['split']:8s} {a['method']:14s} IQM speedup {a['iqm_speedup']:.2f} "

@@ -4,12 +4,14 @@ gated, size-agnostic teleport (m2) on top.
 For every parameter tensor P (B, *shape) — weights and biases alike, any shape — and every element, a small
 MLP shared by all elements of all tensors reads per-element features and outputs two numbers (a, d):
 
-    u = lr · (FAN_REF / fan_in)^p · [ 10^tanh(a) · adam + c · tanh(d) ],   lr = NOMINAL_LR · e^{log_gain}
+    u = lr · (FAN_REF / fan_in)^p · [ 10^tanh(a) · adam + c · tanh(d) ],   lr = NOMINAL_LR · e^{log_gain},
+    p = tanh(fan_power) ∈ (−1, 1)
 
 adam is Adam's bias-corrected direction m̂/(√v̂ + ε) (β = 0.9, 0.999, ε = 1e-8). The MLP's last layer starts at
-zero and log_gain = p = 0, so the untrained rule is exactly Adam at lr 1e-3. The output is bounded: per element
+zero and log_gain = fan_power = 0, so the untrained rule is exactly Adam at lr 1e-3. The output is bounded: per element
 |u| ≤ lr·(FAN_REF/fan_in)^p·(10·|adam| + c). fan_in is the size of the last axis of a matrix (the μP-style factor
-whose exponent p is learned, starting at 0); vectors (biases) have no fan-in factor.
+whose exponent p is learned, starting at 0 and bounded by μP's 1: a first run with p unbounded drove it to 2.7 and its
+validation loss up); vectors (biases) have no fan-in factor.
 
 Features (`features`, as in learned_optimization's AdafacMLPLOpt, each normalized per tensor by its RMS):
 g, p, momenta at β ∈ {0.9, 0.99, 0.999}, √v (β 0.999), m·v^{-1/2} (×3), v^{-1/2}, Adam's direction, Adafactor
@@ -105,7 +107,7 @@ class AdafacSpec:
 
 class AdafacNet(nn.Module):
     """The per-element MLP N_INPUTS → hidden → hidden → 2 (ReLU, last layer zero) and the scalars
-    log_gain (lr = NOMINAL_LR·e^{log_gain}), fan_power (p) and log_mix (c = mix·e^{log_mix})."""
+    log_gain (lr = NOMINAL_LR·e^{log_gain}), fan_power (p = tanh(fan_power)) and log_mix (c = mix·e^{log_mix})."""
 
     def __init__(self, hidden: int, mix: float) -> None:
         super().__init__()
@@ -215,7 +217,7 @@ class AdafacUpdate:
             out = net.mlp(x)
             a, d = out[..., 0].view_as(g), out[..., 1].view_as(g)
             fan = _fan_in(w)
-            scale = lr if fan is None else lr * (FAN_REF / fan) ** net.fan_power
+            scale = lr if fan is None else lr * (FAN_REF / fan) ** torch.tanh(net.fan_power)
             update.append(scale * (10 ** torch.tanh(a) * adam + mix * torch.tanh(d)))
         info = dict(prop.info)
         info["lr"] = lr.detach().expand(grads[0].shape[0])

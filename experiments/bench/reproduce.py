@@ -1,0 +1,113 @@
+"""Reproduce docs/bench.md's tables from the shipped checkpoints (one command):
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/bench/reproduce.py [--quick] [--part main|ablation|long|all]
+
+- main: adafac, adafac-tele and the untrained rule (= Adam at lr 1e-3) against the tuned baselines on the meta-training
+  and held-out problems → experiments/bench/results/ (TensorBoard runs in runs/bench/).
+- ablation: one lever of the trained adafac removed at a time, on the held-out problems → experiments/bench/ablation/:
+  fan-in scaling off (p = 0), progress features blind (T = 10^12, so t/T ≈ 0 at every step), the teleporting twin
+  with its teleport off (same update weights).
+- paper: the paper's 20-20-20 task (paper-20x3, step 100): adafac-tele against the fixed-size lstm-update-tele on the
+  report seeds → experiments/bench/paper.csv.
+- long: 10× the meta-training horizon (2,000 steps) on the held-out problems, counting runs that end non-finite or
+  above their initial loss → experiments/bench/long.csv.
+Tuned baselines are cached in experiments/bench/cache/ (keyed by problem, seeds and grid; delete it to recompute).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from metatele import checkpoints
+from metatele.bench.problems import suite
+from metatele.bench.report import report
+from metatele.bench.problems import REPORT_FIRST_SEED
+from metatele.bench.run import SEEDS, run_suite
+from metatele.evaluation.stats import summarize
+from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
+from metatele.step import rollout
+
+HERE = Path(__file__).resolve().parent
+LONG_FACTOR = 10
+META_HORIZON = 200
+
+p = argparse.ArgumentParser()
+p.add_argument("--quick", action="store_true")
+p.add_argument("--part", choices=("main", "ablation", "long", "paper", "all"), default="all")
+p.add_argument("--checkpoints", default=str(checkpoints.pretrained_dir()))
+a = p.parse_args()
+torch.set_num_threads(1)
+ck = Path(a.checkpoints)
+adafac = checkpoints.load_adafac(ck / "adafac" / checkpoints.MODEL_FILE)
+tele = checkpoints.load_adafac(ck / "adafac-tele" / checkpoints.MODEL_FILE)
+blind: set[str] = set()
+
+
+def horizon(method: object, problem: object) -> None:
+    method.horizon = 1e12 if method.name in blind else float(problem.steps)
+
+
+problems = [q for q in suite(a.quick) if q.split in ("train", "heldout")]
+heldout = [q for q in problems if q.split == "heldout"]
+cache = HERE / "cache"
+tag = "-quick" if a.quick else ""
+
+if a.part in ("main", "all"):
+    t = time.perf_counter()
+    untrained = AdafacOptimizer(AdafacSpec(), name="adafac-untrained")
+    runs = run_suite(problems, [adafac, tele, untrained], prepare=horizon, cache=cache)
+    report(runs, HERE / f"results{tag}", Path("runs") / f"bench{tag}")
+    print(f"main: {time.perf_counter() - t:.0f} s")
+
+if a.part in ("ablation", "all"):
+    t = time.perf_counter()
+    no_fan = copy.deepcopy(adafac)
+    no_fan.name = "adafac-no-fanin"
+    with torch.no_grad():
+        no_fan.net.fan_power.zero_()
+    no_progress = copy.deepcopy(adafac)
+    no_progress.name = "adafac-no-progress"
+    blind.add(no_progress.name)
+    tele_off = AdafacOptimizer(AdafacSpec(**{**vars(tele.spec), "teleport": False}), name="adafac-tele-no-teleport")
+    tele_off.net.load_state_dict(tele.net.state_dict())
+    runs = run_suite(heldout, [adafac, no_fan, no_progress, tele, tele_off], prepare=horizon, cache=cache)
+    report(runs, HERE / f"ablation{tag}", None)
+    print(f"ablation: {time.perf_counter() - t:.0f} s")
+
+if a.part in ("long", "all"):
+    t = time.perf_counter()
+    rows = []
+    for q in heldout:
+        task = q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS))
+        for m in (adafac, tele):
+            steps = LONG_FACTOR * (q.steps if a.quick else META_HORIZON)
+            m.horizon = float(steps)
+            loss = rollout(m, task, steps).loss
+            finite = torch.isfinite(loss).all(0)
+            above = loss.nan_to_num(float("inf")).amax(0) > loss[0]
+            rows.append({"problem": q.name, "method": m.name, "steps": steps, "runs": loss.shape[1],
+                         "nonfinite": int((~finite).sum()), "final_above_initial": int((loss[-1] > loss[0]).sum()),
+                         "any_step_above_initial": int(above.sum()),
+                         "final_geo_mean": 10 ** float(loss[-1].log10().mean()) if bool(finite.all()) else float("nan"),
+                         "final_at_meta_horizon_geo_mean": 10 ** float(loss[META_HORIZON if not a.quick else q.steps].log10().mean())
+                         if bool(finite.all()) else float("nan")})
+            print(rows[-1], flush=True)
+    checkpoints.atomic_write_csv(HERE / f"long{tag}.csv", rows)
+    print(f"long: {time.perf_counter() - t:.0f} s")
+
+if a.part in ("paper", "all") and not a.quick:
+    q = next(x for x in problems if x.name == "paper-20x3")
+    task = q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS))
+    rows = []
+    for m in (checkpoints.load_pretrained("lstm-update-tele"), tele, adafac):
+        if isinstance(m, AdafacOptimizer):
+            m.horizon = float(q.steps)
+        final = rollout(m, task, q.steps).loss[-1]
+        rows.append({"method": m.name if isinstance(m, AdafacOptimizer) else "lstm-update-tele", "steps": q.steps,
+                     **{k: v for k, v in summarize(final).items() if k.startswith("geo") or k == "n_nonfinite"}})
+        print(rows[-1], flush=True)
+    checkpoints.atomic_write_csv(HERE / "paper.csv", rows)

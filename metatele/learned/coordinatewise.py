@@ -55,7 +55,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """RMS over all but the task dimension: (B, ...) → (B,)."""
-    return _flat(x).pow(2).mean(1).sqrt().clamp_min(TINY)
+    return _flat(x.pow(2)).mean(1).sqrt().clamp_min(TINY)
 
 
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -98,16 +98,15 @@ class CoordUpdate(nn.Module):
         for m, (w, g, mo, s, r0) in enumerate(zip(weights, grads, mom, sq, g0)):
             B = w.shape[0]
             rg, rw = _rms(g), _rms(w)
-            w, g, mo, s = _flat(w), _flat(g), _flat(mo), _flat(s)
             corr1 = (1 - b1 ** count).clamp_min(TINY)
             corr2 = (1 - b2 ** count).clamp_min(TINY)
             adam = (mo / _bcast(corr1, mo)) / ((s / _bcast(corr2, s)).sqrt() + _bcast(rg, s) * 1e-8)
             first, last = _layer_flags(m, len(weights))
-            per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (w.mean(1) / rw).clamp(-1, 1),
+            per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (_flat(w).mean(1) / rw).clamp(-1, 1),
                                       (rw.log10() / 2).clamp(-2, 2), torch.full_like(rg, first),
                                       torch.full_like(rg, last)], dim=1)
             per_coord = torch.stack([(g / _bcast(rg, g)).clamp(-10, 10), (mo / _bcast(_rms(mo), mo)).clamp(-10, 10),
-                                     adam.clamp(-5, 5), (w / _bcast(rw, w)).clamp(-10, 10)], dim=-1)
+                                     adam.clamp(-5, 5), (w / _bcast(rw, w)).clamp(-10, 10)], dim=-1).reshape(B, -1, 4)
             out.append(torch.cat([per_coord, per_tensor[:, None, :].expand(B, per_coord.shape[1], 5)], dim=-1))
         return torch.cat(out, dim=1)
 

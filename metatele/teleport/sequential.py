@@ -185,6 +185,9 @@ class Teleporter:
             raise ConfigError(f"state must be one of {STATE_POLICIES}, got {state!r}")
         if method not in ("ascent", "random"):
             raise ConfigError(f"method must be 'ascent' or 'random', got {method!r}")
+        at_steps, at_epochs = list(at_steps), list(at_epochs)
+        if schedule is not None and (at_steps or at_epochs):
+            raise ConfigError("give either schedule or at_steps/at_epochs, not both")
         try:
             self.schedule = schedule or Schedule.of(at_steps, at_epochs, steps_per_epoch, per_epoch)
         except ValueError as e:

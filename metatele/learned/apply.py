@@ -7,8 +7,8 @@ fixed-size LSTMs only on the bias-free shape they were trained for.
 Shapes: X (n, d0), one sample per row as nn.Linear takes it; y (n,) class indices for cross-entropy, or (n, dL)
 targets for the squared loss. Everything is checked before any work, and a refused call leaves the model as it
 was. Divergence guard: a step whose loss or gradient is non-finite, or whose loss exceeds `DIVERGENCE_FACTOR` ×
-the lowest loss so far, stops the run; the model keeps the last weights with a finite loss, and a
-`DivergenceWarning` says so.
+the lowest positive loss so far, stops the run; the model keeps the last weights with a finite loss, and a
+`DivergenceWarning` (the torch.optim interface's, `metatele.optim.guard`) says so.
 """
 from __future__ import annotations
 
@@ -22,16 +22,13 @@ from torch import nn
 
 from metatele.methods.base import Method
 from metatele.nn import SequentialTask
+from metatele.optim.guard import DivergenceWarning
 from metatele.step import Trajectory, inner_step
 from metatele.teleport.action import grad_norm_sq
 
 __all__ = ["DIVERGENCE_FACTOR", "DivergenceWarning", "sequential_task", "optimize_"]
 
 DIVERGENCE_FACTOR = 1e3
-
-
-class DivergenceWarning(RuntimeWarning):
-    """A run diverged and was stopped; the model kept its last weights with a finite loss."""
 
 
 def sequential_task(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, *,
@@ -51,6 +48,18 @@ def _check_method_fits(method: Method, task: SequentialTask) -> None:
         got = f"{list(task.widths)}{' with biases' if task.bias else ''}"
         raise ValueError(f"{method.name} is a fixed-size learned optimizer trained for bias-free widths "
                          f"{list(trained)}; this model is {got}. Use a size-agnostic one (any-*) for other shapes")
+
+
+def _diverged(loss: float, grad_norm_sq: float, lowest: float) -> str:
+    """Why a step with this loss and ‖∇L‖² counts as diverged ('' if it does not); lowest: the lowest positive loss
+    so far (inf if none)."""
+    if not math.isfinite(loss):
+        return f"the loss became {loss:g}"
+    if not math.isfinite(grad_norm_sq):
+        return f"the gradient became {grad_norm_sq:g}"
+    if lowest < math.inf and loss > DIVERGENCE_FACTOR * lowest:
+        return f"the loss {loss:.3g} exceeded {DIVERGENCE_FACTOR:g} × its lowest value {lowest:.3g}"
+    return ""
 
 
 def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Tensor, steps: int, *,
@@ -79,16 +88,14 @@ def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Te
             losses.append(L)
             gns.append(G)
             Lf, Gf = float(L[0]), float(G[0])
-            if not (math.isfinite(Lf) and math.isfinite(Gf) and Lf <= DIVERGENCE_FACTOR * lowest):
-                why = (f"the loss became {Lf:g}" if not math.isfinite(Lf) else f"the gradient became {Gf:g}"
-                       if not math.isfinite(Gf) else f"the loss {Lf:.3g} exceeded {DIVERGENCE_FACTOR:g} × its lowest "
-                       f"value {lowest:.3g}")
+            why = _diverged(Lf, Gf, lowest)
+            if why:
                 kept = f"(loss {float(losses[-2][0]):.4g} on step {t - 1}'s batch)" if t else "(its initial ones)"
                 warnings.warn(f"{method.name} diverged at step {t}: {why}. Stopped; the model keeps its last weights "
                               f"with a finite loss {kept}", DivergenceWarning, stacklevel=2)
                 task.write_(last)
                 return Trajectory(torch.stack(losses), torch.stack(gns), torch.tensor(secs))
-            lowest, last = min(lowest, Lf), weights
+            lowest, last = min(lowest, Lf) if Lf > 0 else lowest, weights
             if t < steps:
                 weights, state = [w.detach() for w in res.weights], res.state
                 secs.append(time.perf_counter() - start)

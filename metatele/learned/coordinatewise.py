@@ -32,6 +32,7 @@ from torch import nn
 from metatele.learned.nets import GAIN_MAX, scaled_linear
 from metatele.methods.base import Proposal, add_update
 from metatele.methods.teleports import LieTeleport
+from metatele.tasks.base import has_bias
 from metatele.teleport.action import normalize, teleport
 from metatele.teleport.ascent import steepest_direction
 
@@ -228,7 +229,7 @@ class SteepestTeleport:
         graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
         return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
-                        skip_invalid=True, nearest=True)
+                        skip_invalid=True, nearest=True, bias=has_bias(task))
 
 
 @dataclass
@@ -258,7 +259,8 @@ class AnyTeleport:
         if self.design == "steepest":
             tele: object = SteepestTeleport(mags)
         else:
-            T = [self.bilinear(weights[m], weights[m + 1], grads[m], grads[m + 1], coef[:, m])
+            k = [w.shape[1] for w in weights]  # W_{m+1}'s first k_m columns: without a bias column, if any
+            T = [self.bilinear(weights[m], weights[m + 1][..., : k[m]], grads[m], grads[m + 1][..., : k[m]], coef[:, m])
                  for m in range(len(weights) - 1)]
             tele = LieTeleport(T, mags, self.exact)
         return replace(prop, teleport=tele, info=info), (lstm_state, g0)

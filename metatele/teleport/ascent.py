@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from metatele.errors import ConfigError
+from metatele.tasks.base import has_bias
 from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, rescale, teleport, with_ones
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: T
         T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
     with torch.enable_grad():
         T = [t.detach().requires_grad_() for t in T]
-        Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv,
+        Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv, bias=has_bias(task),
                       skip_invalid=skip_invalid)
         _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
         G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid, create_graph=differentiable)
@@ -67,7 +68,7 @@ def gradient_ascent_teleport(
     def steepness(W: list[torch.Tensor]) -> torch.Tensor:
         return grad_norm_sq(task.loss_and_grad(W, data.batch, create_graph=True)[1])
 
-    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr,
+    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr, bias=has_bias(task),
                   least_squares=least_squares, X_pinv=data.X_pinv, skip_invalid=skip_invalid, nearest=nearest)
 
 

@@ -67,7 +67,7 @@ CASES = [((6, 8, 7, 5), 5), ((6, 8, 7, 7, 4), 5), ((6, 6, 6, 4), 6), ((6, 6, 6, 
 def test_closed_form_equals_autograd_through_the_action(widths, n, bias):
     task = make(widths, n + bias if n == widths[0] else n, bias)  # square: n = d + 1 rows of [h; 1]
     data = task.teleport_data()
-    G = steepest_direction(task.weights, task, data, bias=bias)
+    G = steepest_direction(task.weights, task, data)
     ref = by_autograd(task.weights, task, data)
     assert len(G) == len(widths) - 2
     for g, r in zip(G, ref):
@@ -87,7 +87,7 @@ def test_meta_derivative_in_the_weights_equals_autograd(bias):
         G = fn(W)
         return torch.autograd.grad(sum((g * r).sum() for g, r in zip(G, R)), W)
 
-    ours = derivative(lambda W: steepest_direction(W, task, data, bias=bias, differentiable=True))
+    ours = derivative(lambda W: steepest_direction(W, task, data, differentiable=True))
     ref = derivative(lambda W: by_autograd(W, task, data, differentiable=True))
     for a, b in zip(ours, ref):
         assert rel(a, b) <= 1e-8, rel(a, b)

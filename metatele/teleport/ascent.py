@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from metatele.errors import ConfigError
+from metatele.tasks.base import has_bias
 from metatele.teleport.action import grad_norm_sq, layer_pinv, normalize, pinv_full_rank, rescale, teleport, with_ones
 
 if TYPE_CHECKING:
@@ -24,20 +25,20 @@ DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and l
 
 
 def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData, *,
-                       X_pinv: torch.Tensor | None = None, bias: bool = False, skip_invalid: bool = False,
+                       X_pinv: torch.Tensor | None = None, skip_invalid: bool = False,
                        differentiable: bool = False) -> list[torch.Tensor]:
     """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T, T = 0, under the exact action (`action.teleport`, minimum-norm
     formula) on data.batch.X: the steepest-ascent direction of the squared gradient norm in the Lie algebra, one
     (B, k_m, k_m) per hidden layer. In closed form: ∇_W‖∇L‖² at g·W (one double backward through the loss,
     none through the action) pulled back through the action's derivative at g = I (see `_pull_back`).
-    weights[m] (B, d_{m+1}, d_m), or augmented [W b] (B, d_{m+1}, d_m + 1) with bias=True (task.loss then takes
-    augmented weights). X_pinv: the cached pseudo-inverse of the first layer's input (default data.X_pinv).
-    Detached from the weights unless `differentiable` (then G is a differentiable function of them, for exact
-    meta-gradients). skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
+    weights[m] (B, d_{m+1}, d_m), or augmented [W b] (B, d_{m+1}, d_m + 1) for a task with biases
+    (`metatele.tasks.base.has_bias`). X_pinv: the cached pseudo-inverse of the first layer's input (default
+    data.X_pinv). Detached from the weights unless `differentiable` (then G is a differentiable function of them,
+    for exact meta-gradients). skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
     W = list(weights) if differentiable else [w.detach() for w in weights]
     X = data.batch.X
     X_pinv = X_pinv if X_pinv is not None else data.X_pinv
-    act = task.activation
+    act, bias = task.activation, has_bias(task)
     with torch.enable_grad():
         # The action at g = I, pair by pair as in `action.teleport`: it keeps every activation a_m and maps each
         # hidden layer's weights to z_m h̃⁺ (z_m = σ⁻¹(a_m), h̃ its input), their projection onto h̃'s row space.
@@ -118,7 +119,7 @@ def gradient_ascent_teleport(
     def steepness(W: list[torch.Tensor]) -> torch.Tensor:
         return grad_norm_sq(task.loss_and_grad(W, data.batch, create_graph=True)[1])
 
-    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr,
+    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr, bias=has_bias(task),
                   least_squares=least_squares, X_pinv=data.X_pinv, skip_invalid=skip_invalid, nearest=nearest)
 
 

@@ -293,6 +293,14 @@ def load_adafac(path: str | Path, device: str | torch.device = "cpu") -> AdafacO
     return model.to(device)
 
 
+def load_learned(path: str | Path, device: str | torch.device = "cpu") -> MetaOptimizer | AdafacOptimizer:
+    """Any learned optimizer's checkpoint (a model.safetensors or its directory), by the kind its metadata names."""
+    path = Path(path)
+    if (path / MODEL_FILE if path.is_dir() else path).is_file() and read(path)[1].get("kind") == "adafac":
+        return load_adafac(path / MODEL_FILE if path.is_dir() else path, device)
+    return load_model(path, device=device)
+
+
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> MetaOptimizer | AdafacOptimizer:
     """A shipped pretrained learned optimizer by name (see `metatele.methods.LEARNED`, and the adafac
     checkpoints, whose metadata says kind "adafac")."""

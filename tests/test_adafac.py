@@ -2,6 +2,8 @@
 and its gated teleport."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from metatele.errors import CheckpointError
 from metatele.learned.adafac import (N_INPUTS, PROGRESS_CENTRES, AdafacOptimizer, AdafacSpec, AdafacUpdate,
                                      GatedSteepestTeleport)
 from metatele.learned.trainer import meta_loss, unroll_window
+from metatele.optim import LearnedOptimizer
 from metatele.methods.base import Proposal
 from metatele.step import inner_step
 from metatele.tasks.base import Symmetry
@@ -164,3 +167,22 @@ def test_checkpoint_round_trip_and_untrusted_metadata(tmp_path, monkeypatch):
         checkpoints.save(tmp_path / "bad.safetensors", tensors, bad)
         with pytest.raises(CheckpointError):
             checkpoints.load_adafac(tmp_path / "bad.safetensors")
+
+
+def test_runs_in_a_torch_training_loop_as_adam(tmp_path):
+    """Through `metatele.optim.LearnedOptimizer` (a checkpoint path), the untrained rule steps an nn.Sequential with
+    biases exactly as torch.optim.Adam(lr=1e-3)."""
+    path = tmp_path / "adafac" / checkpoints.MODEL_FILE
+    save_adafac(path, AdafacOptimizer(AdafacSpec()))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LeakyReLU(0.1), torch.nn.Linear(7, 3))
+    ref = copy.deepcopy(net)
+    opt, adam = LearnedOptimizer(net.parameters(), path.parent), torch.optim.Adam(ref.parameters(), lr=1e-3)
+    X, Y = torch.randn(16, 5), torch.randn(16, 3)
+    for _ in range(3):
+        for model, o in ((net, opt), (ref, adam)):
+            o.zero_grad()
+            (model(X) - Y).pow(2).mean().backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

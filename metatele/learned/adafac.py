@@ -24,7 +24,7 @@ Shapes: weights[m], grads[m] (B, ...) with a leading task dimension B.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ from metatele.teleport.action import teleport
 from metatele.teleport.ascent import steepest_direction
 
 if TYPE_CHECKING:
-    from metatele.tasks.base import TaskBatch
+    from metatele.tasks.base import TaskBatch, TeleportData
 
 __all__ = ["NOMINAL_LR", "DEFAULT_HORIZON", "FAN_REF", "ELEMENT_FEATURES", "PROGRESS_CENTRES", "N_INPUTS",
            "AdafacSpec", "AdafacNet", "AdafacState", "AdafacUpdate", "GatedSteepestTeleport", "SteepestGate",
@@ -235,12 +235,18 @@ class GatedSteepestTeleport:
     magnitude: list[torch.Tensor]
     skipped: list[int] = field(default_factory=lambda: [0])
 
+    def direction(self, weights: list[torch.Tensor], task: TaskBatch, data: TeleportData
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The unscaled T_m (B, k_m, k_m) on `data` and the magnitudes to scale them to (as
+        `metatele.optim.LearnedOptimizer` asks a teleport)."""
+        return steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True), self.magnitude
+
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         if task.symmetry is not Symmetry.GL:
             self.skipped[0] += 1
             return weights
         data = task.teleport_data(step)
-        G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True)
+        G, _ = self.direction(weights, task, data)
         return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
                         skip_invalid=True, nearest=True)
 
@@ -300,5 +306,8 @@ class AdafacOptimizer(nn.Module):
                 ) -> tuple[Proposal, Any]:
         return self.transform().propose(Proposal(), grads, state, weights=weights)
 
-    def meta_parameters(self) -> Iterator[nn.Parameter]:
-        return self.parameters()
+    def without_teleport(self) -> AdafacOptimizer:
+        """The same update rule (its net shared, not copied) with the teleport off."""
+        plain = AdafacOptimizer(AdafacSpec(**{**vars(self.spec), "teleport": False}), self.name, self.horizon)
+        plain.net = self.net
+        return plain

@@ -54,7 +54,7 @@ def load_method(method: str | os.PathLike[str] | Method, device: torch.device) -
         if name in shipped_names():
             return checkpoints.load_pretrained(name, device=device)
         if Path(name).exists():
-            return checkpoints.load_model(name, device=device)
+            return checkpoints.load_learned(name, device=device)
         raise ValueError(f"unknown learned optimizer {name!r}: neither a shipped name ({', '.join(shipped_names())}) "
                          "nor an existing checkpoint path")
     if isinstance(method, Method):

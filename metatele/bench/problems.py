@@ -146,12 +146,12 @@ SUITE: tuple[Problem, ...] = (
     # held out: an unseen law, widths up to 256, up to 6 hidden layers, an unseen dataset
     P("teacher-16-64-64-4-n32", "heldout", "regression", (16, 64, 64, 4), 200, law="teacher", n=32),
     P("teacher-8-8-8-1", "heldout", "regression", (8, 8, 8, 1), 200, law="teacher", n=8),
-    P("centred-32-256-256-8-n128", "heldout", "regression", (32, 256, 256, 8), 200, law="centred", n=128),
+    P("centred-32-256-8-n64", "heldout", "regression", (32, 256, 8), 200, law="centred", n=64),
     P("normal-16-32x6-4", "heldout", "regression", (16, 32, 32, 32, 32, 32, 32, 4), 200, n=16),
     P("teacher-16-128-4-bias", "heldout", "regression", (16, 128, 4), 200, law="teacher", n=64, bias=True),
     P("digits-64-256-10", "heldout", "digits", (64, 256, 10), 200),
     P("mnist5k-784-32-32-10", "heldout", "mnist5k", (784, 32, 32, 10), 200),
-    P("mnist5k-784-128-10-bias", "heldout", "mnist5k", (784, 128, 10), 200, bias=True),
+    P("mnist5k-784-64-10-bias", "heldout", "mnist5k", (784, 64, 10), 200, bias=True),
     P("fashion-784-64-10", "heldout", "fashion-mnist", (784, 64, 10), 200,
       note="only where Debian's dataset-fashion-mnist is installed"),
 )

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,9 +30,18 @@ VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
 MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
 MAX_WORKERS = 1024     # repdyn --workers
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+MAX_THREADS = 1024
+DEFAULT_THREADS = 1  # measured in benchmarks/threads.py, see docs/threads.md
+THREADS_WHY = "the networks are small; on a busy 2-core machine more threads wait on each other"
+SMALLER = "use fewer tasks, smaller widths or a smaller config"
 
 
 class _Parser(argparse.ArgumentParser):
+    """No prefix matching (`--step 5` is not `--steps 5`); errors are one line with exit code 2."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **{**kw, "allow_abbrev": False})
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         self.exit(2, f"metatele: error: {message} (see '{self.prog} --help')\n")
 
@@ -64,6 +74,14 @@ def _widths(text: str) -> list[int]:
         return list(checks.widths("--widths", widths))  # 3 … 17 widths, each in [1, 4096]
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def location(text: str) -> str:
+    """An argparse type for output paths (--out, --logdir, --json): refuses an empty or blank one, which would
+    otherwise mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an output location must be a path, got {text!r}")
+    return text
 
 
 def resolve_device(name: str) -> str:
@@ -102,16 +120,28 @@ def _warn_missing_checkpoints(ckdir: Path) -> None:
         _warn(f"{ckdir} has no checkpoint for {', '.join(missing)}; skipped")
 
 
+def _common(p: argparse.ArgumentParser, out: str | None, out_help: str, logdir: str | None, logdir_help: str,
+            threads: bool = True) -> None:
+    """The options every long-running command shares, defined once: --out (required when `out` is None),
+    --logdir, --device, --no-progress and, where it trains or evaluates, --threads."""
+    p.add_argument("--out", type=location, required=out is None, default=out,
+                   help=out_help + ("" if out is None else f" (default {out})"))
+    p.add_argument("--logdir", type=location, default=logdir, help=f"TensorBoard log directory ({logdir_help})")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if threads:
+        p.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=DEFAULT_THREADS,
+                       help=f"torch CPU threads (default {DEFAULT_THREADS}: {THREADS_WHY}; see docs/threads.md)")
+
+
 def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
     p.add_argument("--tasks", type=task_count, default=64, help=f"number of unseen tasks, 1..{MAX_TASKS} (default 64)")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
                    help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint "
                    "from training and validation)")
-    p.add_argument("--logdir", default=logdir_default, help=f"TensorBoard log directory (default {logdir_default})")
-    p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _common(p, out_default, "directory for results.csv/.md and loss_curves.png", logdir_default,
+            f"default {logdir_default}")
     p.add_argument("--repdyn", action="store_true",
                    help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
 
@@ -125,14 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=tuple(LEARNED), help="which meta-optimizer (default: the config's, else lstm-update-tele)")
     t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
+    _common(t, None, "checkpoint directory, e.g. checkpoints/NAME", None, "default runs/NAME")
     start = t.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
     start.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --out holds checkpoints (they are replaced at the first save)")
-    t.add_argument("--logdir", help="TensorBoard log directory (default runs/NAME)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
@@ -151,16 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(e, "results/eval", "runs/eval")
 
     r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)",
-                       description="Runs on the CPU (there is no --device): each two-point network trains in its "
-                       "own single-threaded process, one per core.")
+                       description="Runs on the CPU (--device cpu only): each two-point network trains in its "
+                       "own process, --workers at once.")
     r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
     r.add_argument("--checkpoints", default=None, help="learned optimizers to probe (default: shipped)")
     r.add_argument("--tasks", type=task_count, default=8, help="teleport tasks probed per optimizer (default 8)")
-    r.add_argument("--out", default="results/repdyn", help="directory for figures and the table")
-    r.add_argument("--json", help="write the fits as JSON to this file")
+    _common(r, "results/repdyn", "directory for figures and the table", "runs/repdyn",
+            "the recorded and fitted (H, Yd, w) series; default runs/repdyn")
+    r.add_argument("--json", type=location, help="write the fits as JSON to this file")
     r.add_argument("--workers", type=_int_in(0, MAX_WORKERS), default=0,
-                   help="networks trained at once, one process each (default 0: one per CPU core)")
-    r.add_argument("--no-progress", action="store_true")
+                   help="networks trained at once, one process each with --threads threads (default 0: one per "
+                   "CPU core)")
 
     g = sub.add_parser("generalization", help="sharpness, orbit curvature and generalization; teleporting for it "
                        "(paper §5)", description="Correlates sharpness and orbit curvature of SGD minima with "
@@ -177,12 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teleport-epoch", type=positive_int, help="teleport before this epoch (default 20; quick 1)")
     g.add_argument("--seed-offset", type=nonneg_int, default=0,
                    help="use seeds (i + 1 + OFFSET)·54321 instead of (i + 1)·54321 (another seed split)")
-    g.add_argument("--out", default="results/generalization", help="output directory (default results/generalization)")
-    g.add_argument("--logdir", default="runs/generalization", help="TensorBoard directory (default runs/generalization)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    g.add_argument("--threads", type=_int_in(1, 1024), default=1,
-                   help="torch CPU threads (default 1: the networks are small, and on a shared 2-core machine one "
-                   "thread measured 3× faster than two)")
+    _common(g, "results/generalization", "output directory", "runs/generalization", "default runs/generalization")
 
     o = sub.add_parser("optimizers", help="SGD, momentum, AdaGrad, RMSProp, Adam with and without teleport on real data",
                        description="The paper's §5 experiment on an nn.Sequential 784-16-10-10 (see "
@@ -195,11 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--arms", help=f"comma-separated subset of {','.join(optimizers_study.ARMS)} (must include none)")
     o.add_argument("--epochs", type=positive_int, help="epochs per run (default 40; quick 3)")
     o.add_argument("--seeds", type=positive_int, help="seeds per arm (default 5; quick 2)")
-    o.add_argument("--out", default="results/optimizers", help="directory for tables and figures")
-    o.add_argument("--logdir", default="runs/optimizers", help="TensorBoard log directory")
+    _common(o, "results/optimizers", "directory for tables and figures", "runs/optimizers", "default runs/optimizers")
     o.add_argument("--overwrite", action="store_true", help="replace results already in --out/--logdir")
-    o.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    o.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -284,8 +304,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_repdyn(a: argparse.Namespace) -> int:
+    if resolve_device(a.device) != "cpu":
+        raise ConfigError("repdyn runs on the CPU (each two-point network trains in its own process); use --device cpu")
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
-    _check_outputs(Path(a.out), None)
+    _check_outputs(Path(a.out), Path(a.logdir))
     if a.json:
         io_safety.check_output_file(Path(a.json), "--json")
         io_safety.clean_stray_temps(Path(a.json).parent)
@@ -294,18 +316,18 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
             raise ConfigError(f"checkpoint directory not found: {ckdir}")
         _warn_missing_checkpoints(ckdir)
     return repdyn_paper.main(quick=a.quick, out=Path(a.out), json_path=a.json, checkpoints_dir=ckdir,
-                             n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)
+                             n_tasks=a.tasks, workers=a.workers, threads=a.threads, logdir=Path(a.logdir),
+                             progress=not a.no_progress)
 
 
 def cmd_generalization(a: argparse.Namespace) -> int:
     base = generalization.QUICK if a.quick else generalization.FULL
     sizes = {"runs": a.runs, "epochs": a.epochs, "teleport_seeds": a.teleport_seeds, "teleport_epoch": a.teleport_epoch}
     plan = replace(base, **{k: v for k, v in sizes.items() if v is not None})
-    torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     _check_outputs(Path(a.out), Path(a.logdir))
     return generalization.main(a.dataset, plan, Path(a.out), Path(a.logdir), device,
-                               a.part or ("correlation", "teleport"), a.seed_offset)
+                               a.part or ("correlation", "teleport"), a.seed_offset, progress=not a.no_progress)
 
 
 def cmd_optimizers(a: argparse.Namespace) -> int:
@@ -317,16 +339,31 @@ def cmd_optimizers(a: argparse.Namespace) -> int:
                                  arms=split(a.arms), epochs=a.epochs, seeds=a.seeds, device=device)
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
+    "generalization": cmd_generalization, "optimizers": cmd_optimizers}
+
+
+def _allocation_failure(e: RuntimeError) -> str | None:
+    """A one-line reason if `e` is torch's allocator failing (CPU or CUDA), else None."""
+    text = str(e)
+    if "can't allocate memory" not in text and "out of memory" not in text.lower():
+        return None
+    size = re.search(r"allocate (\d+) bytes", text)
+    return f"out of memory allocating {int(size[1]) / 2**30:.1f} GiB" if size else "out of memory"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    threads = torch.get_num_threads()
     try:
         parser = build_parser()
         a = parser.parse_args(argv)
         if a.command is None:
             parser.print_help()
             return 0
-        handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
-                   "generalization": cmd_generalization, "optimizers": cmd_optimizers}[a.command]
-        return handler(a)
+        if "threads" in a:
+            torch.set_num_threads(a.threads)
+        return COMMANDS[a.command](a)
     except MetateleError as e:
         print(f"metatele: error: {e}", file=sys.stderr)
         return 2
@@ -335,11 +372,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metatele: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except (MemoryError, torch.OutOfMemoryError):
-        print("metatele: error: out of memory; use fewer --tasks or a smaller config", file=sys.stderr)
+        print(f"metatele: error: out of memory; {SMALLER}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's allocator failing (e.g. under ulimit -v); any other error is a bug: raise
+        reason = _allocation_failure(e)
+        if reason is None:
+            raise
+        print(f"metatele: error: {reason}; {SMALLER}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metatele: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,3 +226,31 @@ def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(tmp_path, kill
     lines = [ln for ln in err.splitlines() if ln.startswith("metatele: error:")]
     assert len(lines) == 1 and f"rank {1 - killed} of 2: lost contact" in lines[0] and "--resume" in lines[0]
     train.restore(out / checkpoints.STATE_FILE)  # what was saved is intact
+
+
+@pytest.mark.slow
+def test_torchrun_with_more_ranks_than_the_batch_every_rank_exits_2_with_the_message(tmp_path):
+    """Every rank refuses with the same line and exit 2; none is killed by torchrun's SIGTERM (exit -15) when
+    the first one exits (torchrun itself then reports the failed children and exits 1)."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                        "-m", "metatele", "train", "--out", "o", "--no-progress", "--set", "trajectories=4",
+                        "--set", "batch=2", "--set", "steps=10", "--set", "hidden=8"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("metatele: error:")]
+    assert len(lines) == 3 and all("3 ranks need at least one trajectory each" in ln for ln in lines), r.stderr
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", r.stderr)
+    assert codes and set(codes) == {"2"}, r.stderr  # every rank's own exit, none killed
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_master_is_one_line_within_the_timeout(tmp_path):
+    """RANK/WORLD_SIZE set, nobody listening at MASTER_ADDR:MASTER_PORT: one line naming the address, exit 2
+    (no c10d socket messages)."""
+    port = _free_port()
+    env = {**_rank_env(1, 2, port), TIMEOUT_ENV: "2"}
+    r = subprocess.run([sys.executable, "-m", "metatele", "train", "--out", "o", "--no-progress", "--set",
+                        "trajectories=4", "--set", "batch=4"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()] and f"no master at 127.0.0.1:{port} after 2 s" in r.stderr

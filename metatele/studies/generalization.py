@@ -54,6 +54,7 @@ from metatele.methods import baseline
 from metatele.plotting import pyplot, save_png
 from metatele.step import inner_step
 from metatele.tasks import ClassificationFamily, ClassificationTasks, LeakyReLU, mlp
+from metatele.tasks.seeds import MAX_SEED
 from metatele.teleport.action import rescale, teleport
 from metatele.teleport.measures import PAPER_RADII, curvature, sharpness
 from metatele.teleport.sequential import get_weights, inspect_mlp, layer_inputs_T, set_weights_
@@ -112,8 +113,10 @@ def default_datasets() -> list[str]:
                                     else [])
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _log(msg: str, progress: bool) -> None:
+    """A progress line on stderr (hidden by --no-progress)."""
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def evaluate(weights: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor, act: LeakyReLU,
@@ -183,7 +186,7 @@ def run_measures(model: nn.Sequential, batches: list[tuple[torch.Tensor, torch.T
             "psi_exact": float(torch.stack(psi_x).mean())}
 
 
-def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) -> tuple[list[dict[str, Any]],
+def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0, progress: bool = True) -> tuple[list[dict[str, Any]],
                                                                                              list[dict[str, Any]]]:
     """Train plan.runs × plan.seed_sets SGD runs and correlate their measures with generalization.
     Returns (per-run rows, correlation table rows)."""
@@ -191,7 +194,8 @@ def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 
     data, task, spe = _setup(dataset, seeds, device)
     t0 = time.perf_counter()
     W = _train(task, task.init_weights(), range(plan.epochs), spe)
-    _log(f"[{dataset}] correlation: {len(seeds)} SGD runs × {plan.epochs} epochs in {time.perf_counter() - t0:.0f} s")
+    _log(f"[{dataset}] correlation: {len(seeds)} SGD runs × {plan.epochs} epochs in {time.perf_counter() - t0:.0f} s",
+         progress)
     act = task.activation
     tr_loss, _ = evaluate(W, data.X_train.to(device), data.y_train.to(device), act)
     va_loss, va_acc = evaluate(W, data.X_val.to(device), data.y_val.to(device), act)
@@ -206,7 +210,7 @@ def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 
         row.update(run_measures(_model(W, b, torch.float64), batches, plan) if finite
                    else {m: math.nan for m in MEASURES})
         rows.append(row)
-    _log(f"[{dataset}] correlation: measures of {len(seeds)} runs in {time.perf_counter() - t0:.0f} s")
+    _log(f"[{dataset}] correlation: measures of {len(seeds)} runs in {time.perf_counter() - t0:.0f} s", progress)
     return rows, correlation_table(rows, plan)
 
 
@@ -252,7 +256,7 @@ def _probe_measures(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, plan
     return float(phi), float(psi)
 
 
-def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) -> dict[str, Any]:
+def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0, progress: bool = True) -> dict[str, Any]:
     """Teleport once mid-training, every group and variant from the same weights; returns the per-teleport
     records and the per-epoch curves (val_loss, val_acc, train_loss: (arms, seeds, epochs) nested lists, arm 0
     being no teleport, then one per (group, variant) of GROUPS × VARIANTS[1:])."""
@@ -311,7 +315,7 @@ def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) 
     task_v = replace(task, order=task.order.repeat(V, 1), weights=Wv, seeds=task.seeds * V)
     _train(task_v, Wv, range(plan.teleport_epoch, plan.epochs), spe, record)
     _log(f"[{dataset}] teleport: {S} seeds × {V} arms, {plan.epochs} epochs; the {S * (V - 1)} teleports took "
-         f"{t2 - t1:.0f} s, training {time.perf_counter() - t0 - (t2 - t1):.0f} s")
+         f"{t2 - t1:.0f} s, training {time.perf_counter() - t0 - (t2 - t1):.0f} s", progress)
     return {"dataset": dataset, "seeds": seeds, "arms": [list(a) for a in arms], "records": records,
             "curves": {k: v.tolist() for k, v in curves.items()}}
 
@@ -460,7 +464,7 @@ def write_tensorboard(result: dict[str, Any], logdir: Path) -> None:
 
 
 def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Path, device: str = "cpu",
-         parts: Sequence[str] = ("correlation", "teleport"), seed_offset: int = 0) -> int:
+         parts: Sequence[str] = ("correlation", "teleport"), seed_offset: int = 0, progress: bool = True) -> int:
     """Run the study on each dataset; write out/<dataset>/{runs.csv, correlation.csv, correlation.md,
     scatter.png, teleports.csv, teleport.csv, teleport.md, teleport.png, results.json} and TensorBoard runs."""
     names = list(dataset_names) if dataset_names else default_datasets()
@@ -470,6 +474,10 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
         raise ConfigError(f"a confidence interval over seeds needs at least 2 teleport seeds, got {plan.teleport_seeds}")
     if "teleport" in parts and not 1 <= plan.teleport_epoch < plan.epochs:
         raise ConfigError(f"the teleport epoch must be in 1..{plan.epochs - 1} (below --epochs), got {plan.teleport_epoch}")
+    largest = max(plan.runs * plan.seed_sets, plan.teleport_seeds)
+    if (largest + seed_offset) * SEED_STRIDE + 1 > MAX_SEED:  # seeds (i + 1 + offset)·stride, and seed + 1
+        raise ConfigError(f"the seed offset must be at most {(MAX_SEED - 1) // SEED_STRIDE - largest} for "
+                          f"{largest} runs (seeds stay below 2^63), got {seed_offset}")
     report = [f"# metatele generalization: {', '.join(names)}\n",
               f"plan: {json.dumps(asdict(plan))}; seed offset {seed_offset}; device {device}\n"]
     for name in names:
@@ -481,7 +489,7 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
         d.mkdir(parents=True, exist_ok=True)
         result: dict[str, Any] = {"dataset": name, "plan": asdict(plan), "seed_offset": seed_offset}
         if "correlation" in parts:
-            rows, table = correlation_study(name, plan, device, seed_offset)
+            rows, table = correlation_study(name, plan, device, seed_offset, progress)
             atomic_write_csv(d / "runs.csv", rows)
             atomic_write_csv(d / "correlation.csv", table)
             atomic_write_text(d / "correlation.md", correlation_markdown(table))
@@ -489,7 +497,7 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
             result.update(runs=rows, correlation=table)
             report += [f"\n## {name}: correlation at the final SGD weights\n\n", correlation_markdown(table)]
         if "teleport" in parts:
-            tele = teleport_study(name, plan, device, seed_offset)
+            tele = teleport_study(name, plan, device, seed_offset, progress)
             rows = teleport_table(tele, plan)
             atomic_write_csv(d / "teleports.csv", tele["records"])
             atomic_write_csv(d / "teleport.csv", rows)

@@ -117,6 +117,8 @@ class StudyConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if not self.optimizers:
+            raise ConfigError(f"no optimizer given; choose from: {', '.join(OPTIMIZERS)}")
         bad = [o for o in self.optimizers if o not in OPTIMIZERS] + [a for a in self.arms if a not in ARMS]
         if bad:
             raise ConfigError(f"unknown optimizer or arm {bad}; optimizers: {', '.join(OPTIMIZERS)}; "
@@ -576,7 +578,7 @@ def write_outputs(res: StudyResult, out: Path, logdir: Path | None) -> str:
 
 
 def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False, progress: bool = True,
-         threads: int = 1, **overrides: Any) -> int:
+         **overrides: Any) -> int:
     """`metatele optimizers`: run the study and write OUTPUT_FILES in `out` (summary.md, the CSV tables:
     per-epoch statistics, paired differences, teleport summary, lr tuning, every run's curves, every teleport;
     the two figures) and TensorBoard runs in `logdir`.
@@ -585,7 +587,6 @@ def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False
     cfg = StudyConfig(**kw)
     stale = _check_outputs(cfg, out, logdir, overwrite)
     datasets.load(cfg.dataset)  # fail early, with the install hint, before any training
-    torch.set_num_threads(threads)
     res = run_study(cfg, progress)
     for r in stale:
         shutil.rmtree(r)

@@ -106,6 +106,16 @@ def _check_outputs(out: Path, logdir: Path | None) -> None:
     io_safety.clean_stray_temps(out)
 
 
+def check_memory(widths: Sequence[int], tasks: int, device: str) -> None:
+    """Before building `tasks` networks of these widths on the CPU: ConfigError naming the size if their
+    weights and gradients alone (float32; a lower bound on what evaluation holds) exceed the memory left."""
+    need = 2 * 4 * tasks * sum(a * b for a, b in zip(widths, widths[1:]))
+    free = checks.available_memory() if device == "cpu" else None
+    if free is not None and need > free:
+        raise ConfigError(f"{tasks} tasks of widths {','.join(map(str, widths))} need at least "
+                          f"{need / 2**30:.1f} GiB, but {max(free, 0) / 2**30:.1f} GiB is available; {SMALLER}")
+
+
 def _warn(message: str) -> None:
     print(f"metatele: warning: {message}", file=sys.stderr)
 
@@ -254,6 +264,7 @@ def _check_seeds(a: argparse.Namespace) -> None:
 def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[TaskFamily, str], list[compare.Entry]]) -> int:
     device = resolve_device(a.device)
     _check_outputs(Path(a.out), Path(a.logdir))
+    check_memory(family.widths, a.tasks, device)  # a mixture (no single shape) is left to the allocator's answer
     test = compare.test_tasks(family, a.first_seed, a.tasks, device)
     methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "

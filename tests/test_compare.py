@@ -12,8 +12,11 @@ import sys
 import time
 import urllib.request
 
+from pathlib import Path
+
 import pytest
 import torch
+from cli_cases import Case, EVAL, cheap_baselines, ids, put, run_case, warned_once
 
 from metatele import checkpoints, cli, config, step, tasks, train
 from metatele.evaluation import report
@@ -159,3 +162,26 @@ def test_pretrained_checkpoints_beat_paper_gd_at_step_30(name):
     gd = step.rollout(baseline("gd"), task, 30).loss[30]
     assert torch.isfinite(learned).all()
     assert learned.mean() < gd.mean() and learned.median() < gd.median()
+
+
+# ---------------------------------------------------------------- compare's checkpoints and seeds (cli_cases)
+CASES = [
+    Case("compare_with_a_checkpoint_dir_without_checkpoints_warns", ["compare", "--checkpoints", "empty", *EVAL], 0, "holds no learned checkpoint",
+         setup=lambda tmp, ctx: (tmp / "empty").mkdir(), patch=cheap_baselines, check=warned_once),
+    Case("compare_with_a_learned_method_missing_warns", ["compare", "--checkpoints", "cks", *EVAL], 0,
+         "has no checkpoint for lstm-lr-tele, lstm-update, any-update",
+         setup=lambda tmp, ctx: shutil.copytree(ctx["made"]["full"], tmp / "cks" / "lstm-update-tele"),
+         patch=cheap_baselines, check=warned_once),
+    Case("compare_first_seed_in_the_baseline_tuning_range", ["compare", "--first-seed", "3000000010", *EVAL], 2,
+         "overlap the validation range"),
+    Case("eval_first_seed_in_the_baseline_tuning_range", ["eval", "--checkpoint", "ck", "--first-seed", "3999999999", *EVAL], 2, "overlap the validation range",
+         setup=put("ck", "full")),
+    Case("compare_first_seed_in_the_training_range", ["compare", "--first-seed", "5", *EVAL], 2,
+         "overlap the training range"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_row(case: Case, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+             ) -> None:
+    run_case(case, made, monkeypatch, capsys)

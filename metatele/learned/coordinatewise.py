@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from metatele.learned.nets import GAIN_MAX, scaled_linear
+from metatele.learned.nets import GAIN_MAX, scaled_linear, sqrt0
 from metatele.methods.base import Proposal, add_update
 from metatele.methods.teleports import LieTeleport
 from metatele.teleport.action import normalize, teleport
@@ -49,7 +49,7 @@ TINY = 1e-30
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """RMS over all but the task dimension: (B, ...) → (B,)."""
-    return x.pow(2).flatten(1).mean(1).sqrt().clamp_min(TINY)
+    return sqrt0(x.pow(2).flatten(1).mean(1)).clamp_min(TINY)
 
 
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ class CoordUpdate(nn.Module):
             rg, rw = _rms(g), _rms(w)
             corr1 = (1 - b1 ** count).clamp_min(TINY)
             corr2 = (1 - b2 ** count).clamp_min(TINY)
-            adam = (mo / _bcast(corr1, mo)) / ((s / _bcast(corr2, s)).sqrt() + _bcast(rg, s) * 1e-8)
+            adam = (mo / _bcast(corr1, mo)) / (sqrt0(s / _bcast(corr2, s)) + _bcast(rg, s) * 1e-8)
             first, last = _layer_flags(m, len(weights))
             per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (w.flatten(1).mean(1) / rw).clamp(-1, 1),
                                       (rw.log10() / 2).clamp(-2, 2), torch.full_like(rg, first),
@@ -192,7 +192,7 @@ class BilinearTeleNet(nn.Module):
         """(B, k, NEURON_FEATURES): per hidden neuron i, the RMS of row i of G_m, W_m and of column i of G_{m+1},
         W_{m+1} (each relative to its tensor's RMS) and the normalized gradient-weight correlations of both."""
         def rel_rms(x: torch.Tensor, dim: int) -> torch.Tensor:
-            return x.pow(2).mean(dim).sqrt() / _bcast(_rms(x), x.pow(2).mean(dim))
+            return sqrt0(x.pow(2).mean(dim)) / _bcast(_rms(x), x.pow(2).mean(dim))
 
         def corr(g: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
             return (g * w).mean(dim) / _bcast(_rms(g) * _rms(w), (g * w).mean(dim))

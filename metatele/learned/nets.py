@@ -28,9 +28,15 @@ LR_INIT = 1e-4  # the step size an untrained step-size head starts from
 LOGSIGN_P = 10.0
 
 
+def sqrt0(x: torch.Tensor) -> torch.Tensor:
+    """√x (x ≥ 0) whose derivative at 0 is taken as 0, not ∞: the plain 1/(2√x) makes ∞·0 = NaN meta-gradients
+    where a gradient is exactly zero (higher #125, torchopt #26). Its value is √x exactly, subnormal x aside."""
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(x))
+
+
 def rms(g: torch.Tensor) -> torch.Tensor:
     """Root mean square over the last dimension, (B, P) → (B, 1), bounded away from 0."""
-    return g.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(torch.finfo(g.dtype).tiny)
+    return sqrt0(g.pow(2).mean(dim=-1, keepdim=True)).clamp_min(torch.finfo(g.dtype).tiny)
 
 
 def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:

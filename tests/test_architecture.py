@@ -51,11 +51,17 @@ def test_chain_identity_and_single():
     assert add_update(Proposal(), g).update is g
 
 
-def test_one_registry_feeds_the_cli():
-    parser = cli.build_parser()
-    train_p = parser._subparsers._group_actions[0].choices["train"]
-    method = next(a for a in train_p._actions if a.dest == "method")
-    assert tuple(method.choices) == tuple(LEARNED)
+def test_one_registry_feeds_the_cli(monkeypatch, capsys):
+    """A method registered in LEARNED is accepted by `train --method` with no change to the CLI; a name that is
+    not registered is refused, listing the registered ones."""
+    monkeypatch.setitem(LEARNED, "toy-method", LEARNED["lstm-update"])
+    for name in LEARNED:
+        assert cli.build_parser().parse_args(["train", "--out", "o", "--method", name]).method == name
+    monkeypatch.delitem(LEARNED, "toy-method")
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["train", "--out", "o", "--method", "toy-method"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and all(name in err for name in LEARNED), err
 
 
 class LearnedStepSize(nn.Module):

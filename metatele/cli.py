@@ -130,18 +130,17 @@ def _warn_missing_checkpoints(ckdir: Path) -> None:
         _warn(f"{ckdir} has no checkpoint for {', '.join(missing)}; skipped")
 
 
-def _common(p: argparse.ArgumentParser, out: str | None, out_help: str, logdir: str | None, logdir_help: str,
-            threads: bool = True) -> None:
-    """The options every long-running command shares, defined once: --out (required when `out` is None),
-    --logdir, --device, --no-progress and, where it trains or evaluates, --threads."""
+def _common(p: argparse.ArgumentParser, out: str | None, out_help: str, logdir: str | None, logdir_help: str
+            ) -> None:
+    """The options every command shares (each trains or evaluates), defined once: --out (required when `out`
+    is None), --logdir, --device, --no-progress and --threads (applied by `main` around the command)."""
     p.add_argument("--out", type=location, required=out is None, default=out,
                    help=out_help + ("" if out is None else f" (default {out})"))
     p.add_argument("--logdir", type=location, default=logdir, help=f"TensorBoard log directory ({logdir_help})")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    if threads:
-        p.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=DEFAULT_THREADS,
-                       help=f"torch CPU threads (default {DEFAULT_THREADS}: {THREADS_WHY}; see docs/threads.md)")
+    p.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=DEFAULT_THREADS,
+                   help=f"torch CPU threads (default {DEFAULT_THREADS}: {THREADS_WHY}; see docs/threads.md)")
 
 
 def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
@@ -372,8 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command is None:
             parser.print_help()
             return 0
-        if "threads" in a:
-            torch.set_num_threads(a.threads)
+        torch.set_num_threads(a.threads)
         return COMMANDS[a.command](a)
     except MetateleError as e:
         print(f"metatele: error: {e}", file=sys.stderr)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from cli_cases import (Case, EVAL, TRAIN, before_work, both, enospc, fifo, file_size_limit, ids, no_read,
-                       no_temp_files, no_work, put, read_only_dir, refused_before_writing, run_case, unprivileged,
-                       write, wrote_nothing)
+                       no_temp_files, no_work, put, read_only_dir, refused_before_writing, run_case, write,
+                       wrote_nothing)
 
 CASES = [
     Case("full_disk_while_checkpointing_keeps_the_earlier_checkpoint", ["train", "--out", "o", "--resume", *TRAIN],

@@ -4,11 +4,11 @@ Times one evaluation like compare's (the shipped lstm-update-tele, GD and Adam o
 tasks, 100 steps) in fresh processes, with 1 and with all cores' threads, on an idle machine and while CPU
 hogs (`while 1: pass`, one per core) compete for every core; and, to find the cause, with OpenMP told to
 sleep rather than spin while it waits (OMP_WAIT_POLICY=PASSIVE). It also counts the ATen ops of the
-evaluation and their mean time (torch.profiler, 1 thread): each op is a few microseconds of work, so each
-parallel region's start and join, and a descheduled partner thread, cost more than the op itself. Prints
+evaluation and their mean time (torch.profiler, 1 thread): tens of microseconds each, so a join that waits
+for a descheduled partner thread (a scheduler time slice, milliseconds) costs far more than the op itself. Prints
 seconds and ratios measured in one run, and the sgemm peak of one thread.
 
-    python benchmarks/threads.py [--repeats 3]
+    python benchmarks/threads.py [--repeats 3] [--hogs 0 2]
 """
 from __future__ import annotations
 
@@ -59,13 +59,15 @@ def run(code: str, env: dict[str, str]) -> object:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported")
+    p.add_argument("--hogs", type=int, nargs="+", help="numbers of CPU hogs to measure under (default 0 and one per core)")
     a = p.parse_args()
     cores = len(os.sched_getaffinity(0))
+    hog_counts = a.hogs if a.hogs is not None else [0, cores]
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
     settings = [(f"{t} thread(s){', passive wait' if passive else ''}", t, passive)
                 for t, passive in ((1, False), (cores, False), (cores, True))]
     results: dict[str, float] = {}
-    for hogs in (0, cores):
+    for hogs in hog_counts:
         procs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(hogs)]
         try:
             time.sleep(0.5 if hogs else 0)
@@ -79,7 +81,7 @@ def main() -> None:
             for q in procs:
                 q.kill()
                 q.wait()
-    for hogs in (0, cores):
+    for hogs in hog_counts:
         one = results[f"1 thread(s), {hogs} hogs"]
         print(f"{hogs} hogs: {cores} threads / 1 thread = {results[f'{cores} thread(s), {hogs} hogs'] / one:.2f}×; "
               f"{cores} threads with passive wait / 1 thread = "

@@ -43,9 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGINT, _exit_now)
-# OpenMP threads that spin while they wait make every torch op cost a scheduler time slice on a busy machine
-# (31× slower with 2 threads; docs/threads.md). Sleeping instead must be asked before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for stream in (sys.stdout, sys.stderr):  # what is buffered must not be lost to os._exit
             with contextlib.suppress(Exception):
                 stream.flush()

@@ -1,14 +1,21 @@
+"""Shared fixtures. The suite runs with one torch thread and OpenMP threads that sleep rather than spin while
+they wait: on a busy 2-core machine two spinning threads made small ops ~30× slower (docs/threads.md)."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
-from cli_cases import SETS
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP below
 
-from metatele import config, train
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from cli_cases import SETS  # noqa: E402
+
+from metatele import config, train  # noqa: E402
+
+torch.set_num_threads(1)  # a test that wants more sets it within `threads(n)`
 
 
 @contextlib.contextmanager

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from meta_train_throughput import SHIPPED, sgemm_peak, shipped
 
 from metatele import config, train
-from metatele.learned import distributed
-from metatele.learned.trainer import train_batch
+from metatele.outer import distributed
+from metatele.outer.trainer import train_batch
 from metatele.tasks.seeds import train_seeds
 
 METHOD = "lstm-update-tele"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from metatele import config, train
-from metatele.learned.trainer import train_batch
+from metatele.outer.trainer import train_batch
 from metatele.tasks import RegressionFamily
 from metatele.tasks.seeds import train_seeds
 

@@ -18,7 +18,7 @@ import torch
 
 from metatele import config, train
 from metatele.learned import nets
-from metatele.learned.trainer import train_batch
+from metatele.outer.trainer import train_batch
 from metatele.methods import teleports
 from metatele.step import rollout
 from metatele.tasks import RegressionFamily

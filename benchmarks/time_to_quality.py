@@ -18,7 +18,7 @@ import torch
 from meta_train_throughput import sgemm_peak
 
 from metatele import config, train
-from metatele.learned.trainer import Progress, meta_train
+from metatele.outer.trainer import Progress, meta_train
 from metatele.step import rollout
 from metatele.tasks.seeds import VALID_FIRST_SEED, train_seeds
 

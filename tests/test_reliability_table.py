@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from metatele import checkpoints, cli, config, io_safety, train
 from metatele.errors import NonFiniteError
 from metatele.evaluation import compare
-from metatele.learned import trainer
+from metatele.outer import trainer
 from metatele.methods import baseline
 
 SETS = ["--set", "trajectories=16", "--set", "batch=8", "--set", "steps=10", "--set", "hidden=8",

@@ -16,7 +16,7 @@ import torch
 
 from metatele import checkpoints, checks, config, io_safety, train
 from metatele._version import __version__
-from metatele.errors import CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.errors import UNREGISTERED, CheckpointError, ConfigError, MetateleError, TrainStateExistsError
 from metatele.evaluation import compare, report
 from metatele.learned import LEARNED
 from metatele.repdyn import paper as repdyn_paper
@@ -247,7 +247,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     logdir = Path(a.logdir) if a.logdir else Path("runs") / out.name
     try:  # train.run checks both locations before any work
         run = train.run(cfg, out, resume=a.resume, overwrite=a.overwrite, device=device, logdir=logdir,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, names=("--out", "--logdir"))
     except TrainStateExistsError as e:
         resume = "--resume to continue its training state, " if (out / checkpoints.STATE_FILE).exists() else ""
         raise ConfigError(f"{e}; refusing to replace it (pass {resume}--overwrite to replace it, or choose "
@@ -366,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "generalization": cmd_generalization, "optimizers": cmd_optimizers}[a.command]
         return handler(a)
     except MetateleError as e:
-        print(f"metatele: error: {e}", file=sys.stderr)
+        print(f"metatele: error: {str(e).replace(UNREGISTERED, f'{UNREGISTERED} with --plugin MODULE')}",
+              file=sys.stderr)
         return 2
     except OSError as e:  # a file-system error no check foresaw: one line too, never a traceback
         where = f"{e.filename}: " if e.filename else ""

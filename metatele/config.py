@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from metatele import io_safety
-from metatele.errors import ConfigError
+from metatele.errors import UNREGISTERED, ConfigError
 from metatele.learned import LEARNED, LearnedSpec, MetaOptimizer
 from metatele.outer.settings import TrainerSettings
 from metatele.tasks import FAMILIES, Symmetry, TaskFamily, family_from_config
@@ -82,10 +82,10 @@ TRAINER_KEYS = tuple(f.name for f in fields(TrainerSettings))
 
 def _named(e: Exception) -> ConfigError:
     """A component's ValueError as a ConfigError whose `params` are the config keys its message names."""
-    if isinstance(e, ConfigError):
+    if isinstance(e, ConfigError) and e.params:
         return e
     text = str(e)
-    return ConfigError(text, params=tuple(k for k in KEYS if re.search(rf"(?<![\w-]){k}(?![\w-])", text)))
+    return (type(e) if isinstance(e, ConfigError) else ConfigError)(text, params=tuple(k for k in KEYS if re.search(rf"(?<![\w-]){k}(?![\w-])", text)))
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class TrainConfig:
         try:
             trainer = TrainerSettings(**{k: values[k] for k in TRAINER_KEYS})
             if keys.method not in LEARNED:
-                raise ConfigError(f"unknown method {keys.method!r}; registered: {', '.join(LEARNED)}",
-                                  params=("method",))
+                raise ConfigError(f"unknown method {keys.method!r}; registered: {', '.join(LEARNED)} (if it is a "
+                                  f"method of your own, it is {UNREGISTERED})", params=("method",))
             spec = LEARNED[keys.method].spec.from_config(keys.method, values)
             family = family_from_config(keys.task, values)
         except (ValueError, ConfigError) as e:

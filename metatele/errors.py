@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 
+UNREGISTERED = "not registered here: import the module that registers it"  # front ends add how (--plugin)
+
+
 class MetateleError(Exception):
     """An error the user can act on (bad input, bad file, divergence)."""
 

@@ -156,13 +156,14 @@ def rank_tasks(family: TaskFamily, seeds: list[int], comm: distributed.Solo, dev
 
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         device: str | torch.device = "cpu", logdir: str | Path | None = None, progress: bool = True,
-        max_batches: int | None = None) -> Run:
+        max_batches: int | None = None, names: tuple[str, str] = ("output directory", "log directory")) -> Run:
     """Meta-train per cfg, checkpointing into directory `out` and logging to TensorBoard `logdir`.
 
     resume: continue the training state in `out` (its config must equal cfg); overwrite: start afresh even
     if `out` holds checkpoints (see `start`). max_batches: stop (and save) after this many batches in this
     call; a later resume continues. The first SIGINT/SIGTERM stops after the current batch and saves
-    (`Run.interrupted`, `Run.stop_signal`). Both directories are checked before any work; `out` is locked
+    (`Run.interrupted`, `Run.stop_signal`). Both directories are checked before any work (errors call them
+    `names`, which a front end may set to its options); `out` is locked
     against a second training for the duration, and stray temporary files there are removed.
 
     Under torchrun every rank calls this and becomes one rank of a distributed run
@@ -170,9 +171,9 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
     and a refusal on any rank stops all of them before any work.
     """
     out = Path(out)
-    io_safety.check_output_dir(out, "output directory")
+    io_safety.check_output_dir(out, names[0])
     if logdir is not None:
-        io_safety.check_output_dir(Path(logdir), "log directory")
+        io_safety.check_output_dir(Path(logdir), names[1])
     with distributed.from_env(device) as comm, contextlib.ExitStack() as held:
         error: MetateleError | None = None
         try:

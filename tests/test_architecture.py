@@ -55,7 +55,8 @@ def test_chain_identity_and_single():
 def test_one_registry_feeds_the_cli(tmp_path, capsys):
     assert cli.main(["train", "--method", "bogus", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "unknown method 'bogus'" in err and all(name in err for name in LEARNED) and "(--method)" in err
+    assert "unknown method 'bogus'" in err and all(name in err for name in LEARNED) and "--plugin MODULE" in err
+    assert err.rstrip().endswith("(--method)")
     assert not (tmp_path / "o").exists()
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from metatele import checks
+from metatele.errors import UNREGISTERED
 from metatele.methods.base import Composed, Proposal, Transform, chain
 
 __all__ = ["LearnedSpec", "MetaOptimizer", "LearnedEntry", "LEARNED", "register_learned", "spec_from_dict",
@@ -179,8 +180,8 @@ def spec_from_dict(d: Mapping[str, Any]) -> LearnedSpec:
     every value in range. Raises ValueError, TypeError or KeyError."""
     method = d["method"]
     if not isinstance(method, str) or method not in LEARNED:
-        raise ValueError(f"unknown learned method {method!r}; registered: {', '.join(LEARNED)} (a method of a "
-                         "plugin needs its module imported first)")
+        raise ValueError(f"unknown learned method {method!r}; registered: {', '.join(LEARNED)} (if it is a "
+                         f"method of your own, it is {UNREGISTERED})")
     cls = LEARNED[method].spec
     names = {f.name for f in fields(cls)}
     kept = {}

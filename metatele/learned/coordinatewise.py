@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -33,12 +33,10 @@ from metatele import checks
 from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
 from metatele.learned.nets import TINY, gains, rms, scaled_linear
 from metatele.methods.base import Proposal, Teleport, add_update, chain
-from metatele.methods.teleports import LieTeleport, decay_teleport
-from metatele.teleport.action import normalize, teleport
+from metatele.methods.teleports import LieTeleport, decay_teleport, no_teleport, rescale_ascent
+from metatele.tasks.base import Symmetry, TaskBatch
+from metatele.teleport.action import normalize, rescale, teleport
 from metatele.teleport.ascent import steepest_direction
-
-if TYPE_CHECKING:
-    from metatele.tasks.base import TaskBatch
 
 __all__ = ["COORD_FEATURES", "LAYER_FEATURES", "CoordState", "CoordUpdate", "AnyUpdate", "LayerGate",
            "BilinearTeleNet", "SteepestTeleport", "Direction", "SteepestDirection", "BilinearDirection", "AnyTeleport",
@@ -216,6 +214,11 @@ class SteepestTeleport:
     magnitude: list[torch.Tensor]
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        if task.symmetry is Symmetry.RESCALE:  # the steepest direction within the positive diagonal subgroup
+            s = rescale_ascent(weights, task, step)
+            return rescale(weights, [m[:, None] * d for m, d in zip(self.magnitude, s)])
+        if task.symmetry is Symmetry.NONE:
+            return no_teleport(weights, "SteepestTeleport")
         data = task.teleport_data(step)
         graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)

@@ -117,7 +117,7 @@ class ClassificationFamily:
         data = datasets.load(self.dataset)
         if (self.widths[0], self.widths[-1]) != (data.n_features, data.n_classes):
             raise ConfigError(f"dataset {self.dataset} has {data.n_features} inputs and {data.n_classes} classes, "
-                              f"but widths are {list(self.widths)}")
+                              f"but widths are {list(self.widths)}", params=("widths",))
         return data
 
     def sample(self, seeds: Sequence[int] | int, *, dtype: torch.dtype = torch.float32,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from metatele.errors import UNREGISTERED
 from metatele.tasks.base import TaskFamily
 from metatele.tasks.classification import ClassificationFamily
 from metatele.tasks.mixture import MixtureFamily
@@ -43,8 +44,8 @@ def register_family(name: str, factory: FamilyFactory) -> None:
 
 def _factory(name: Any) -> FamilyFactory:
     if not isinstance(name, str) or name not in FAMILIES:
-        raise ValueError(f"unknown task family {name!r}; registered: {', '.join(FAMILIES)} (a family of a plugin "
-                         "needs its module imported first)")
+        raise ValueError(f"unknown task family {name!r}; registered: {', '.join(FAMILIES)} (if it is a family of "
+                         f"your own, it is {UNREGISTERED})")
     return FAMILIES[name]
 
 

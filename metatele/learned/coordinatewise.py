@@ -17,7 +17,8 @@
     M2 = G_m W_mᵀ (normalized) with per-task coefficients (a, b) from `LayerGate`. Permuting the hidden neurons
     permutes T's rows and columns alike (permutation-equivariant).
 Registered variants: "any-update" (m1 alone), "any-update-tele" (m1 + steepest), "any-update-tele-bilinear".
-Shapes: weights[m], grads[m] (B, d_{m+1}, d_m); features (B, P, F) with P the total number of weights.
+Shapes: weights[m], grads[m] (B, d_{m+1}, d_m) for tasks; m1 (`AnyUpdate`) takes any (B, ...) tensors (biases,
+convolution kernels, norm scales, embeddings, scalars); features (B, P, F) with P the total number of weights.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
 from metatele.learned.nets import TINY, gains, rms, scaled_linear
 from metatele.methods.base import Proposal, Teleport, add_update, chain
 from metatele.methods.teleports import LieTeleport, decay_teleport, no_teleport, rescale_ascent
-from metatele.tasks.base import Symmetry, TaskBatch
+from metatele.tasks.base import Symmetry, TaskBatch, TeleportData, has_bias
 from metatele.teleport.action import normalize, rescale, teleport
 from metatele.teleport.ascent import steepest_direction
 
@@ -46,6 +47,11 @@ COORD_FEATURES = 9
 LAYER_FEATURES = 8
 NEURON_FEATURES = 6
 NOMINAL_RELATIVE_STEP = 0.2  # first GD step relative to the weights' scale; tuned GD gives 0.1–3 across our laws
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) → (B, numel per task); a (B,) tensor (a scalar parameter) becomes (B, 1)."""
+    return x.reshape(x.shape[0], -1)
 
 
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -92,11 +98,11 @@ class CoordUpdate(nn.Module):
             corr2 = (1 - b2 ** count).clamp_min(TINY)
             adam = (mo / _bcast(corr1, mo)) / ((s / _bcast(corr2, s)).sqrt() + _bcast(rg, s) * 1e-8)
             first, last = _layer_flags(m, len(weights))
-            per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (w.flatten(1).mean(1) / rw).clamp(-1, 1),
+            per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (_flat(w).mean(1) / rw).clamp(-1, 1),
                                       (rw.log10() / 2).clamp(-2, 2), torch.full_like(rg, first),
                                       torch.full_like(rg, last)], dim=1)
             per_coord = torch.stack([(g / _bcast(rg, g)).clamp(-10, 10), (mo / _bcast(rms(mo), mo)).clamp(-10, 10),
-                                     adam.clamp(-5, 5), (w / _bcast(rw, w)).clamp(-10, 10)], dim=-1).flatten(1, -2)
+                                     adam.clamp(-5, 5), (w / _bcast(rw, w)).clamp(-10, 10)], dim=-1).reshape(B, -1, 4)
             out.append(torch.cat([per_coord, per_tensor[:, None, :].expand(B, per_coord.shape[1], 5)], dim=-1))
         return torch.cat(out, dim=1)
 
@@ -158,7 +164,7 @@ class LayerGate(nn.Module):
             for j in (m, m + 1):
                 rg, rw = rms(grads[j]), rms(weights[j])
                 feats += [((rg / g0[j]).log10() / 5).clamp(-2, 2), (rw.log10() / 2).clamp(-2, 2),
-                          (weights[j].flatten(1).mean(1) / rw).clamp(-1, 1)]
+                          (_flat(weights[j]).mean(1) / rw).clamp(-1, 1)]
             first, last = _layer_flags(m, n)
             feats += [torch.full_like(feats[0], first), torch.full_like(feats[0], last)]
             rows.append(torch.stack(feats, dim=1))
@@ -187,13 +193,13 @@ class BilinearTeleNet(nn.Module):
                         ) -> torch.Tensor:
         """(B, k, NEURON_FEATURES): per hidden neuron i, the RMS of row i of G_m, W_m and of column i of G_{m+1},
         W_{m+1} (each relative to its tensor's RMS) and the normalized gradient-weight correlations of both."""
-        def relrms(x: torch.Tensor, dim: int) -> torch.Tensor:
+        def rel_rms(x: torch.Tensor, dim: int) -> torch.Tensor:
             return x.pow(2).mean(dim).sqrt() / _bcast(rms(x), x.pow(2).mean(dim))
 
         def corr(g: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
             return (g * w).mean(dim) / _bcast(rms(g) * rms(w), (g * w).mean(dim))
 
-        return torch.stack([relrms(G_in, 2), relrms(W_in, 2), relrms(G_out, 1), relrms(W_out, 1),
+        return torch.stack([rel_rms(G_in, 2), rel_rms(W_in, 2), rel_rms(G_out, 1), rel_rms(W_out, 1),
                             corr(G_in, W_in, 2), corr(G_out, W_out, 1)], dim=-1).clamp(-10, 10)
 
     def forward(self, W_in: torch.Tensor, W_out: torch.Tensor, G_in: torch.Tensor, G_out: torch.Tensor,
@@ -213,6 +219,13 @@ class SteepestTeleport:
 
     magnitude: list[torch.Tensor]
 
+    def direction(self, weights: list[torch.Tensor], task: TaskBatch, data: TeleportData
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The unscaled T_m (B, k_m, k_m) on `data` and the magnitudes to scale them to."""
+        graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
+        return G, self.magnitude
+
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         if task.symmetry is Symmetry.RESCALE:  # the steepest direction within the positive diagonal subgroup
             s = rescale_ascent(weights, task, step)
@@ -220,10 +233,9 @@ class SteepestTeleport:
         if task.symmetry is Symmetry.NONE:
             return no_teleport(weights, "SteepestTeleport")
         data = task.teleport_data(step)
-        graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
-        G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
-        return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
-                        skip_invalid=True, nearest=True)
+        G, magnitude = self.direction(weights, task, data)
+        return teleport(weights, data.batch.X, G, magnitude, act=task.activation, X_pinv=data.X_pinv,
+                        skip_invalid=True, nearest=True, bias=has_bias(task))
 
 
 class Direction(Protocol):
@@ -262,7 +274,9 @@ class BilinearDirection:
 
     def __call__(self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], coef: torch.Tensor,
                  magnitude: list[torch.Tensor]) -> Teleport:
-        T = [self.net(weights[m], weights[m + 1], grads[m], grads[m + 1], coef[:, m]) for m in range(len(weights) - 1)]
+        k = [w.shape[1] for w in weights]  # W_{m+1}'s first k_m columns: without a bias column, if any
+        T = [self.net(weights[m], weights[m + 1][..., : k[m]], grads[m], grads[m + 1][..., : k[m]], coef[:, m])
+             for m in range(len(weights) - 1)]
         return LieTeleport(T, magnitude, self.exact)
 
 

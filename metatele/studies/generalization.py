@@ -51,12 +51,12 @@ from metatele.checkpoints import atomic_write_csv, atomic_write_text
 from metatele.errors import ConfigError
 from metatele.evaluation.stats import CORRELATIONS, correlation_ci, fmt, t_interval
 from metatele.methods import baseline
+from metatele.nn import inspect_mlp, to_sequential
 from metatele.plotting import pyplot, save_png
 from metatele.step import inner_step
 from metatele.tasks import ClassificationFamily, ClassificationTasks, LeakyReLU, mlp
-from metatele.teleport.action import rescale, teleport
 from metatele.teleport.measures import PAPER_RADII, curvature, sharpness
-from metatele.teleport.sequential import get_weights, inspect_mlp, layer_inputs_T, set_weights_
+from metatele.teleport.sequential import random_teleport_
 from metatele.teleport.targets import OBJECTIVES, teleport_to_target_
 
 __all__ = ["Plan", "FULL", "QUICK", "VARIANTS", "MEASURES", "GROUPS", "default_datasets", "correlation_study",
@@ -146,12 +146,7 @@ def _train(task: ClassificationTasks, weights: list[torch.Tensor], epochs: range
 
 def _model(weights: Sequence[torch.Tensor], b: int, dtype: torch.dtype) -> nn.Sequential:
     """Network b of the batch as an nn.Sequential (Linear, LeakyReLU, ...) without biases."""
-    layers: list[nn.Module] = []
-    for W in weights:
-        layers += [nn.Linear(W.shape[2], W.shape[1], bias=False), nn.LeakyReLU(SLOPE)]
-    net = nn.Sequential(*layers[:-1]).to(device=weights[0].device, dtype=dtype)
-    set_weights_(inspect_mlp(net), [W[b:b + 1] for W in weights])
-    return net
+    return to_sequential(weights, LeakyReLU(SLOPE), index=b, dtype=dtype)
 
 
 def _seeds(count: int, offset: int) -> list[int]:
@@ -229,20 +224,6 @@ def correlation_table(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, 
     return table
 
 
-def _random_teleport_(model: nn.Sequential, X: torch.Tensor, group: str, size: float, seed: int) -> None:
-    """A random group element of size `size` per layer (Frobenius norm of T, or norm of s), applied in float64."""
-    s = inspect_mlp(model)
-    W = [w.double() for w in get_weights(s)]
-    gen = torch.Generator().manual_seed(seed)
-    if group == "gl":
-        T = [torch.randn(1, k, k, generator=gen, dtype=torch.float64).to(W[0].device) for k in s.widths[1:-1]]
-        new = teleport(W, layer_inputs_T(s, X.to(W[0])), T, size, act=s.act, bias=s.bias, nearest=True)
-    else:
-        sv = [torch.randn(1, k, generator=gen, dtype=torch.float64).to(W[0].device) for k in s.widths[1:-1]]
-        new = rescale(W, [v * (size / v.norm()) for v in sv])
-    set_weights_(s, new)
-
-
 def _probe_measures(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, plan: Plan) -> tuple[float, float]:
     """φ and ψ on the probe batch, with twice the correlation's sharpness directions and other draws."""
     m64 = copy.deepcopy(model).double()
@@ -288,15 +269,16 @@ def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) 
             model = _model(Wv, b, Wv[0].dtype)
             w0 = torch.cat([p.detach().flatten() for p in model.parameters()])
             if name == "random":
-                _random_teleport_(model, Xt, group, plan.step(group) * plan.teleport_steps, seed)
-                drift = obj0 = obj1 = math.nan
+                res = random_teleport_(model, Xt, yt, F.cross_entropy, plan.step(group) * plan.teleport_steps,
+                                       group=group, generator=torch.Generator().manual_seed(seed))
+                drift, obj0, obj1 = res.drift, math.nan, math.nan
             else:
                 res = teleport_to_target_(model, Xt, yt, name, (Xp, yp), steps=plan.teleport_steps,
                                           step=plan.step(group), group=group, n_dirs=plan.teleport_dirs, seed=seed)
-                drift, obj0, obj1 = res.drift, res.before, res.after
+                drift, obj0, obj1 = res.drift, res.objective_before, res.objective_after
             w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
             phi1, psi1 = _probe_measures(model, Xp, yp, plan)
-            for m, w in enumerate(get_weights(inspect_mlp(model))):
+            for m, w in enumerate(inspect_mlp(model).get_weights()):
                 Wv[m][b] = w[0]
             records.append({"dataset": dataset, "group": group, "variant": name, "seed": seed, "arm": a,
                             "objective_before": obj0, "objective_after": obj1, "phi_before": phi0,

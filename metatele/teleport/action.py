@@ -29,14 +29,31 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metatele.linalg import pinv_full_rank, pinv_masked
+from metatele.linalg import pinv_full_rank, pinv_masked, qr_pinv, qr_pinv_checked
 
 if TYPE_CHECKING:
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["pinv_masked", "pinv_full_rank", "with_ones", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
+__all__ = ["pinv_masked", "pinv_full_rank", "layer_pinv", "with_ones", "group_action", "normalize", "teleport",
+           "rescale", "grad_norm_sq"]
 
 Weights = list[torch.Tensor]
+
+
+def layer_pinv(hin: torch.Tensor, cached: torch.Tensor | None, ok: torch.Tensor, least_squares: bool = False,
+               skip_invalid: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(Q, hin⁺, ok) for a layer input hin (B, d, n) of the action: hin⁺ (B, n, d) is `cached` if given (Q None);
+    else the plain pseudo-inverse if least_squares (Q None); else from hin = QR, Q (B, d, n) the orthonormal basis
+    of hin's columns: with skip_invalid (and n ≤ d) masked, its invalid tasks turned off in `ok` (B,), otherwise
+    raising RankDeficientError where the exact action is impossible."""
+    if cached is not None:
+        return None, cached, ok
+    if least_squares:
+        return None, torch.linalg.pinv(hin), ok
+    if skip_invalid and hin.shape[-1] <= hin.shape[-2]:
+        Q, hp, ok_m = qr_pinv(hin)
+        return Q, hp, ok & ok_m
+    return (*qr_pinv_checked(hin), ok)
 
 
 def with_ones(h: torch.Tensor) -> torch.Tensor:
@@ -67,13 +84,7 @@ def _pairwise_action(
     ok = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
     for m, gm in enumerate(g):
         hin = with_ones(h) if bias else h
-        if m == 0 and X_pinv is not None:
-            hp = X_pinv
-        elif skip_invalid and not least_squares and hin.shape[-1] <= hin.shape[-2]:
-            hp, ok_m = pinv_masked(hin)
-            ok = ok & ok_m
-        else:
-            hp = pinv_full_rank(hin, least_squares)
+        _, hp, ok = layer_pinv(hin, X_pinv if m == 0 else None, ok, least_squares, skip_invalid)
         a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
         if nearest and hin.shape[-1] < hin.shape[-2]:  # (square h: both formulas are the same map)

@@ -30,8 +30,9 @@ TINY = 1e-30  # the floor of `rms`: far below any gradient that matters, far abo
 
 
 def rms(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square over all but the task dimension, (B, ...) → (B,), bounded below by TINY."""
-    return x.pow(2).flatten(1).mean(1).sqrt().clamp_min(TINY)
+    """Root mean square over all but the task dimension, (B, ...) → (B,) (of a (B,) tensor: |x|), bounded below
+    by TINY."""
+    return x.pow(2).reshape(x.shape[0], -1).mean(1).sqrt().clamp_min(TINY)
 
 
 def gains(o: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ class TrainConfig:
             raise _named(e) from None
         if _teleports(spec) and family.symmetry is not Symmetry.GL:
             raise ConfigError(
-                f"{keys.method} teleports with the GL action, but the tasks of this {keys.task} family support only "
+                f"{keys.method} teleports with the exact group action (GL), but the tasks of this {keys.task} family support only "
                 f"the {family.symmetry.value} symmetry; train a method without teleport, or choose tasks that allow "
                 f"it (regression: n={keys.n} samples must not exceed any width from the input to the last hidden "
                 f"layer's input in widths={keys.widths})", params=("method", "n", "widths"))

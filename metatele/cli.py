@@ -29,6 +29,7 @@ VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
 MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
 MAX_WORKERS = 1024     # repdyn --workers
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+QUICK_CONFIG = Path(__file__).resolve().parent / "configs" / "quick.toml"  # train --quick
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=tuple(LEARNED), help="which meta-optimizer (default: the config's, else lstm-update-tele)")
     t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--quick", action="store_true", help="a tiny recipe that meta-trains in under a minute on 2 CPU "
+                   f"cores (the config {QUICK_CONFIG.relative_to(QUICK_CONFIG.parents[2])})")
     t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
     start = t.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
@@ -205,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(a: argparse.Namespace) -> int:
     kw = {"method": a.method} if a.method else {}
-    cfg = config.load(a.config, a.set, **kw)
+    if a.quick and a.config:
+        raise ConfigError("--quick is a config of its own: give --quick or --config, not both")
+    cfg = config.load(QUICK_CONFIG if a.quick else a.config, a.set, **kw)
     device = resolve_device(a.device)
     out = Path(a.out)
     logdir = Path(a.logdir) if a.logdir else Path("runs") / out.name

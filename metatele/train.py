@@ -18,7 +18,7 @@ from metatele.evaluation.heldout import HeldOut
 from metatele.learned import distributed
 from metatele.learned.log import TrainLog
 from metatele.learned.meta_optimizer import MetaOptimizer
-from metatele.learned.trainer import Progress, meta_train
+from metatele.learned.trainer import Progress, meta_train, windows
 from metatele.signals import stop_on_signals
 from metatele.tasks import MixtureFamily, TaskFamily
 from metatele.tasks.base import TaskBatch
@@ -206,7 +206,10 @@ def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | No
             if cfg.ckpt_every and p.batches_done % cfg.ckpt_every == 0:
                 save(run_, out)
 
-        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample,
+        def after_window() -> None:
+            log.window(1 / windows(cfg, run_.progress.batches_done))
+
+        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample, on_window=after_window,
                    after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm)
         comm.on_rank0(save, run_, out)
         run_.interrupted, run_.stop_signal = stop(), stop.signum

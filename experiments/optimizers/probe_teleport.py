@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from metatele import datasets
-from metatele.studies.optimizers import make_mlp
+from metatele.studies.common import make_mlp
 from metatele.teleport.action import teleport
 from metatele.teleport.sequential import (ascent_teleport_, get_weights, inspect_mlp, layer_inputs_T,
                                           random_teleport_, set_weights_)

@@ -98,3 +98,18 @@ def test_dependencies_point_one_way(module, forbidden):
     code = f"import sys, {module}; print(any(m.startswith('{forbidden}') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.slow
+def test_compare_on_digits_writes_no_nan_or_inf(tmp_path, capsys):
+    """Issue 28's case: on digits some learned optimizers diverge on every task by step 30; their undefined
+    statistics are empty cells and "— (n non-finite)", never nan or inf."""
+    from metatele import cli
+
+    args = ["compare", "--task", "classification", "--dataset", "digits", "--widths", "64,16,10,10", "--tasks", "4",
+            "--steps", "30", "--no-progress", "--out", str(tmp_path / "res"), "--logdir", str(tmp_path / "runs")]
+    assert cli.main(args) == 0
+    csv_text = (tmp_path / "res" / "results.csv").read_text()
+    md = (tmp_path / "res" / "results.md").read_text()
+    assert not NONFINITE.search(csv_text) and not NONFINITE.search(md)
+    assert re.search(r"— \(4 non-finite\)", md)  # the case really arose

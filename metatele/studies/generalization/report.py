@@ -50,7 +50,7 @@ def teleport_markdown(rows: list[dict[str, Any]]) -> str:
         objective = _ci(r, "objective_ratio") if math.isfinite(r["objective_ratio"]) else "n/a"
         lines.append(f"| {r['group']} | {r['variant']} | {objective} | {_ci(r, 'phi_ratio')} | {_ci(r, 'psi_ratio')} | "
                      f"{fmt(r['batch_drift_max']) if math.isfinite(r['batch_drift_max']) else 'n/a'} | "
-                     f"{r['dw_rel']:.2g} | {_ci(r, 'train_loss_jump', '+.3f')} | {_ci(r, 'val_loss_jump', '+.3f')} | "
+                     f"{fmt(r['dw_rel'], '.2g')} | {_ci(r, 'train_loss_jump', '+.3f')} | {_ci(r, 'val_loss_jump', '+.3f')} | "
                      f"{_ci(r, 'val_loss_diff_final', '+.3f')} | {_ci(r, 'val_loss_diff_mean', '+.3f')} | "
                      f"{_ci(acc, 'val_acc_diff_final', '+.2f')} |")
     return "\n".join(lines) + "\n"

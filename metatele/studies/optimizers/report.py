@@ -190,9 +190,9 @@ def write_outputs(res: StudyResult, out: Path, logdir: Path | None) -> str:
 
 def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False, progress: bool = True,
          threads: int = 1, **overrides: Any) -> int:
-    """`metatele optimizers`: plan → run → rows. Run the study and write OUTPUT_FILES in `out` (summary.md, the CSV tables:
-    per-epoch statistics, paired differences, teleport summary, lr tuning, every run's curves, every teleport;
-    the two figures) and TensorBoard runs in `logdir`.
+    """`metatele optimizers`: plan → run → rows. Write OUTPUT_FILES in `out`, all or none (summary.md, the CSV
+    tables: per-epoch statistics, paired differences, teleport summary, lr tuning, every run's curves, every
+    teleport; the two figures) and TensorBoard runs in `logdir`.
     overrides: StudyConfig fields (None values are ignored); --quick starts from QUICK."""
     kw = {**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
     cfg = StudyConfig(**kw)

@@ -1,9 +1,11 @@
-"""The one inner step, shared by meta-training and evaluation:
+"""The one inner step, shared by meta-training, evaluation and the `torch.optim` interface:
 
-    gradient on the step's data → the method's proposal → update → teleport.
+    gradient on the step's data → `apply_method` (the method's proposal, its update subtracted) → teleport.
 
-`inner_step` is the only place where a `metatele.methods.Proposal` is applied; `rollout` runs it for
-many steps without meta-gradients. Shapes: weights[m] (B, d_{m+1}, d_m); losses (B,).
+`apply_method` is the only place where a method's update is applied: `inner_step` calls it after taking the task
+gradient, and `metatele.optim.LearnedOptimizer` calls it on a model's parameters viewed as a batch of one task.
+`rollout` runs `inner_step` for many steps without meta-gradients.
+Shapes: weights[m] (B, d_{m+1}, d_m) for tasks (any (B, ...) for the update alone); losses (B,).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from metatele.methods.base import Method, Proposal
 from metatele.tasks.base import TaskBatch
 from metatele.teleport.action import grad_norm_sq
 
-__all__ = ["StepResult", "inner_step", "Trajectory", "rollout"]
+__all__ = ["StepResult", "apply_method", "inner_step", "Trajectory", "rollout"]
 
 
 @dataclass
@@ -28,6 +30,19 @@ class StepResult:
     loss: torch.Tensor            # (B,) loss at the weights the step started from, on the step's data
     grad_norm_sq: torch.Tensor    # (B,) ‖∇L‖² there
     proposal: Proposal
+
+
+def apply_method(method: Method, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any,
+                 lr: float = 1.0) -> tuple[list[torch.Tensor], Any, Proposal]:
+    """The method applied to (weights, grads, state), each tensor (B, ...): the weights minus lr × its update
+    (lr = 1: exactly w − u), the method's new state, and its proposal (whose teleport, if any, is left to the
+    caller: it needs data)."""
+    prop, state = method.propose(weights, grads, state)
+    if prop.update is None:
+        return list(weights), state, prop
+    if lr == 1.0:
+        return [w - u for w, u in zip(weights, prop.update)], state, prop
+    return [w - lr * u for w, u in zip(weights, prop.update)], state, prop
 
 
 def inner_step(method: Method, weights: Sequence[torch.Tensor], state: Any, task: TaskBatch, step: int,
@@ -42,8 +57,7 @@ def inner_step(method: Method, weights: Sequence[torch.Tensor], state: Any, task
     L, grads = task.loss_and_grad(weights, task.data(step), create_graph=create, retain_graph=differentiable)
     if not create:
         grads = [g.detach() for g in grads]
-    prop, state = method.propose(weights, grads, state)
-    new = list(weights) if prop.update is None else [w - u for w, u in zip(weights, prop.update)]
+    new, state, prop = apply_method(method, weights, grads, state)
     if prop.teleport is not None:
         new = prop.teleport.apply(new, task, step)
     return StepResult(new, state, L if differentiable else L.detach(),

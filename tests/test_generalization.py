@@ -12,11 +12,11 @@ from torch import nn
 
 from metatele import cli
 from metatele.evaluation.stats import correlation, correlation_ci, t_interval
+from metatele.nn import inspect_mlp
 from metatele.studies import generalization as G
 from metatele.tasks.mlp import LeakyReLU
 from metatele.teleport.action import group_action, teleport
 from metatele.teleport.measures import curvature, lie_directions, orbit_derivatives, random_directions, sharpness
-from metatele.teleport.sequential import get_weights, inspect_mlp
 from metatele.teleport.targets import DRIFT_TOL, OBJECTIVES, teleport_to_target_
 
 ACT = LeakyReLU(0.1)
@@ -69,7 +69,7 @@ def test_orbit_derivatives_match_finite_differences_of_the_orbit(widths, n, bias
 
 def test_nearest_action_is_identity_at_g_eq_i_and_keeps_the_loss():
     m = mlp((30, 6, 5, 3), bias=False)
-    W = get_weights(inspect_mlp(m))
+    W = inspect_mlp(m).get_weights()
     X = torch.randn(1, 30, 4, dtype=torch.float64)
     eye = [torch.eye(k, dtype=torch.float64)[None] for k in (6, 5)]
     same = group_action(W, X, eye, act=ACT, nearest=True)
@@ -83,7 +83,7 @@ def test_nearest_action_is_identity_at_g_eq_i_and_keeps_the_loss():
     # it composes, g2·(g1·W) = (g2 g1)·W, when the hidden layers' inputs are square (n = 6 = k1), not otherwise
     for n, composes in ((6, True), (4, False)):
         m = mlp((30, 6, 6, 3), bias=False)
-        W = get_weights(inspect_mlp(m))
+        W = inspect_mlp(m).get_weights()
         X = torch.randn(1, 30, n, dtype=torch.float64)
         g1 = [torch.eye(6, dtype=torch.float64) + 0.3 * torch.randn(1, 6, 6, dtype=torch.float64) for _ in range(2)]
         g2 = [torch.eye(6, dtype=torch.float64) + 0.2 * torch.randn(1, 6, 6, dtype=torch.float64) for _ in range(2)]
@@ -134,7 +134,8 @@ def test_teleport_to_target_moves_the_measure_the_asked_way_and_keeps_the_batch_
         before_out = m(Xt).detach()
         res = teleport_to_target_(m, Xt, yt, objective, (X, y), steps=4, step=0.05, group=group, n_dirs=4)
         assert res.drift <= DRIFT_TOL
-        assert (res.after > res.before) if up else (res.after < res.before), (objective, res)
+        before, after = res.objective_before, res.objective_after
+        assert (after > before) if up else (after < before), (objective, res)
         with torch.no_grad():
             assert float((m(Xt) - before_out).abs().max() / before_out.abs().max()) < 1e-9  # the model written back
             moved = float((m(X) - mlp(widths, bias, seed=2)(X)).abs().max())

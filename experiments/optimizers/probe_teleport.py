@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from metatele import datasets
 from metatele.studies.common import make_mlp
 from metatele.teleport.action import teleport
-from metatele.teleport.sequential import (ascent_teleport_, get_weights, inspect_mlp, layer_inputs_T,
-                                          random_teleport_, set_weights_)
+from metatele.nn import inspect_mlp
+from metatele.teleport.sequential import ascent_teleport_, random_teleport_
 
 torch.set_num_threads(1)
 data = datasets.load("mnist5k")
@@ -36,9 +36,9 @@ def whole(model: torch.nn.Sequential) -> tuple[float, float]:
 def plain_identity_(model: torch.nn.Sequential, X: torch.Tensor, _y: torch.Tensor):
     """The plain (minimum-norm, not nearest) exact action with T = 0 (g = I), in float64."""
     s = inspect_mlp(model)
-    W = [w.double() for w in get_weights(s)]
+    W = [w.double() for w in s.get_weights()]
     T = [torch.zeros(1, k, k, dtype=torch.float64) for k in s.widths[1:-1]]
-    set_weights_(s, [w.float() for w in teleport(W, layer_inputs_T(s, X).double(), T, None, act=s.act)])
+    s.set_weights_([w.float() for w in teleport(W, s.inputs_T(X).double(), T, None, act=s.act)])
     return None
 
 

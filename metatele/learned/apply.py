@@ -1,89 +1,103 @@
-"""A learned optimizer on a user's own `nn.Sequential` MLP: the network's weights become a batch of one task (the
-`TaskBatch` protocol), the shared inner step (`metatele.step`) trains it, and the final weights are written back
-in place. Size-agnostic methods (`any-*`) run on any widths and depth; the paper's fixed-size LSTMs only on the
-shape they were trained for.
+"""A learned optimizer on a user's own `nn.Sequential` MLP: the adapter (`metatele.nn.SequentialTask`) makes the
+network's weights a batch of one task, the shared inner step (`metatele.step.inner_step`) trains it, and the
+final weights are written back in place. Size-agnostic methods (`any-*`) run on any widths and depth, with or
+without biases (their per-coordinate rule and teleport act on the augmented weights [W b]); the paper's
+fixed-size LSTMs only on the bias-free shape they were trained for.
 
-The network must be bias-free Linear, (LeakyReLU, Linear)* layers (`metatele.teleport.sequential.inspect_mlp`
-reads it); the learned methods' weight layout has no biases, so a network with biases is refused.
 Shapes: X (n, d0), one sample per row as nn.Linear takes it; y (n,) class indices for cross-entropy, or (n, dL)
-targets for the squared loss.
+targets for the squared loss. Everything is checked before any work, and a refused call leaves the model as it
+was. Divergence guard: a step whose loss or gradient is non-finite, or whose loss exceeds `DIVERGENCE_FACTOR` ×
+the lowest positive loss so far, stops the run; the model keeps the last weights with a finite loss, and a
+`DivergenceWarning` (the torch.optim interface's, `metatele.optim.guard`) says so.
 """
 from __future__ import annotations
 
+import math
+import time
+import warnings
 from typing import Literal
 
 import torch
 from torch import nn
 
 from metatele.methods.base import Method
-from metatele.step import Trajectory, rollout
-from metatele.tasks.base import TaskBatch
-from metatele.tasks.classification import ClassificationTasks, teleport_batch_for
-from metatele.tasks.regression import RegressionTasks
-from metatele.teleport.sequential import ArchitectureError, MLPStructure, get_weights, inspect_mlp, set_weights_
+from metatele.nn import SequentialTask
+from metatele.optim.guard import DivergenceWarning
+from metatele.step import Trajectory, inner_step
+from metatele.teleport.action import grad_norm_sq
 
-__all__ = ["LOSSES", "sequential_task", "optimize_"]
+__all__ = ["DIVERGENCE_FACTOR", "DivergenceWarning", "sequential_task", "optimize_"]
 
-LOSSES = ("cross_entropy", "squared")
+DIVERGENCE_FACTOR = 1e3
 
 
 def sequential_task(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, *,
                     loss: Literal["cross_entropy", "squared"] = "cross_entropy", batch_size: int | None = None,
-                    teleport_batch: int | None = None, seed: int = 0) -> TaskBatch:
-    """The task of training `model` on (X, y), as a batch of one, starting from the model's current weights.
-
-    cross_entropy: inner step t trains on mini-batch t of a seeded shuffle of the n samples (batch_size, default
-    min(n, 128)); teleports keep the loss on its first teleport_batch samples (default: the classification
-    family's, `teleport_batch_for`). squared: ½‖y − f(X)‖² summed over entries, full batch (the paper's
-    regression loss)."""
-    return _task(_bias_free(model), X, y, loss, batch_size, teleport_batch, seed)
+                    teleport_batch: int | None = None, seed: int = 0) -> SequentialTask:
+    """The task of training `model` on (X, y) (`SequentialTask.of`)."""
+    return SequentialTask.of(model, X, y, loss=loss, batch_size=batch_size, teleport_batch=teleport_batch, seed=seed)
 
 
-def _bias_free(model: nn.Sequential) -> MLPStructure:
-    s = inspect_mlp(model)
-    if s.bias:
-        raise ArchitectureError("learned optimizers train bias-free networks; build the Linear layers with bias=False")
-    return s
+def _check_method_fits(method: Method, task: SequentialTask) -> None:
+    """ValueError if `method` is a fixed-size learned optimizer trained for another shape than the task's."""
+    spec = getattr(method, "spec", None)
+    trained = tuple(getattr(spec, "widths", ()) or ())
+    if not trained:
+        return
+    if task.bias or trained != task.widths:
+        got = f"{list(task.widths)}{' with biases' if task.bias else ''}"
+        raise ValueError(f"{method.name} is a fixed-size learned optimizer trained for bias-free widths "
+                         f"{list(trained)}; this model is {got}. Use a size-agnostic one (any-*) for other shapes")
 
 
-def _task(s: MLPStructure, X: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int | None,
-          teleport_batch: int | None, seed: int) -> TaskBatch:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    weights = get_weights(s)
-    W0 = weights[0]
-    X = X.to(W0)
-    if X.ndim != 2 or X.shape[1] != W0.shape[2]:
-        raise ValueError(f"X must be (n, {W0.shape[2]}), got {tuple(X.shape)}")
-    if loss == "squared":
-        Y = y.to(W0)
-        if Y.shape != (X.shape[0], weights[-1].shape[1]):
-            raise ValueError(f"y must be (n, {weights[-1].shape[1]}) for the squared loss, got {tuple(Y.shape)}")
-        return RegressionTasks(X.T[None], Y.T[None], weights, [seed], s.act)
-    n = X.shape[0]
-    b = min(n, 128) if batch_size is None else batch_size
-    if not 0 < b <= n:
-        raise ValueError(f"need 0 < batch_size ≤ n = {n}, got {b}")
-    tb = teleport_batch_for((W0.shape[2], *(W.shape[1] for W in weights)), b, teleport_batch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[None].to(W0.device)
-    return ClassificationTasks(X, y.to(W0.device, torch.long), order, weights, [seed], b, tb, s.act)
+def _diverged(loss: float, grad_norm_sq: float, lowest: float) -> str:
+    """Why a step with this loss and ‖∇L‖² counts as diverged ('' if it does not); lowest: the lowest positive loss
+    so far (inf if none)."""
+    if not math.isfinite(loss):
+        return f"the loss became {loss:g}"
+    if not math.isfinite(grad_norm_sq):
+        return f"the gradient became {grad_norm_sq:g}"
+    if lowest < math.inf and loss > DIVERGENCE_FACTOR * lowest:
+        return f"the loss {loss:.3g} exceeded {DIVERGENCE_FACTOR:g} × its lowest value {lowest:.3g}"
+    return ""
 
 
 def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Tensor, steps: int, *,
               loss: Literal["cross_entropy", "squared"] = "cross_entropy", batch_size: int | None = None,
               teleport_batch: int | None = None, seed: int = 0) -> Trajectory:
     """Train `model` in place for `steps` inner steps of `method` (a learned optimizer or any `Method`) on (X, y);
-    returns the trajectory (loss (steps+1, 1) on each step's batch, ‖∇L‖², seconds). If the loss becomes
-    non-finite, the model keeps its last finite weights."""
-    s = _bias_free(model)
-    task = _task(s, X, y, loss, batch_size, teleport_batch, seed)
-    last: list[torch.Tensor] = task.init_weights()
-
-    def keep_finite(t: int, weights: list[torch.Tensor]) -> None:
-        nonlocal last
-        if all(bool(torch.isfinite(w).all()) for w in weights):
-            last = weights
-
-    traj = rollout(method, task, steps, keep_finite)
-    set_weights_(s, last)
-    return traj
+    returns the trajectory (loss (steps+1, 1) on each step's batch, ‖∇L‖², seconds), shorter if the divergence
+    guard (module docstring) stopped it: then its last row is the loss that tripped the guard."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    task = sequential_task(model, X, y, loss=loss, batch_size=batch_size, teleport_batch=teleport_batch, seed=seed)
+    _check_method_fits(method, task)
+    weights = last = task.init_weights()
+    state = method.init_state(weights)
+    losses, gns, secs = [], [], [0.0]
+    lowest = math.inf
+    start = time.perf_counter()
+    with torch.no_grad():
+        for t in range(steps + 1):
+            if t < steps:
+                res = inner_step(method, weights, state, task, t)
+                L, G = res.loss, res.grad_norm_sq
+            else:
+                L, grads = task.loss_and_grad(weights, task.data(steps))
+                L, G = L.detach(), grad_norm_sq(grads)
+            losses.append(L)
+            gns.append(G)
+            Lf, Gf = float(L[0]), float(G[0])
+            why = _diverged(Lf, Gf, lowest)
+            if why:
+                kept = f"(loss {float(losses[-2][0]):.4g} on step {t - 1}'s batch)" if t else "(its initial ones)"
+                warnings.warn(f"{method.name} diverged at step {t}: {why}. Stopped; the model keeps its last weights "
+                              f"with a finite loss {kept}", DivergenceWarning, stacklevel=2)
+                task.write_(last)
+                return Trajectory(torch.stack(losses), torch.stack(gns), torch.tensor(secs))
+            lowest, last = min(lowest, Lf) if Lf > 0 else lowest, weights
+            if t < steps:
+                weights, state = [w.detach() for w in res.weights], res.state
+                secs.append(time.perf_counter() - start)
+    task.write_(weights)
+    return Trajectory(torch.stack(losses), torch.stack(gns), torch.tensor(secs))

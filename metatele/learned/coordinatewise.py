@@ -16,7 +16,8 @@
     the gradients and weights around the layer, plus the two equivariant matrices M1 = W_{m+1}ᵀ G_{m+1} and
     M2 = G_m W_mᵀ (normalized) with per-task coefficients (a, b) from `LayerGate`. Permuting the hidden neurons
     permutes T's rows and columns alike (permutation-equivariant).
-Shapes: weights[m], grads[m] (B, d_{m+1}, d_m); features (B, P, F) with P the total number of weights.
+Shapes: weights[m], grads[m] (B, d_{m+1}, d_m) for tasks; m1 (`AnyUpdate`) takes any (B, ...) tensors (biases,
+convolution kernels, norm scales, embeddings, scalars); features (B, P, F) with P the total number of weights.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from torch import nn
 from metatele.learned.nets import GAIN_MAX, scaled_linear
 from metatele.methods.base import Proposal, add_update
 from metatele.methods.teleports import LieTeleport
+from metatele.tasks.base import has_bias
 from metatele.teleport.action import normalize, teleport
 from metatele.teleport.ascent import steepest_direction
 
@@ -47,9 +49,14 @@ NOMINAL_RELATIVE_STEP = 0.2  # first GD step relative to the weights' scale; tun
 TINY = 1e-30
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) → (B, numel per task); a (B,) tensor (a scalar parameter) becomes (B, 1)."""
+    return x.reshape(x.shape[0], -1)
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     """RMS over all but the task dimension: (B, ...) → (B,)."""
-    return x.pow(2).flatten(1).mean(1).sqrt().clamp_min(TINY)
+    return _flat(x.pow(2)).mean(1).sqrt().clamp_min(TINY)
 
 
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -96,11 +103,11 @@ class CoordUpdate(nn.Module):
             corr2 = (1 - b2 ** count).clamp_min(TINY)
             adam = (mo / _bcast(corr1, mo)) / ((s / _bcast(corr2, s)).sqrt() + _bcast(rg, s) * 1e-8)
             first, last = _layer_flags(m, len(weights))
-            per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (w.flatten(1).mean(1) / rw).clamp(-1, 1),
+            per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (_flat(w).mean(1) / rw).clamp(-1, 1),
                                       (rw.log10() / 2).clamp(-2, 2), torch.full_like(rg, first),
                                       torch.full_like(rg, last)], dim=1)
             per_coord = torch.stack([(g / _bcast(rg, g)).clamp(-10, 10), (mo / _bcast(_rms(mo), mo)).clamp(-10, 10),
-                                     adam.clamp(-5, 5), (w / _bcast(rw, w)).clamp(-10, 10)], dim=-1).flatten(1, -2)
+                                     adam.clamp(-5, 5), (w / _bcast(rw, w)).clamp(-10, 10)], dim=-1).reshape(B, -1, 4)
             out.append(torch.cat([per_coord, per_tensor[:, None, :].expand(B, per_coord.shape[1], 5)], dim=-1))
         return torch.cat(out, dim=1)
 
@@ -162,7 +169,7 @@ class LayerGate(nn.Module):
             for j in (m, m + 1):
                 rg, rw = _rms(grads[j]), _rms(weights[j])
                 feats += [((rg / g0[j]).log10() / 5).clamp(-2, 2), (rw.log10() / 2).clamp(-2, 2),
-                          (weights[j].flatten(1).mean(1) / rw).clamp(-1, 1)]
+                          (_flat(weights[j]).mean(1) / rw).clamp(-1, 1)]
             first, last = _layer_flags(m, n)
             feats += [torch.full_like(feats[0], first), torch.full_like(feats[0], last)]
             rows.append(torch.stack(feats, dim=1))
@@ -222,7 +229,7 @@ class SteepestTeleport:
         graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
         return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
-                        skip_invalid=True, nearest=True)
+                        skip_invalid=True, nearest=True, bias=has_bias(task))
 
 
 @dataclass
@@ -252,7 +259,8 @@ class AnyTeleport:
         if self.design == "steepest":
             tele: object = SteepestTeleport(mags)
         else:
-            T = [self.bilinear(weights[m], weights[m + 1], grads[m], grads[m + 1], coef[:, m])
+            k = [w.shape[1] for w in weights]  # W_{m+1}'s first k_m columns: without a bias column, if any
+            T = [self.bilinear(weights[m], weights[m + 1][..., : k[m]], grads[m], grads[m + 1][..., : k[m]], coef[:, m])
                  for m in range(len(weights) - 1)]
             tele = LieTeleport(T, mags, self.exact)
         return replace(prop, teleport=tele, info=info), (lstm_state, g0)

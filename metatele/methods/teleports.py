@@ -10,20 +10,48 @@ Where the teleport data has fewer samples than a layer's input width, the neares
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from metatele.methods.base import Proposal
+from metatele.tasks.base import has_bias
 from metatele.teleport.action import teleport
 from metatele.teleport.ascent import gradient_ascent_teleport
 
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch
 
-__all__ = ["LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport"]
+__all__ = ["Schedule", "LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The 0-based steps that teleport: every `every`-th step below `until` (0, every, 2·every, …; every=0: none),
+    and the steps in `at`. Shared by the teleport policies here and `metatele.teleport.sequential.Teleporter`."""
+
+    every: int = 0
+    until: int = 0
+    at: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.until < 0 or any(t < 0 for t in self.at):
+            raise ValueError(f"a teleport schedule needs non-negative steps, got every={self.every}, "
+                             f"until={self.until}, at={sorted(self.at)}")
+
+    def __contains__(self, t: int) -> bool:
+        return t in self.at or (self.every > 0 and t % self.every == 0 and t < self.until)
+
+    @classmethod
+    def of(cls, at_steps: Iterable[int] = (), at_epochs: Iterable[int] = (), steps_per_epoch: int | None = None,
+           per_epoch: int = 1) -> Schedule:
+        """At the given steps, and at steps e·steps_per_epoch + j for e in at_epochs and j < per_epoch."""
+        epochs = list(at_epochs)
+        if epochs and not steps_per_epoch:
+            raise ValueError("a schedule at_epochs needs steps_per_epoch")
+        return cls(at=frozenset(at_steps) | {e * steps_per_epoch + j for e in epochs for j in range(per_epoch)})
 
 
 @dataclass
@@ -38,7 +66,7 @@ class LieTeleport:
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         data = task.teleport_data(step)
         return teleport(weights, data.batch.X, self.T, self.magnitude, act=task.activation, exact=self.exact,
-                        X_pinv=data.X_pinv, skip_invalid=True, nearest=True)
+                        X_pinv=data.X_pinv, skip_invalid=True, nearest=True, bias=has_bias(task))
 
 
 @dataclass
@@ -61,13 +89,17 @@ class ascent_every:
     until: int = 50
     ascent_steps: int = 10
     lr: float | None = None
+    schedule: Schedule = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.schedule = Schedule(self.every, self.until)
 
     def init(self, weights: Sequence[torch.Tensor]) -> int:
         return 0
 
     def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], t: int, *,
                 weights: Sequence[torch.Tensor]) -> tuple[Proposal, int]:
-        if t % self.every == 0 and t < self.until:
+        if t in self.schedule:
             prop = replace(prop, teleport=AscentTeleport(self.ascent_steps, self.lr))
         return prop, t + 1
 

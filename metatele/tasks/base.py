@@ -16,7 +16,7 @@ import torch
 
 from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["Symmetry", "Batch", "TeleportData", "TaskBatch", "TaskFamily", "loss_and_grad"]
+__all__ = ["Symmetry", "Batch", "TeleportData", "TaskBatch", "TaskFamily", "loss_and_grad", "has_bias"]
 
 
 class Symmetry(str, enum.Enum):
@@ -101,3 +101,9 @@ def loss_and_grad(loss: Any, weights: Sequence[torch.Tensor], data: Batch, *, cr
         L = loss(ws, data)
         grads = torch.autograd.grad(L.sum(), ws, create_graph=create_graph, retain_graph=retain_graph or create_graph)
     return L, list(grads)
+
+
+def has_bias(task: Any) -> bool:
+    """Whether a task's weights are augmented, [W_m b_m] (B, d_{m+1}, d_m + 1) acting on [h; 1]: a task says so with
+    a true `bias` attribute (`metatele.nn.SequentialTask` of a model with biases); the families are bias-free."""
+    return bool(getattr(task, "bias", False))

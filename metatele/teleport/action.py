@@ -34,14 +34,16 @@ from metatele.errors import RankDeficientError
 if TYPE_CHECKING:
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["pinv_masked", "pinv_full_rank", "with_ones", "group_action", "normalize", "teleport", "rescale", "grad_norm_sq"]
+__all__ = ["pinv_masked", "pinv_full_rank", "layer_pinv", "with_ones", "group_action", "normalize", "teleport",
+           "rescale", "grad_norm_sq"]
 
 Weights = list[torch.Tensor]
 
 
-def pinv_masked(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h⁺ (B, n, d), ok (B,)) for h (B, d, n) with n ≤ d: the pseudo-inverse of every task whose h is finite and
-    of numerical rank n (so that h⁺h = I), and zeros for the others (ok False)."""
+def _qr_pinv(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Q (B, d, n), h⁺ (B, n, d), ok (B,)) for h (B, d, n) with n ≤ d: for every task whose h is finite and of
+    numerical rank n, the orthonormal basis Q of its columns (h = QR) and its pseudo-inverse (so that h⁺h = I);
+    zeros for the others (ok False)."""
     d, n = h.shape[-2:]
     finite = torch.isfinite(h).flatten(1).all(1)
     Q, R = torch.linalg.qr(torch.where(finite[:, None, None], h, torch.zeros_like(h)))  # h = Q R
@@ -50,8 +52,32 @@ def pinv_masked(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ok = finite & (diag > tol).all(-1)
     eye = torch.eye(n, dtype=h.dtype, device=h.device).expand_as(R)
     R = torch.where(ok[:, None, None], R, eye)
-    Qt = torch.where(ok[:, None, None], Q, torch.zeros_like(Q)).transpose(-2, -1)
-    return torch.linalg.solve_triangular(R, Qt, upper=True), ok  # h⁺ = R⁻¹ Qᵀ
+    Q = torch.where(ok[:, None, None], Q, torch.zeros_like(Q))
+    return Q, torch.linalg.solve_triangular(R, Q.transpose(-2, -1), upper=True), ok  # h⁺ = R⁻¹ Qᵀ
+
+
+def pinv_masked(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h⁺ (B, n, d), ok (B,)) for h (B, d, n) with n ≤ d: the pseudo-inverse of every task whose h is finite and
+    of numerical rank n (so that h⁺h = I), and zeros for the others (ok False)."""
+    _, hp, ok = _qr_pinv(h)
+    return hp, ok
+
+
+def _qr_pinv_checked(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_qr_pinv`'s (Q, h⁺), raising RankDeficientError where the exact action is impossible."""
+    d, n = h.shape[-2:]
+    if n > d:
+        raise RankDeficientError(
+            f"layer input has {d} rows but n={n} samples: rank ≤ {d} < n, so the exact group action "
+            "is impossible (need n ≤ every hidden-layer input width); pass least_squares=True to accept an approximation"
+        )
+    Q, hp, ok = _qr_pinv(h)
+    if not bool(ok.all()):
+        raise RankDeficientError(
+            "a layer input is rank-deficient (numerical rank < n), so the exact group action is impossible; "
+            "pass least_squares=True to accept an approximation"
+        )
+    return Q, hp
 
 
 def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor:
@@ -61,21 +87,25 @@ def pinv_full_rank(h: torch.Tensor, least_squares: bool = False) -> torch.Tensor
     in which case the plain pseudo-inverse is returned (the action then only keeps the loss
     approximately: it projects onto the row space of h).
     """
-    d, n = h.shape[-2:]
     if least_squares:
         return torch.linalg.pinv(h)
-    if n > d:
-        raise RankDeficientError(
-            f"layer input has {d} rows but n={n} samples: rank ≤ {d} < n, so the exact group action "
-            "is impossible (need n ≤ every hidden-layer input width); pass least_squares=True to accept an approximation"
-        )
-    hp, ok = pinv_masked(h)
-    if not bool(ok.all()):
-        raise RankDeficientError(
-            "a layer input is rank-deficient (numerical rank < n), so the exact group action is impossible; "
-            "pass least_squares=True to accept an approximation"
-        )
-    return hp
+    return _qr_pinv_checked(h)[1]
+
+
+def layer_pinv(hin: torch.Tensor, cached: torch.Tensor | None, ok: torch.Tensor, least_squares: bool = False,
+               skip_invalid: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(Q, hin⁺, ok) for a layer input hin (B, d, n) of the action: hin⁺ (B, n, d) is `cached` if given (Q None);
+    else the plain pseudo-inverse if least_squares (Q None); else from hin = QR, Q (B, d, n) the orthonormal basis
+    of hin's columns: with skip_invalid (and n ≤ d) masked, its invalid tasks turned off in `ok` (B,), otherwise
+    raising RankDeficientError where the exact action is impossible."""
+    if cached is not None:
+        return None, cached, ok
+    if least_squares:
+        return None, torch.linalg.pinv(hin), ok
+    if skip_invalid and hin.shape[-1] <= hin.shape[-2]:
+        Q, hp, ok_m = _qr_pinv(hin)
+        return Q, hp, ok & ok_m
+    return (*_qr_pinv_checked(hin), ok)
 
 
 def with_ones(h: torch.Tensor) -> torch.Tensor:
@@ -106,13 +136,7 @@ def _pairwise_action(
     ok = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
     for m, gm in enumerate(g):
         hin = with_ones(h) if bias else h
-        if m == 0 and X_pinv is not None:
-            hp = X_pinv
-        elif skip_invalid and not least_squares and hin.shape[-1] <= hin.shape[-2]:
-            hp, ok_m = pinv_masked(hin)
-            ok = ok & ok_m
-        else:
-            hp = pinv_full_rank(hin, least_squares)
+        _, hp, ok = layer_pinv(hin, X_pinv if m == 0 else None, ok, least_squares, skip_invalid)
         a = torch.bmm(gm, act(torch.bmm(new[m], hin)))  # g σ(W_m h_{m-1}) = h_m'
         z = act.inverse(a)
         if nearest and hin.shape[-1] < hin.shape[-2]:  # (square h: both formulas are the same map)

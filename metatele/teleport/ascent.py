@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from metatele.errors import ConfigError
-from metatele.teleport.action import grad_norm_sq, normalize, pinv_full_rank, rescale, teleport, with_ones
+from metatele.tasks.base import has_bias
+from metatele.teleport.action import grad_norm_sq, layer_pinv, normalize, pinv_full_rank, rescale, teleport, with_ones
 
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
@@ -23,26 +24,77 @@ __all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "ascend_g
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
 
 
-def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData,
-                       T: Sequence[torch.Tensor] | None = None, least_squares: bool = False,
+def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData, *,
                        X_pinv: torch.Tensor | None = None, skip_invalid: bool = False,
                        differentiable: bool = False) -> list[torch.Tensor]:
-    """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T (T = 0 by default): the steepest-ascent direction of the squared
-    gradient norm in the Lie algebra, one (B, k_m, k_m) per hidden layer. Detached from the weights unless
-    `differentiable` (then G is a differentiable function of them, for exact meta-gradients).
-    skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
-    W0 = list(weights) if differentiable else [w.detach() for w in weights]
+    """G_m = ∂‖∇L(g·W)‖²/∂T_m at g = I + T, T = 0, under the exact action (`action.teleport`, minimum-norm
+    formula) on data.batch.X: the steepest-ascent direction of the squared gradient norm in the Lie algebra, one
+    (B, k_m, k_m) per hidden layer. In closed form: ∇_W‖∇L‖² at g·W (one double backward through the loss,
+    none through the action) pulled back through the action's derivative at g = I (see `_pull_back`).
+    weights[m] (B, d_{m+1}, d_m), or augmented [W b] (B, d_{m+1}, d_m + 1) for a task with biases
+    (`metatele.tasks.base.has_bias`). X_pinv: the cached pseudo-inverse of the first layer's input (default
+    data.X_pinv). Detached from the weights unless `differentiable` (then G is a differentiable function of them,
+    for exact meta-gradients). skip_invalid: tasks where the exact action is impossible get G = 0 instead of an error."""
+    W = list(weights) if differentiable else [w.detach() for w in weights]
     X = data.batch.X
     X_pinv = X_pinv if X_pinv is not None else data.X_pinv
-    if T is None:
-        T = [torch.zeros(X.shape[0], w.shape[1], w.shape[1], dtype=X.dtype, device=X.device) for w in W0[:-1]]
+    act, bias = task.activation, has_bias(task)
     with torch.enable_grad():
-        T = [t.detach().requires_grad_() for t in T]
-        Wt = teleport(W0, X, T, None, act=task.activation, least_squares=least_squares, X_pinv=X_pinv,
-                      skip_invalid=skip_invalid)
-        _, grads = task.loss_and_grad(Wt, data.batch, create_graph=True)
-        G = torch.autograd.grad(grad_norm_sq(grads).sum(), T, allow_unused=skip_invalid, create_graph=differentiable)
-    return [torch.zeros_like(t) if gt is None else torch.nan_to_num(gt) if skip_invalid else gt for t, gt in zip(T, G)]
+        # The action at g = I, pair by pair as in `action.teleport`: it keeps every activation a_m and maps each
+        # hidden layer's weights to z_m h̃⁺ (z_m = σ⁻¹(a_m), h̃ its input), their projection onto h̃'s row space.
+        ok = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
+        Qs, hps, acts, Wg = [], [], [], []
+        h = X
+        for m in range(len(W) - 1):
+            hin = with_ones(h) if bias else h
+            Q, hp, ok = layer_pinv(hin, X_pinv if m == 0 else None, ok, skip_invalid=skip_invalid)
+            a = act(torch.bmm(W[m], hin))
+            z = act.inverse(a)
+            Wm = torch.bmm(z, hp)
+            Wg.append(Wm + torch.bmm(z - torch.bmm(Wm, hin), hp))  # with the action's refinement step
+            Qs.append(Q)
+            hps.append(hp)
+            acts.append(a)
+            h = a
+        Wg.append(W[-1])
+        keep = ok[:, None, None]
+        if skip_invalid:
+            Wg = [torch.where(keep, a, b) for a, b in zip(Wg, W)]
+        at = [w if w.requires_grad else w.detach().requires_grad_() for w in Wg]
+        _, grads = task.loss_and_grad(at, data.batch, create_graph=True)
+        V = torch.autograd.grad(grad_norm_sq(grads).sum(), at, create_graph=differentiable)
+        G = _pull_back(list(V), Wg, Qs, hps, acts, act)
+    if skip_invalid:
+        G = [torch.where(keep, g, torch.zeros_like(g)).nan_to_num() for g in G]
+    return G
+
+
+def _pull_back(V: list[torch.Tensor], Wg: list[torch.Tensor], Qs: list[torch.Tensor | None], hps: list[torch.Tensor],
+               acts: list[torch.Tensor], act: LeakyReLU) -> list[torch.Tensor]:
+    """[⟨V, ∂(g·W)/∂T_m⟩ at g = I for each hidden layer m]: the action's derivative, transposed. V[m] = ∂f/∂(g·W)_m
+    and Wg[m] = (g·W)_m at g = I, (B, d_{m+1}, d_m (+1)). Per hidden layer m, of input h̃_{m-1} (B, d_m (+1), n):
+    hps[m] = h̃_{m-1}⁺, Qs[m] the orthonormal basis of h̃_{m-1}'s columns (used for m ≥ 1), acts[m] = a_m (B, k_m, n).
+
+    For h̃ of full column rank the action with g_m = I + T_m is (g·W)_m = σ⁻¹(g_m a_m) pinv(h̃'_{m-1}) with
+    h̃'_m = [g_m a_m; 1], and W_L's first k columns go to W_L g⁻¹. With dpinv(h) = −h⁺ dh h⁺ + (hᵀh)⁻¹dhᵀ(I − hh⁺):
+        ∂/∂T_m = (σ⁻¹'(a_m) ⊙ V_m h̃_{m-1}⁺ᵀ) a_mᵀ + [Mᵀ P − P (M + Mᵀ) P]_{:k,:k},   M = (g·W)_{m+1}ᵀ V_{m+1},
+    the first term from layer m's own σ⁻¹(g_m a_m), the second from layer m+1's pinv(h̃'_m), P = QQᵀ = h̃_m h̃_m⁺
+    (the projector onto h̃_m's columns; P = I for the last layer, where the term is −M_{:k,:k}). No QR, solve or
+    pseudo-inverse is differentiated, (hᵀh)⁻¹ (cond²) is never formed, and P from Q (not h̃h̃⁺) keeps the error
+    at autograd's level when h̃ is ill-conditioned."""
+    G = []
+    for m, (a, hp) in enumerate(zip(acts, hps)):
+        k = a.shape[1]
+        Vh = torch.bmm(V[m], hp.mT)
+        Gm = torch.bmm(torch.where(a > 0, Vh, Vh * (1.0 / act.slope)), a.mT)
+        M = torch.bmm(Wg[m + 1].mT, V[m + 1])
+        if m + 1 < len(acts):
+            P = torch.bmm(Qs[m + 1], Qs[m + 1].mT)
+            Gm = Gm + (torch.bmm(M.mT, P) - torch.bmm(P, torch.bmm(M + M.mT, P)))[:, :k, :k]
+        else:
+            Gm = Gm - M[:, :k, :k]
+        G.append(Gm)
+    return G
 
 
 def gradient_ascent_teleport(
@@ -67,7 +119,7 @@ def gradient_ascent_teleport(
     def steepness(W: list[torch.Tensor]) -> torch.Tensor:
         return grad_norm_sq(task.loss_and_grad(W, data.batch, create_graph=True)[1])
 
-    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr,
+    return ascend(weights, data.batch.X, steepness, act=task.activation, steps=steps, lr=lr, bias=has_bias(task),
                   least_squares=least_squares, X_pinv=data.X_pinv, skip_invalid=skip_invalid, nearest=nearest)
 
 

@@ -5,7 +5,7 @@
   (t = 0.001 … 0.191 in steps of 0.01). The paper's code averages the perturbed loss itself (not its increase),
   draws d with uniform positive entries and divides by the batch size; dist="uniform" gives its directions
   (the default, dist="normal", uses antithetic pairs of isotropic directions).
-- Curvature ψ (a teleportable `nn.Sequential` MLP, `metatele.teleport.sequential`): for random M_m ∈ gl(k_m),
+- Curvature ψ (a teleportable `nn.Sequential` MLP, read by the adapter `metatele.nn`): for random M_m ∈ gl(k_m),
   one per hidden layer, entries U[0, 1) as in the paper and ‖M_m‖_F = 1, the curvature at t = 0 of the orbit
   γ(t) = exp(tM)·w of the nearest exact group action (`action.group_action(..., nearest=True)`) on a batch X:
   κ = sqrt(‖γ'‖²‖γ''‖² − ⟨γ',γ''⟩²) / ‖γ'‖³, averaged over the draws of M.
@@ -37,9 +37,9 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from metatele.errors import ConfigError, RankDeficientError
+from metatele.nn import inspect_mlp
 from metatele.tasks.mlp import LeakyReLU
 from metatele.teleport.action import pinv_full_rank, with_ones
-from metatele.teleport.sequential import get_weights, inspect_mlp
 
 __all__ = ["PAPER_RADII", "sharpness", "perturbed_loss_increase", "random_directions", "lie_directions",
            "orbit_derivatives", "orbit_curvature", "curvature"]
@@ -234,9 +234,8 @@ def curvature(model: nn.Sequential, X: torch.Tensor, n_dirs: int = 16, seed: int
               dist: Dist = "uniform") -> torch.Tensor:
     """Curvature ψ of the orbits through a teleportable MLP's weights on data X (n, d0): the mean of
     `orbit_curvature` over n_dirs draws of M (`lie_directions`, from `seed`); 0-dim, in the model's dtype."""
-    s = inspect_mlp(model)
-    W = get_weights(s)
-    if X.dim() != 2 or X.shape[1] != s.widths[0]:
-        raise ConfigError(f"curvature data must be (n, {s.widths[0]}), got {tuple(X.shape)}")
-    M = lie_directions(s.widths[1:-1], n_dirs, seed, dtype=W[0].dtype, device=W[0].device, dist=dist)
-    return orbit_curvature(W, X.to(W[0]).T[None], M, act=s.act, bias=s.bias).mean()
+    chain = inspect_mlp(model, "the orbit curvature")
+    W = chain.get_weights()
+    XT = chain.inputs_T(X).to(W[0])
+    M = lie_directions(chain.widths[1:-1], n_dirs, seed, dtype=W[0].dtype, device=W[0].device, dist=dist)
+    return orbit_curvature(W, XT, M, act=chain.act, bias=chain.bias).mean()

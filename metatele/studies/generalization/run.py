@@ -11,10 +11,10 @@ from torch import nn
 from metatele import datasets
 from metatele.methods import baseline
 from metatele.step import inner_step
-from metatele.studies.common import classification_metrics, make_mlp
+from metatele.nn import to_sequential
+from metatele.studies.common import SLOPE, classification_metrics
 from metatele.studies.generalization.plan import HIDDEN, MEASURE_BATCH, PAPER_BATCH, PAPER_LR, Plan
 from metatele.tasks import ClassificationFamily, ClassificationTasks, LeakyReLU, mlp
-from metatele.teleport.sequential import inspect_mlp, set_weights_
 
 __all__ = ["log", "split_metrics", "train", "network", "setup", "measure_batches"]
 
@@ -45,9 +45,7 @@ def train(task: ClassificationTasks, weights: list[torch.Tensor], epochs: range,
 
 def network(weights: Sequence[torch.Tensor], b: int, dtype: torch.dtype) -> nn.Sequential:
     """Network b of the batch as an nn.Sequential (Linear, LeakyReLU, ...) without biases."""
-    net = make_mlp([weights[0].shape[2], *(W.shape[1] for W in weights)]).to(device=weights[0].device, dtype=dtype)
-    set_weights_(inspect_mlp(net), [W[b:b + 1] for W in weights])
-    return net
+    return to_sequential(weights, LeakyReLU(SLOPE), index=b, dtype=dtype)
 
 
 def setup(dataset: str, seeds: list[int], device: str) -> tuple[datasets.Dataset, ClassificationTasks, int]:

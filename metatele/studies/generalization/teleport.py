@@ -15,31 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from metatele.evaluation.stats import t_interval
+from metatele.nn import inspect_mlp
 from metatele.studies.generalization.plan import GROUPS, MEASURE_BATCH, VARIANTS, Plan
 from metatele.studies.generalization.run import log, network, setup, split_metrics, train
 from metatele.tasks.seeds import study_seeds
-from metatele.teleport.action import rescale, teleport
 from metatele.teleport.measures import PAPER_RADII, curvature, sharpness
-from metatele.teleport.sequential import get_weights, inspect_mlp, layer_inputs_T, set_weights_
+from metatele.teleport.sequential import random_teleport_
 from metatele.teleport.targets import teleport_to_target_
 
 __all__ = ["teleport_study", "teleport_table"]
 
 EVAL_SEED = 4  # direction draws of the probe measures (shared by all runs)
-
-
-def _random_teleport_(model: nn.Sequential, X: torch.Tensor, group: str, size: float, seed: int) -> None:
-    """A random group element of size `size` per layer (Frobenius norm of T, or norm of s), applied in float64."""
-    s = inspect_mlp(model)
-    W = [w.double() for w in get_weights(s)]
-    gen = torch.Generator().manual_seed(seed)
-    if group == "gl":
-        T = [torch.randn(1, k, k, generator=gen, dtype=torch.float64).to(W[0].device) for k in s.widths[1:-1]]
-        new = teleport(W, layer_inputs_T(s, X.to(W[0])), T, size, act=s.act, bias=s.bias, nearest=True)
-    else:
-        sv = [torch.randn(1, k, generator=gen, dtype=torch.float64).to(W[0].device) for k in s.widths[1:-1]]
-        new = rescale(W, [v * (size / v.norm()) for v in sv])
-    set_weights_(s, new)
 
 
 def _probe_measures(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, plan: Plan) -> tuple[float, float]:
@@ -87,15 +73,16 @@ def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) 
             model = network(Wv, b, Wv[0].dtype)
             w0 = torch.cat([p.detach().flatten() for p in model.parameters()])
             if name == "random":
-                _random_teleport_(model, Xt, group, plan.step(group) * plan.teleport_steps, seed)
-                drift = obj0 = obj1 = math.nan
+                res = random_teleport_(model, Xt, yt, F.cross_entropy, plan.step(group) * plan.teleport_steps,
+                                       group=group, generator=torch.Generator().manual_seed(seed))
+                drift, obj0, obj1 = res.drift, math.nan, math.nan
             else:
                 res = teleport_to_target_(model, Xt, yt, name, (Xp, yp), steps=plan.teleport_steps,
                                           step=plan.step(group), group=group, n_dirs=plan.teleport_dirs, seed=seed)
-                drift, obj0, obj1 = res.drift, res.before, res.after
+                drift, obj0, obj1 = res.drift, res.objective_before, res.objective_after
             w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
             phi1, psi1 = _probe_measures(model, Xp, yp, plan)
-            for m, w in enumerate(get_weights(inspect_mlp(model))):
+            for m, w in enumerate(inspect_mlp(model).get_weights()):
                 Wv[m][b] = w[0]
             records.append({"dataset": dataset, "group": group, "variant": name, "seed": seed, "arm": a,
                             "objective_before": obj0, "objective_after": obj1, "phi_before": phi0,

@@ -1,0 +1,5 @@
+"""Learned optimizers as `torch.optim` optimizers, for one's own training loop (see `LearnedOptimizer`)."""
+from metatele.optim.guard import DivergenceGuard, DivergenceWarning
+from metatele.optim.learned import LearnedOptimizer, load_method, shipped_names
+
+__all__ = ["LearnedOptimizer", "DivergenceGuard", "DivergenceWarning", "load_method", "shipped_names"]

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, checks, config, io_safety, train
+from metatele import checkpoints, checks, config, train
 from metatele._version import __version__
 from metatele.errors import CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.io import check_output_dir, check_output_file, clean_stray_temps
 from metatele.evaluation import compare, report
 from metatele.methods.registry import LEARNED
 from metatele.repdyn import paper as repdyn_paper
+from metatele.repdyn.probe import RepdynRecorder
 from metatele.datasets import DATASETS
 from metatele.studies import generalization
 from metatele.studies import optimizers as optimizers_study
@@ -83,10 +85,10 @@ def resolve_device(name: str) -> str:
 def _check_outputs(out: Path, logdir: Path | None) -> None:
     """Before long work: --out and --logdir must be writable directories; stray temporary files of earlier,
     interrupted runs in --out are removed."""
-    io_safety.check_output_dir(out, "--out")
+    check_output_dir(out, "--out")
     if logdir is not None:
-        io_safety.check_output_dir(logdir, "--logdir")
-    io_safety.clean_stray_temps(out)
+        check_output_dir(logdir, "--logdir")
+    clean_stray_temps(out)
 
 
 def _warn(message: str) -> None:
@@ -243,7 +245,8 @@ def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[Task
     methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
           f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1})", file=sys.stderr)
-    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, probe_layer=1 if a.repdyn else None)
+    recorders = [RepdynRecorder(layer=1)] if a.repdyn else []
+    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, recorders=recorders)
     out, logdir = Path(a.out), Path(a.logdir)
     report.report(results, logdir, out)
     print((out / "results.md").read_text(), end="")
@@ -292,8 +295,8 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     _check_outputs(Path(a.out), None)
     if a.json:
-        io_safety.check_output_file(Path(a.json), "--json")
-        io_safety.clean_stray_temps(Path(a.json).parent)
+        check_output_file(Path(a.json), "--json")
+        clean_stray_temps(Path(a.json).parent)
     if not a.quick and a.checkpoints:  # the full run also probes the learned optimizers
         if not ckdir.is_dir():
             raise ConfigError(f"checkpoint directory not found: {ckdir}")

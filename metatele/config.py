@@ -11,9 +11,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from metatele import checks, io_safety
+from metatele import checks
 from metatele.datasets import DATASETS
 from metatele.errors import ConfigError
+from metatele.io import regular_file
 from metatele.learned.meta_optimizer import MetaOptSpec
 from metatele.methods.registry import LEARNED
 from metatele.tasks import LAWS, ClassificationFamily, LeakyReLU, MixtureFamily, RegressionFamily, TaskFamily
@@ -192,7 +193,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     """Build a config: defaults ← TOML file ← keyword values ← `key=value` overrides; then validate."""
     values: dict[str, Any] = {}
     if path is not None:
-        if io_safety.regular_file(Path(path), ConfigError, "config file") > MAX_CONFIG_BYTES:
+        if regular_file(Path(path), ConfigError, "config file") > MAX_CONFIG_BYTES:
             raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; not a config")
         try:
             values.update(tomllib.loads(Path(path).read_text()))

@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from metatele import checkpoints, checks, config, io_safety
+from metatele import checkpoints, checks, config
 from metatele.config import TrainConfig
 from metatele.errors import (ConfigError, DistributedError, MetateleError, NonFiniteError, TrainStateError,
                              TrainStateExistsError)
+from metatele.io import OutputLock, check_output_dir, clean_stray_temps, finite_or_none
 from metatele.evaluation.heldout import HeldOut
 from metatele.learned import distributed
 from metatele.learned.log import TrainLog
@@ -163,16 +164,16 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
     and a refusal on any rank stops all of them before any work.
     """
     out = Path(out)
-    io_safety.check_output_dir(out, "output directory")
+    check_output_dir(out, "output directory")
     if logdir is not None:
-        io_safety.check_output_dir(Path(logdir), "log directory")
+        check_output_dir(Path(logdir), "log directory")
     with distributed.from_env(device) as comm, contextlib.ExitStack() as held:
         error: MetateleError | None = None
         try:
             comm.check(cfg)
             if comm.rank == 0:
-                held.enter_context(io_safety.OutputLock(out))
-                io_safety.clean_stray_temps(out)
+                held.enter_context(OutputLock(out))
+                clean_stray_temps(out)
             run_ = start(cfg, out, resume=resume, overwrite=overwrite, device=comm.device)
         except MetateleError as e:
             error = e
@@ -201,7 +202,7 @@ def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | No
             log.batch(stats, size * cfg.steps, run_.trajectories_seen, p.skipped_windows)
             if cfg.eval_every and (p.batches_done % cfg.eval_every == 0 or p.batches_done == n_batches):
                 values = heldout(run_.model)
-                p.history.append({"trajectories": run_.trajectories_seen, **checks.finite_or_none(values)})
+                p.history.append({"trajectories": run_.trajectories_seen, **finite_or_none(values)})
                 log.heldout(values, run_.trajectories_seen)
             if cfg.ckpt_every and p.batches_done % cfg.ckpt_every == 0:
                 save(run_, out)

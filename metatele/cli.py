@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, checks, config, io_safety, train
+from metatele import checkpoints, checks, config, train
 from metatele._version import __version__
 from metatele.errors import UNREGISTERED, CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.io import check_output_dir, check_output_file, clean_stray_temps
 from metatele.evaluation import compare, report
 from metatele.learned import LEARNED
 from metatele.repdyn import paper as repdyn_paper
+from metatele.repdyn.probe import RepdynRecorder
 from metatele.datasets import DATASETS
 from metatele.studies import generalization
 from metatele.studies import optimizers as optimizers_study
@@ -31,6 +33,7 @@ VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
 MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
 MAX_WORKERS = 1024     # repdyn --workers
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+QUICK_CONFIG = Path(__file__).resolve().parent / "configs" / "quick.toml"  # train --quick
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,10 +87,10 @@ def resolve_device(name: str) -> str:
 def _check_outputs(out: Path, logdir: Path | None) -> None:
     """Before long work: --out and --logdir must be writable directories; stray temporary files of earlier,
     interrupted runs in --out are removed."""
-    io_safety.check_output_dir(out, "--out")
+    check_output_dir(out, "--out")
     if logdir is not None:
-        io_safety.check_output_dir(logdir, "--logdir")
-    io_safety.clean_stray_temps(out)
+        check_output_dir(logdir, "--logdir")
+    clean_stray_temps(out)
 
 
 def import_plugins(modules: Sequence[str]) -> None:
@@ -152,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the config's, else lstm-update-tele)")
     t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--quick", action="store_true", help="a tiny recipe that meta-trains in under a minute on 2 CPU "
+                   f"cores (the config {QUICK_CONFIG.relative_to(QUICK_CONFIG.parents[2])})")
     t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
     start = t.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
@@ -238,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a: argparse.Namespace) -> int:
     import_plugins(a.plugin)
     kw = {"method": a.method} if a.method else {}
+    if a.quick and a.config:
+        raise ConfigError("--quick is a config of its own: give --quick or --config, not both")
     try:
-        cfg = config.load(a.config, a.set, **kw)
+        cfg = config.load(QUICK_CONFIG if a.quick else a.config, a.set, **kw)
     except ConfigError as e:
         raise _option_hint(e) from None
     device = resolve_device(a.device)
@@ -275,7 +282,8 @@ def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[Task
     methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
           f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1})", file=sys.stderr)
-    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, probe_layer=1 if a.repdyn else None)
+    recorders = [RepdynRecorder(layer=1)] if a.repdyn else []
+    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, recorders=recorders)
     out, logdir = Path(a.out), Path(a.logdir)
     report.report(results, logdir, out)
     print((out / "results.md").read_text(), end="")
@@ -325,8 +333,8 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     _check_outputs(Path(a.out), None)
     if a.json:
-        io_safety.check_output_file(Path(a.json), "--json")
-        io_safety.clean_stray_temps(Path(a.json).parent)
+        check_output_file(Path(a.json), "--json")
+        clean_stray_temps(Path(a.json).parent)
     if not a.quick and a.checkpoints:  # the full run also probes the learned optimizers
         if not ckdir.is_dir():
             raise ConfigError(f"checkpoint directory not found: {ckdir}")

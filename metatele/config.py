@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from metatele import io_safety
 from metatele.errors import UNREGISTERED, ConfigError
+from metatele.io import regular_file
 from metatele.learned import LEARNED, LearnedSpec, MetaOptimizer
 from metatele.outer.settings import TrainerSettings
-from metatele.tasks import FAMILIES, Symmetry, TaskFamily, family_from_config
+from metatele.tasks import Symmetry, TaskFamily, family_from_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -172,7 +172,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
     """Build a config: defaults ← TOML file ← keyword values ← `key=value` overrides; then validate."""
     values: dict[str, Any] = {}
     if path is not None:
-        if io_safety.regular_file(Path(path), ConfigError, "config file") > MAX_CONFIG_BYTES:
+        if regular_file(Path(path), ConfigError, "config file") > MAX_CONFIG_BYTES:
             raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; not a config")
         try:
             values.update(tomllib.loads(Path(path).read_text()))

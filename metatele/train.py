@@ -11,15 +11,16 @@ from typing import Any
 
 import torch
 
-from metatele import checkpoints, checks, config, io_safety
+from metatele import checkpoints, checks, config
 from metatele.config import TrainConfig
 from metatele.errors import (ConfigError, DistributedError, MetateleError, NonFiniteError, TrainStateError,
                              TrainStateExistsError)
+from metatele.io import OutputLock, check_output_dir, clean_stray_temps, finite_or_none
 from metatele.learned import MetaOptimizer, build as build_method
 from metatele.outer import distributed
 from metatele.outer.heldout import HeldOut
 from metatele.outer.log import TrainLog
-from metatele.outer.trainer import Progress, meta_train
+from metatele.outer.trainer import Progress, meta_train, windows
 from metatele.signals import stop_on_signals
 from metatele.tasks import TaskFamily
 from metatele.tasks.base import TaskBatch
@@ -171,16 +172,16 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
     and a refusal on any rank stops all of them before any work.
     """
     out = Path(out)
-    io_safety.check_output_dir(out, names[0])
+    check_output_dir(out, names[0])
     if logdir is not None:
-        io_safety.check_output_dir(Path(logdir), names[1])
+        check_output_dir(Path(logdir), names[1])
     with distributed.from_env(device) as comm, contextlib.ExitStack() as held:
         error: MetateleError | None = None
         try:
             comm.check(cfg.trainer)
             if comm.rank == 0:
-                held.enter_context(io_safety.OutputLock(out))
-                io_safety.clean_stray_temps(out)
+                held.enter_context(OutputLock(out))
+                clean_stray_temps(out)
             run_ = start(cfg, out, resume=resume, overwrite=overwrite, device=comm.device)
         except MetateleError as e:
             error = e
@@ -208,12 +209,15 @@ def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | No
             log.batch(stats, size * settings.steps, run_.trajectories_seen, p.skipped_windows)
             if settings.eval_every and (p.batches_done % settings.eval_every == 0 or p.batches_done == n_batches):
                 values = heldout(run_.model)
-                p.history.append({"trajectories": run_.trajectories_seen, **checks.finite_or_none(values)})
+                p.history.append({"trajectories": run_.trajectories_seen, **finite_or_none(values)})
                 log.heldout(values, run_.trajectories_seen)
             if settings.ckpt_every and p.batches_done % settings.ckpt_every == 0:
                 save(run_, out)
 
-        meta_train(settings, run_.model, run_.opt, run_.progress, sample=sample,
+        def after_window() -> None:
+            log.window(1 / windows(settings, run_.progress.batches_done))
+
+        meta_train(settings, run_.model, run_.opt, run_.progress, sample=sample, on_window=after_window,
                    after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm)
         comm.on_rank0(save, run_, out)
         run_.interrupted, run_.stop_signal = stop(), stop.signum

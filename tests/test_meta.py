@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -133,3 +138,27 @@ def test_training_seeds_disjoint_from_evaluation():
     assert seeds.overlaps_training(5, 10) and not seeds.overlaps_training(seeds.EVAL_FIRST_SEED, 10**6)
     with pytest.raises(ValueError):
         seeds.train_seeds(100, 0, 1)
+
+
+def test_progress_bar_moves_within_a_batch(tmp_path, capsys):
+    """A batch of 4 windows: the bar shows each window as a quarter of a batch (the default config's batches take
+    minutes), and lands on whole batches."""
+    cfg = config.load(method="lstm-update", hidden=8, trajectories=8, batch=4, steps=20, unroll=5, eval_every=0,
+                      ckpt_every=0)
+    train.run(cfg, tmp_path / "out", logdir=tmp_path / "runs", progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    for shown in ("0.25/2 batches", "0.50/2", "0.75/2", "1.25/2", "2.00/2"):
+        assert shown in bar, bar
+
+
+@pytest.mark.slow
+def test_train_quick_meta_trains_a_tiny_optimizer(tmp_path):
+    """`metatele train --quick` (metatele/configs/quick.toml): the held-out loss falls as it meta-trains."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "metatele", "train", "--quick", "--out", "ck", "--no-progress"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    history = checkpoints.load_model(tmp_path / "ck").metadata["history"]
+    assert len(history) == 4
+    first, last = history[0]["log10_loss_mean_step20"], history[-1]["log10_loss_mean_step20"]
+    assert last < first - 0.2, history

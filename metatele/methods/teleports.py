@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from metatele.methods.base import Proposal
-from metatele.tasks.base import Symmetry, TaskBatch, has_bias
+from metatele.tasks.base import Symmetry, TaskBatch, TeleportData, has_bias
 from metatele.teleport.action import grad_norm_sq, normalize, rescale, teleport
 from metatele.teleport.ascent import DEFAULT_STEP, ascend_group, gradient_ascent_teleport
 
@@ -84,6 +84,11 @@ class LieTeleport:
     T: list[torch.Tensor]
     magnitude: list[float | torch.Tensor]
     exact: bool = True
+
+    def direction(self, weights: list[torch.Tensor], task: TaskBatch, data: TeleportData
+                  ) -> tuple[list[torch.Tensor], list[float | torch.Tensor]]:
+        """T_m (B, k_m, k_m) and the magnitudes to scale them to (they do not depend on the data)."""
+        return self.T, self.magnitude
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         if task.symmetry is Symmetry.RESCALE:  # the diagonal of each normalized T_m

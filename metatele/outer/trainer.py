@@ -129,12 +129,19 @@ def meta_lr(settings: TrainerSettings, batch: int, n_batches: int) -> float:
     return settings.meta_lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def windows(settings: TrainerSettings, batch: int) -> int:
+    """The truncated-BPTT windows (meta-updates, unless one diverges) of batch `batch`."""
+    return -(-horizon(settings, batch) // settings.unroll)
+
+
 def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, settings: TrainerSettings,
-                steps: int | None = None, reducer: Reducer = SOLO) -> dict[str, float]:
+                steps: int | None = None, reducer: Reducer = SOLO,
+                on_window: Callable[[], None] | None = None) -> dict[str, float]:
     """Meta-train on one batch of trajectories of `steps` inner steps (default settings.steps), one meta-update per
     window; returns mean statistics, "skipped" (1 if a window diverged and the batch was abandoned) and "windows"
     (the meta-updates taken). reducer: in a distributed run, agrees on finiteness and averages each window's
-    meta-gradient with the other ranks' (this rank's weight: its trajectory count); the default does nothing."""
+    meta-gradient with the other ranks' (this rank's weight: its trajectory count); the default does nothing.
+    on_window() is called after each window's meta-update (a progress bar)."""
     params = list(method.parameters())
     weights = task.init_weights()
     state = method.init_state(weights)
@@ -163,6 +170,8 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         stats["meta_loss"].append(float(ml.detach()))
         stats["grad_norm"].append(float(gn))
         weights, state, alive = detach(win.weights), detach(win.state), win.alive
+        if on_window is not None:
+            on_window()
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out["skipped"] = float(skipped)
     if alive is not None:
@@ -174,11 +183,12 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
 def meta_train(settings: TrainerSettings, method: Learnable, opt: torch.optim.Optimizer, progress: Progress, *,
                sample: Callable[[int, int], TaskBatch],
                after_batch: Callable[[Progress, dict[str, float], int], None],
-               stop: Callable[[], bool], max_batches: int | None = None, reducer: Reducer = SOLO) -> Progress:
+               stop: Callable[[], bool], max_batches: int | None = None, reducer: Reducer = SOLO,
+               on_window: Callable[[], None] | None = None) -> Progress:
     """The outer loop: batch after batch of trajectories until settings.trajectories are done, `stop()` is
     true, or `max_batches` batches ran in this call. sample(first, count) gives the tasks of trajectories
     first … first+count−1 (in a distributed run, this rank's slice of them); after_batch(progress, stats,
-    trajectories in the batch) logs, evaluates and saves; reducer: as in `train_batch`."""
+    trajectories in the batch) logs, evaluates and saves; reducer and on_window: as in `train_batch`."""
     n_batches = settings.n_batches
     stop_at = n_batches if max_batches is None else min(n_batches, progress.batches_done + max_batches)
     while progress.batches_done < stop_at and not stop():
@@ -187,7 +197,8 @@ def meta_train(settings: TrainerSettings, method: Learnable, opt: torch.optim.Op
                 group["lr"] = meta_lr(settings, progress.batches_done, n_batches)
         first = progress.batches_done * settings.batch
         size = min(settings.batch, settings.trajectories - first)
-        stats = train_batch(method, opt, sample(first, size), settings, horizon(settings, progress.batches_done), reducer)
+        stats = train_batch(method, opt, sample(first, size), settings, horizon(settings, progress.batches_done), reducer,
+                            on_window)
         progress.batches_done += 1
         progress.skipped_windows += int(stats["skipped"])
         after_batch(progress, stats, size)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from metatele import config, train
-from metatele.learned import trainer
+from metatele.outer import trainer
 
 SMALL = {"hidden": 16, "batch": 8, "steps": 20, "unroll": 10, "eval_every": 25, "eval_tasks": 4, "ckpt_every": 25}
 

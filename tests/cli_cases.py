@@ -10,8 +10,8 @@ training state).
 
 Privileges: as root, file permissions do not stop writes, so the permission rows drop to uid/gid 65534
 (`os.seteuid`) for the run; the read-only-file-system row uses /sys, which the kernel refuses to anyone.
-A full disk is simulated by replacing the checkpoint writer (`checkpoints._write_bytes`) with one that writes
-half and raises ENOSPC; a real kernel write limit (RLIMIT_FSIZE, EFBIG) is exercised in a child process.
+A full disk is simulated by replacing the one writer of bytes (`metatele.io.atomic._write_bytes`) with one that
+writes half and raises ENOSPC; a real kernel write limit (RLIMIT_FSIZE, EFBIG) is exercised in a child process.
 No pass condition depends on time: processes are signalled on events (a file written, a line printed, torch's
 library mapped), and the waits are bounded only against hangs (helpers.HANG).
 """
@@ -37,10 +37,11 @@ import torch
 from helpers import HANG, popen_cli, wait_for, wait_for_write
 from safetensors.torch import save_file
 
-from metatele import checkpoints, cli, io_safety, train
+from metatele import checkpoints, cli, train
 from metatele.evaluation import compare
-from metatele.learned import trainer
+from metatele.io import LOCK_NAME, atomic
 from metatele.methods import baseline
+from metatele.outer import trainer
 from metatele.repdyn import paper as repdyn_paper
 
 SETS = ["--set", "trajectories=16", "--set", "batch=8", "--set", "steps=10", "--set", "hidden=8",
@@ -54,7 +55,7 @@ EVAL = ["--tasks", "2", "--steps", "2", "--no-progress", "--out", "res", "--logd
 ARCH = ["train", "--out", "o", *TRAIN]  # a training refused by a check before any work
 NOBODY = 65534
 DEAD_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # larger than any PID: never alive
-HOLDER = ("import sys, time; from metatele.io_safety import OutputLock; OutputLock(sys.argv[1]).__enter__(); "
+HOLDER = ("import sys, time; from metatele.io import OutputLock; OutputLock(sys.argv[1]).__enter__(); "
           f"print('locked', flush=True); time.sleep({HANG})")  # killed by the row's cleanup
 Result = tuple[int, str, str]
 
@@ -167,7 +168,7 @@ def enospc(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> None:
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    mp.setattr(checkpoints, "_write_bytes", full)
+    mp.setattr(atomic, "_write_bytes", full)
 
 
 def poison_batch_2(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> None:
@@ -179,7 +180,7 @@ def poison_batch_2(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> No
         stats = real(method, *args, **kw)
         ctx["calls"] = ctx.get("calls", 0) + 1
         if ctx["calls"] == 2:
-            ctx["after_batch_1"] = {k: v for k, v in snapshot(tmp / "o").items() if k != io_safety.LOCK_NAME}
+            ctx["after_batch_1"] = {k: v for k, v in snapshot(tmp / "o").items() if k != LOCK_NAME}
             with torch.no_grad():
                 next(method.parameters()).fill_(float("nan"))
         return stats
@@ -294,7 +295,7 @@ def holder_killed(tmp: Path, ctx: dict[str, Any]) -> None:
     assert p.stdout.readline().strip() == "locked"
     p.kill()
     p.wait()
-    assert (tmp / "o" / io_safety.LOCK_NAME).exists()  # left behind, naming a dead process
+    assert (tmp / "o" / LOCK_NAME).exists()  # left behind, naming a dead process
 
 
 def holder_alive(tmp: Path, ctx: dict[str, Any]) -> None:

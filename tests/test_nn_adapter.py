@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metatele.nn import (ArchitectureError, SequentialTask, chain_of, find_chains, inspect_mlp, teleport_chain_,
-                         to_sequential)
+from metatele.nn import (ArchitectureError, SequentialTask, chain_of, exact_rows, find_chains, inspect_mlp,
+                         teleport_chain_, to_sequential)
 from metatele.teleport.sequential import Teleporter
 
 
@@ -162,3 +162,17 @@ def test_bad_inputs_are_refused_before_any_work_and_the_model_is_unchanged(case)
         with pytest.raises(ValueError, match=tele_message or message):
             Teleporter(model, opt, F.cross_entropy, change.get("X", X), change.get("y", y), at_steps=[0])
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before) if torch.isfinite(q).all())
+
+
+def test_exact_rows_checks_every_teleported_layer_input():
+    """A dead hidden unit (a zero row of W1) makes the second layer's input h1 rank-deficient on 3 samples although
+    X has full rank: teleporting both layers is exact on 1 row (3 halved), the first layer alone on all 4."""
+    model = mlp(6, 3, 4, 2, bias=False)
+    with torch.no_grad():
+        model[0].weight[2] = 0.0
+    chain = inspect_mlp(model)
+    X = torch.randn(1, 6, 4, dtype=torch.float64)
+    assert chain.max_batch() == 3 and exact_rows(chain, X) == 1
+    assert chain.max_batch(1) == 6 and exact_rows(chain, X, 1) == 4
+    r = teleport_chain_(chain, X[0].T, [torch.randn(3, 3), torch.randn(4, 4)], 0.3)
+    assert r.applied and r.exact_samples == 1

@@ -292,3 +292,17 @@ def test_teleports_undone_skipped_or_on_a_sub_batch_are_counted_and_warned_once_
             tele.step()
     undone = tele.counts["undone"]
     assert len([w for w in caught if w.category is TeleportWarning]) == (undone > 0) and undone + tele.counts["applied"] == 3
+
+
+def test_teleporter_can_teleport_on_the_steps_own_batch():
+    torch.manual_seed(0)
+    model = mlp(True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = torch.rand(40, 8, dtype=torch.float64), torch.randint(0, 3, (40,))
+    tele = Teleporter(model, opt, F.cross_entropy, X, y, at_steps=[0], n_samples=5)
+    Xb, yb = X[10:30], y[10:30]
+    out0 = model(Xb[:5]).detach()
+    r = tele.step((Xb, yb))
+    assert r.applied and r.n_samples == r.exact_samples == 5
+    assert r.loss_before == pytest.approx(F.cross_entropy(out0, yb[:5]).item(), rel=1e-12)
+    torch.testing.assert_close(model(Xb[:5]).detach(), out0, rtol=1e-10, atol=1e-12)

@@ -10,7 +10,8 @@ from cli_cases import (Case, DEAD_PID, EVAL, TRAIN, both, holder_alive, holder_k
                        names_holder, no_temp_files, put, refused_before_writing, resumed_to_batch_2, run_case,
                        second_training_refused, ship, strays, strays_cleaned, write)
 
-from metatele import checkpoints, config, io_safety, train
+from metatele import checkpoints, config, train
+from metatele.io import LOCK_NAME
 
 CASES = [
     Case("out_holding_a_shipped_model_is_refused", ["train", "--out", "ship", *TRAIN], 2,
@@ -34,7 +35,7 @@ CASES = [
          proc=second_training_refused, check=names_holder),
     Case("stale_lock_of_a_killed_process_is_taken_over", ["train", "--out", "o", "--resume", *TRAIN], 0,
          "done: 16/16", setup=holder_killed, check=resumed_to_batch_2,
-         may_change=("o/model.safetensors", "o/train_state.safetensors", f"o/{io_safety.LOCK_NAME}")),
+         may_change=("o/model.safetensors", "o/train_state.safetensors", f"o/{LOCK_NAME}")),
     Case("stray_temporary_files_are_cleaned", ["train", "--out", "o", "--resume", *TRAIN], 0, "done: 16/16",
          setup=strays, check=strays_cleaned,
          may_change=("o/model.safetensors", "o/train_state.safetensors",

@@ -5,7 +5,7 @@ exact action (`metatele.teleport.action`, nearest=True), computed in float64 and
 dtype. It keeps the chain's outputs on its input batch X (n, d0) when the action is exact there:
 
 - Exact rows (`exact_rows`): the action is exact on n samples when n ≤ every teleported hidden layer's input
-  width (+1 with biases), `Chain.max_batch`, and the layer inputs have full column rank. **Fallback** when it is
+  width (+1 with biases), `Chain.max_batch`, and those layers' inputs have full column rank on them. **Fallback** when it is
   not (too many samples, or a rank-deficient batch): the action is exact on the first min(n, max_batch) rows,
   halved until they have full rank; `TeleportResult.exact_samples` says how many, and callers that know the loss
   measure its drift on the whole batch (`loss_before`/`loss_after`, `drift`).
@@ -83,14 +83,20 @@ class TeleportResult:
 
 
 def exact_rows(chain: Chain, X: torch.Tensor, layers: int | None = None) -> int:
-    """How many leading samples of X (1, d0, n) the exact action keeps (0: none): n if n ≤ max_batch(layers) and
-    X (or [X; 1]) has full column rank; otherwise min(n, max_batch), halved until that many leading columns have
-    full rank. Deeper layers' inputs are checked by the action itself."""
-    n = min(X.shape[-1], chain.max_batch(layers))
+    """How many leading samples of X (1, d0, n) the exact action on the first `layers` hidden layers (default all)
+    keeps, at the chain's current weights (0: none). That is n if n ≤ max_batch(layers) and every teleported layer's
+    input (with a row of ones for biases) has full column rank on them; otherwise min(n, max_batch), halved until
+    it does. (An invertible g keeps these ranks, so the answer holds for the teleported weights too.)"""
+    j = chain.check_layers(layers)
+    W = [w.to(X) for w in chain.get_weights()[:j]]
+    n = min(X.shape[-1], chain.max_batch(j))
     while n > 0:
-        Xn = X[..., :n]
+        h = X[..., :n]
         try:
-            pinv_full_rank(with_ones(Xn) if chain.bias else Xn)
+            for Wm in W:
+                hin = with_ones(h) if chain.bias else h
+                pinv_full_rank(hin)
+                h = chain.act(torch.bmm(Wm, hin))
             return n
         except RankDeficientError:
             n //= 2

@@ -204,15 +204,20 @@ class Teleporter:
         """Time spent teleporting so far."""
         return sum(r.seconds for _, r in self.history)
 
-    def step(self) -> TeleportResult | None:
-        """Count one training step; teleport first if it is scheduled. Returns what the teleport did, or None."""
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> TeleportResult | None:
+        """Count one training step; teleport first if it is scheduled. Returns what the teleport did, or None.
+        batch: the step's own (X_b, y_b), whose first n_samples rows are then the teleport batch (default: n_samples
+        rows of the Teleporter's (X, y) drawn at random)."""
         t = self.steps_taken
         self.steps_taken += 1
         if t not in self.schedule:
             return None
         t0 = time.perf_counter()
-        idx = torch.randperm(self.X.shape[0], generator=self.generator)[: self.n_samples].to(self.X.device)
-        X, y = self.X[idx], self.y[idx]
+        if batch is None:
+            idx = torch.randperm(self.X.shape[0], generator=self.generator)[: self.n_samples].to(self.X.device)
+            X, y = self.X[idx], self.y[idx]
+        else:
+            X, y = batch[0][: self.n_samples], batch[1][: self.n_samples]
         if self.method == "ascent":
             r = ascent_teleport_(self.model, X, y, self.loss_fn, steps=self.ascent_steps, lr=self.lr,
                                  layers=self.layers, rtol=self.rtol)

@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from metatele import checkpoints, checks, config, train
+from metatele import checkpoints, config, train
 from metatele._version import __version__
 from metatele.errors import UNREGISTERED, CheckpointError, ConfigError, MetateleError, TrainStateExistsError
 from metatele.io import check_output_dir, check_output_file, clean_stray_temps
@@ -28,78 +26,14 @@ from metatele.studies import generalization
 from metatele.studies import optimizers as optimizers_study
 from metatele.tasks import (LAWS, PAPER_MNIST_WIDTHS, PAPER_N, PAPER_WIDTHS, ClassificationFamily, RegressionFamily,
                             TaskFamily, family_from_dict)
-from metatele.tasks.seeds import EVAL_FIRST_SEED, MAX_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
+from metatele.options import (MAX_TASKS, SMALLER, Parser, allocation_failure, check_memory,
+                              common_options, int_in, location, nonneg_int, positive_int, resolve_device, task_count,
+                              widths_arg)
+from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
 
 VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
-MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
 MAX_WORKERS = 1024     # repdyn --workers
-DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-MAX_THREADS = 1024
-DEFAULT_THREADS = 1  # measured in benchmarks/threads.py, see docs/threads.md
-THREADS_WHY = "the networks are small; on a busy 2-core machine more threads wait on each other"
-SMALLER = "use fewer tasks, smaller widths or a smaller config"
 QUICK_CONFIG = Path(__file__).resolve().parent / "configs" / "quick.toml"  # train --quick
-
-
-class _Parser(argparse.ArgumentParser):
-    """No prefix matching (`--step 5` is not `--steps 5`); errors are one line with exit code 2."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **{**kw, "allow_abbrev": False})
-
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        self.exit(2, f"metatele: error: {message} (see '{self.prog} --help')\n")
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an integer in [lo, hi] (a float such as 2.5 is refused, not truncated)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {v}")
-        return v
-
-    return parse
-
-
-positive_int = _int_in(1, 10**7)   # counts such as --steps
-nonneg_int = _int_in(0, MAX_SEED)  # task seeds
-task_count = _int_in(1, MAX_TASKS)
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 20,32,32,20, got {text!r}") from None
-    try:
-        return list(checks.widths("--widths", widths))  # 3 … 17 widths, each in [1, 4096]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def location(text: str) -> str:
-    """An argparse type for output paths (--out, --logdir, --json): refuses an empty or blank one, which would
-    otherwise mean the current directory."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"an output location must be a path, got {text!r}")
-    return text
-
-
-def resolve_device(name: str) -> str:
-    """`name` if it is cpu, cuda or cuda:N and this machine has that device, else ConfigError (called by every
-    command before its work starts)."""
-    if not DEVICE.fullmatch(name):
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                          f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
-    return name
 
 
 def _check_outputs(out: Path, logdir: Path | None) -> None:
@@ -135,16 +69,6 @@ def _option_hint(e: ConfigError) -> ConfigError:
     return ConfigError(f"{e} ({' or '.join(flags)})" if flags else str(e), params=e.params)
 
 
-def check_memory(widths: Sequence[int], tasks: int, device: str) -> None:
-    """Before building `tasks` networks of these widths on the CPU: ConfigError naming the size if their
-    weights and gradients alone (float32; a lower bound on what evaluation holds) exceed the memory left."""
-    need = 2 * 4 * tasks * sum(a * b for a, b in zip(widths, widths[1:]))
-    free = checks.available_memory() if device == "cpu" else None
-    if free is not None and need > free:
-        raise ConfigError(f"{tasks} tasks of widths {','.join(map(str, widths))} need at least "
-                          f"{need / 2**30:.1f} GiB, but {max(free, 0) / 2**30:.1f} GiB is available; {SMALLER}")
-
-
 def _warn(message: str) -> None:
     print(f"metatele: warning: {message}", file=sys.stderr)
 
@@ -159,35 +83,22 @@ def _warn_missing_checkpoints(ckdir: Path) -> None:
         _warn(f"{ckdir} has no checkpoint for {', '.join(missing)}; skipped")
 
 
-def _common(p: argparse.ArgumentParser, out: str | None, out_help: str, logdir: str | None, logdir_help: str
-            ) -> None:
-    """The options every command shares (each trains or evaluates), defined once: --out (required when `out`
-    is None), --logdir, --device, --no-progress and --threads (applied by `main` around the command)."""
-    p.add_argument("--out", type=location, required=out is None, default=out,
-                   help=out_help + ("" if out is None else f" (default {out})"))
-    p.add_argument("--logdir", type=location, default=logdir, help=f"TensorBoard log directory ({logdir_help})")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=DEFAULT_THREADS,
-                   help=f"torch CPU threads (default {DEFAULT_THREADS}: {THREADS_WHY}; see docs/threads.md)")
-
-
 def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
     p.add_argument("--tasks", type=task_count, default=64, help=f"number of unseen tasks, 1..{MAX_TASKS} (default 64)")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
                    help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint "
                    "from training and validation)")
-    _common(p, out_default, "directory for results.csv/.md and loss_curves.png", logdir_default,
+    common_options(p, out_default, "directory for results.csv/.md and loss_curves.png", logdir_default,
             f"default {logdir_default}")
     p.add_argument("--repdyn", action="store_true",
                    help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="metatele", description="Learning to optimize with parameter-space symmetry (learned teleportation).")
+    p = Parser(prog="metatele", description="Learning to optimize with parameter-space symmetry (learned teleportation).")
     p.add_argument("--version", action="version", version=f"metatele {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     t = sub.add_parser("train", help="meta-train a learned optimizer")
     t.add_argument("--method", help=f"which learned method, one of {', '.join(LEARNED)} or one a --plugin registers "
@@ -196,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     t.add_argument("--quick", action="store_true", help="a tiny recipe that meta-trains in under a minute on 2 CPU "
                    f"cores (the config {QUICK_CONFIG.relative_to(QUICK_CONFIG.parents[2])})")
-    _common(t, None, "checkpoint directory, e.g. checkpoints/NAME", None, "default runs/NAME")
+    common_options(t, None, "checkpoint directory, e.g. checkpoints/NAME", None, "default runs/NAME")
     start = t.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
     start.add_argument("--overwrite", action="store_true",
@@ -209,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
     c.add_argument("--task", choices=("regression", "classification"), default="regression",
                    help="task family (default regression: the paper's)")
-    c.add_argument("--widths", type=_widths, default=None,
+    c.add_argument("--widths", type=widths_arg, default=None,
                    help="network widths, e.g. 20,32,32,20 (default: 20,20,20; classification: 784,16,10,10)")
     c.add_argument("--n", type=positive_int, default=None,
                    help="regression samples per task (default min(20, smallest hidden-layer input width))")
@@ -229,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
     r.add_argument("--checkpoints", default=None, help="learned optimizers to probe (default: shipped)")
     r.add_argument("--tasks", type=task_count, default=8, help="teleport tasks probed per optimizer (default 8)")
-    _common(r, "results/repdyn", "directory for figures and the table", "runs/repdyn",
+    common_options(r, "results/repdyn", "directory for figures and the table", "runs/repdyn",
             "the recorded and fitted (H, Yd, w) series; default runs/repdyn")
     r.add_argument("--json", type=location, help="write the fits as JSON to this file")
-    r.add_argument("--workers", type=_int_in(0, MAX_WORKERS), default=0,
+    r.add_argument("--workers", type=int_in(0, MAX_WORKERS), default=0,
                    help="networks trained at once, one process each with --threads threads (default 0: one per "
                    "CPU core)")
 
@@ -251,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teleport-epoch", type=positive_int, help="teleport before this epoch (default 20; quick 1)")
     g.add_argument("--seed-offset", type=nonneg_int, default=0,
                    help="use seeds (i + 1 + OFFSET)·54321 instead of (i + 1)·54321 (another seed split)")
-    _common(g, "results/generalization", "output directory", "runs/generalization", "default runs/generalization")
+    common_options(g, "results/generalization", "output directory", "runs/generalization", "default runs/generalization")
 
     o = sub.add_parser("optimizers", help="SGD, momentum, AdaGrad, RMSProp, Adam with and without teleport on real data",
                        description="The paper's §5 experiment on an nn.Sequential 784-16-10-10 (see "
@@ -264,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--arms", help=f"comma-separated subset of {','.join(optimizers_study.ARMS)} (must include none)")
     o.add_argument("--epochs", type=positive_int, help="epochs per run (default 40; quick 3)")
     o.add_argument("--seeds", type=positive_int, help="seeds per arm (default 5; quick 2)")
-    _common(o, "results/optimizers", "directory for tables and figures", "runs/optimizers", "default runs/optimizers")
+    common_options(o, "results/optimizers", "directory for tables and figures", "runs/optimizers", "default runs/optimizers")
     o.add_argument("--overwrite", action="store_true", help="replace results already in --out/--logdir")
     return p
 
@@ -400,15 +311,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generalization": cmd_generalization, "optimizers": cmd_optimizers}
 
 
-def _allocation_failure(e: RuntimeError) -> str | None:
-    """A one-line reason if `e` is torch's allocator failing (CPU or CUDA), else None."""
-    text = str(e)
-    if "can't allocate memory" not in text and "out of memory" not in text.lower():
-        return None
-    size = re.search(r"allocate (\d+) bytes", text)
-    return f"out of memory allocating {int(size[1]) / 2**30:.1f} GiB" if size else "out of memory"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
@@ -431,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metatele: error: out of memory; {SMALLER}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # torch's allocator failing (e.g. under ulimit -v); any other error is a bug: raise
-        reason = _allocation_failure(e)
+        reason = allocation_failure(e)
         if reason is None:
             raise
         print(f"metatele: error: {reason}; {SMALLER}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """The command line's options: every long-running command takes the same --out, --logdir, --device,
---no-progress and --threads (defined once, in cli._common), no option is matched by a prefix, and --threads
+--no-progress and --threads (defined once, in metatele.options.common_options), no option is matched by a prefix, and --threads
 sets torch's threads for the command only."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metatele import cli
+from metatele import cli, options
 
 REQUIRED = {"eval": ["--checkpoint", "ck"], "train": ["--out", "o"]}  # what each command needs besides the shared options
 SHARED = ("--out", "--logdir", "--device", "--no-progress", "--threads")
@@ -29,15 +29,15 @@ def test_every_command_takes_the_shared_options(command, capsys):
     a = cli.build_parser().parse_args(argv)
     assert (a.out, a.logdir, a.device, a.no_progress, a.threads) == ("o", "l", "cpu", True, 3)
     defaults = cli.build_parser().parse_args([command, *REQUIRED.get(command, []), "--out", "o"])
-    assert (defaults.device, defaults.no_progress, defaults.threads) == ("cpu", False, cli.DEFAULT_THREADS)
+    assert (defaults.device, defaults.no_progress, defaults.threads) == ("cpu", False, options.DEFAULT_THREADS)
     text = help_text(capsys, command)
     for option in SHARED:
         assert option in text, option
-    assert f"default {cli.DEFAULT_THREADS}" in " ".join(text.split())  # the default is documented
+    assert f"default {options.DEFAULT_THREADS}" in " ".join(text.split())  # the default is documented
 
 
 def test_the_shared_options_are_defined_once():
-    source = Path(cli.__file__).read_text()
+    source = Path(cli.__file__).read_text() + Path(options.__file__).read_text()
     for option in SHARED:
         assert len(re.findall(rf'add_argument\("{option}"', source)) == 1, option
 
@@ -60,4 +60,4 @@ def test_threads_apply_to_the_command_and_are_restored(monkeypatch):
     before = torch.get_num_threads()
     assert cli.main(["compare", "--threads", "2"]) == 0
     assert cli.main(["compare"]) == 0
-    assert seen == [2, cli.DEFAULT_THREADS] and torch.get_num_threads() == before
+    assert seen == [2, options.DEFAULT_THREADS] and torch.get_num_threads() == before

@@ -5,6 +5,7 @@ say what happened."""
 from __future__ import annotations
 
 import copy
+import math
 import io
 import warnings
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from metatele import datasets
 from metatele.learned.apply import optimize_
 from metatele.methods import baseline
+from metatele.nn import TeleportWarning
 from metatele.optim import DivergenceWarning, LearnedOptimizer, shipped_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -243,7 +245,7 @@ def test_clear_errors_for_bad_names_params_and_closures():
         opt.step(no_return)
     with pytest.raises(ValueError, match="not a LearnedOptimizer state dict"):
         opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
-    other = LearnedOptimizer(model.parameters(), "any-update-tele").state_dict()
+    other = LearnedOptimizer(model.parameters(), "any-update-tele", teleport_every=0).state_dict()
     with pytest.raises(ValueError, match="of method 'any-update-tele'"):
         opt.load_state_dict(other)
     assert set(shipped_names()) >= {"any-update", "any-update-tele", "lstm-update"}
@@ -295,3 +297,134 @@ def test_guard_keeps_the_shipped_optimizer_finite_where_it_diverges():
         _train(model, opt, list(_loader(d))[:10] * 3)
     assert opt.skipped_steps > 0
     assert torch.isfinite(F.cross_entropy(model(d.X_train), d.y_train))
+
+
+def _head_model() -> nn.Sequential:
+    """A convolutional trunk (no exact teleport) and a Linear/LeakyReLU/Linear head (a teleportable chain)."""
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(256, 24), nn.LeakyReLU(0.1), nn.Linear(24, 10))
+
+
+def test_teleport_on_the_chains_of_any_model_keeps_their_outputs_and_names_the_other_layers():
+    d = _digits()
+    torch.manual_seed(0)
+    model = _head_model()
+    with pytest.warns(TeleportWarning, match=r"teleport is off for 1 \("):
+        opt = LearnedOptimizer(model.parameters(), "any-update-tele", lr=0.0, model=model, teleport_every=2)
+    assert opt.teleport_chains == [("4", "6")]
+    x, y = d.X_train[:20], d.y_train[:20]  # 20 ≤ 24 + 1: the head's action is exact on the whole batch
+    trunk = model[:4]
+    conv_before = model[1].weight.detach().clone()
+    for t in range(4):
+        head_before = [p.detach().clone() for p in model[4:].parameters()]
+        out_before = model(x).detach()
+        _train(model, opt, [(x, y)])
+        moved = any(not torch.equal(a, b) for a, b in zip(model[4:].parameters(), head_before))
+        assert moved == (t % 2 == 0)  # lr = 0: only the teleports (steps 0, 2) change the head
+        torch.testing.assert_close(model(x), out_before, rtol=1e-4, atol=1e-4)  # exact on the batch
+    assert torch.equal(model[1].weight, conv_before)
+    assert opt.teleport_counts == {"applied": 2}
+    rec = opt.teleports[-1]
+    assert rec.chain == "4/6" and rec.result.exact_samples == 20 and rec.result.magnitude[0] > 0
+    assert trunk(x).shape == (20, 256)
+
+
+def test_teleport_on_a_sub_batch_is_counted_warned_once_and_measured():
+    d = _digits()
+    torch.manual_seed(0)
+    model = _mlp(64, 32, 10)
+    opt = LearnedOptimizer(model.parameters(), "any-update-tele", lr=0.3, model=model)
+    assert opt.teleport_chains == [("0", "2")]
+    with pytest.warns(TeleportWarning, match="exact on 32 of 128 samples") as caught:
+        losses = _train(model, opt, list(_loader(d))[:6])
+    assert len([w for w in caught if issubclass(w.category, TeleportWarning)]) == 1
+    assert opt.teleport_counts == {"applied on a sub-batch": 6}
+    assert all(0 < r.output_drift_full < 0.1 for r in opt.teleports)  # the rows outside the sub-batch moved a little
+    assert losses[-1] < losses[0]
+
+
+def test_teleport_batch_from_a_sampler_measures_the_loss_drift_exactly():
+    d = _digits()
+    torch.manual_seed(0)
+    model = _mlp(64, 32, 10)
+    xt, yt = d.X_train[:16], d.y_train[:16]
+    opt = LearnedOptimizer(model.parameters(), "any-update-tele", lr=0.3, model=model, teleport_every=3,
+                           teleport_batch=lambda: F.cross_entropy(model(xt), yt))
+    _train(model, opt, list(_loader(d))[:7])
+    assert opt.teleport_counts == {"applied": 3}
+    for r in opt.teleports:
+        assert r.result.n_samples == r.result.exact_samples == 16
+        assert math.isfinite(r.result.loss_before) and r.result.drift < 1e-4
+
+
+def test_named_chain_outside_a_sequential():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(F.leaky_relu(self.fc1(x), 0.2))
+
+    torch.manual_seed(0)
+    net = Net()
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    opt = LearnedOptimizer(net.parameters(), "any-update-tele", lr=0.0, model=net, chains=[["fc1", "fc2"]],
+                           negative_slope=0.2)
+    before = net(x).detach()
+    _train(net, opt, [(x, y)])
+    assert opt.teleport_counts == {"applied": 1}
+    torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="negative_slope"):
+        LearnedOptimizer(net.parameters(), "any-update-tele", model=net, chains=[["fc1", "fc2"]])
+
+
+def test_teleport_off_without_a_model_or_a_batch_is_warned_and_counted():
+    torch.manual_seed(0)
+    model = _mlp(6, 8, 3)
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    with pytest.warns(TeleportWarning, match="no model= was given"):
+        opt = LearnedOptimizer(model.parameters(), "any-update-tele")
+    _train(model, opt, [(x, y)])
+    assert opt.teleport_counts == {} and opt.teleport_chains == []
+    opt = LearnedOptimizer(model.parameters(), "any-update-tele", model=model)
+    opt.zero_grad()
+    with torch.no_grad():
+        model(x)  # no backward: nothing to teleport on
+    model[0].weight.grad = torch.zeros_like(model[0].weight)
+    with pytest.warns(TeleportWarning, match="skipped: no batch was captured"):
+        opt.step()
+    assert opt.teleport_counts == {"skipped": 1}
+
+
+def test_fixed_size_teleporting_optimizer_on_its_shape():
+    torch.manual_seed(0)
+    model = _mlp(20, 20, 20, bias=False)
+    x, y = torch.rand(16, 20), torch.randint(0, 20, (16,))
+    opt = LearnedOptimizer(model.parameters(), "lstm-update-tele", model=model)
+    losses = _train(model, opt, [(x, y)] * 5)
+    assert opt.teleport_counts == {"applied": 5} and all(math.isfinite(v) for v in losses)
+
+
+def test_resume_with_teleport_is_bit_identical():
+    d = _digits()
+    batches = list(_loader(d))[:8]
+
+    def fresh() -> tuple[nn.Module, LearnedOptimizer]:
+        torch.manual_seed(0)
+        m = _mlp(64, 32, 10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TeleportWarning)
+            return m, LearnedOptimizer(m.parameters(), "any-update-tele", lr=0.3, model=m, teleport_every=3)
+    model, opt = fresh()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TeleportWarning)
+        _train(model, opt, batches[:4])
+        saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+        after = _train(model, opt, batches[4:])
+        model2, opt2 = fresh()
+        model2.load_state_dict(saved["model"])
+        opt2.load_state_dict(saved["opt"])
+        assert _train(model2, opt2, batches[4:]) == after
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    assert opt2.teleport_counts == opt.teleport_counts

@@ -37,7 +37,7 @@ from metatele.teleport.action import normalize, teleport
 from metatele.teleport.ascent import steepest_direction
 
 if TYPE_CHECKING:
-    from metatele.tasks.base import TaskBatch
+    from metatele.tasks.base import TaskBatch, TeleportData
 
 __all__ = ["COORD_FEATURES", "LAYER_FEATURES", "CoordState", "CoordUpdate", "AnyUpdate", "LayerGate",
            "BilinearTeleNet", "SteepestTeleport", "AnyTeleport", "NOMINAL_RELATIVE_STEP"]
@@ -224,11 +224,17 @@ class SteepestTeleport:
 
     magnitude: list[torch.Tensor]
 
-    def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
-        data = task.teleport_data(step)
+    def direction(self, weights: list[torch.Tensor], task: TaskBatch, data: TeleportData
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The unscaled T_m (B, k_m, k_m) on `data` and the magnitudes to scale them to."""
         graph = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         G = steepest_direction(weights, task, data, X_pinv=data.X_pinv, skip_invalid=True, differentiable=graph)
-        return teleport(weights, data.batch.X, G, self.magnitude, act=task.activation, X_pinv=data.X_pinv,
+        return G, self.magnitude
+
+    def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        data = task.teleport_data(step)
+        G, magnitude = self.direction(weights, task, data)
+        return teleport(weights, data.batch.X, G, magnitude, act=task.activation, X_pinv=data.X_pinv,
                         skip_invalid=True, nearest=True, bias=has_bias(task))
 
 

@@ -22,7 +22,7 @@ from metatele.teleport.action import teleport
 from metatele.teleport.ascent import gradient_ascent_teleport
 
 if TYPE_CHECKING:
-    from metatele.tasks.base import TaskBatch
+    from metatele.tasks.base import TaskBatch, TeleportData
 
 __all__ = ["Schedule", "LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport"]
 
@@ -62,6 +62,11 @@ class LieTeleport:
     T: list[torch.Tensor]
     magnitude: list[float | torch.Tensor]
     exact: bool = True
+
+    def direction(self, weights: list[torch.Tensor], task: TaskBatch, data: TeleportData
+                  ) -> tuple[list[torch.Tensor], list[float | torch.Tensor]]:
+        """T_m (B, k_m, k_m) and the magnitudes to scale them to (they do not depend on the data)."""
+        return self.T, self.magnitude
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
         data = task.teleport_data(step)

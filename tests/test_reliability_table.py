@@ -38,7 +38,7 @@ from metatele import checkpoints, cli, config, train
 from metatele.io import LOCK_NAME, atomic
 from metatele.errors import NonFiniteError
 from metatele.evaluation import compare
-from metatele.learned import trainer
+from metatele.outer import trainer
 from metatele.methods import baseline
 
 SETS = ["--set", "trajectories=16", "--set", "batch=8", "--set", "steps=10", "--set", "hidden=8",

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["MAX_WIDTH", "MAX_LAYERS", "MAX_HIDDEN", "MAX_SAMPLES", "MAX_META_PARAMETERS", "integer",
-           "positive_float", "nonneg_float", "finite_float", "boolean", "choice", "choices", "int_pair", "widths",
-           "finite_or_none"]
+           "positive_float", "nonneg_float", "finite_float", "boolean", "choice", "choices", "int_pair", "widths"]
 
 MAX_WIDTH = 4096             # units in one layer of a task network
 MAX_LAYERS = 16              # weight matrices of a task network
@@ -93,9 +92,3 @@ def widths(name: str, value: Any, min_len: int = 3) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not min_len <= len(value) <= MAX_LAYERS + 1:
         raise ValueError(f"{name} must be a list of {min_len} to {MAX_LAYERS + 1} layer widths, got {value!r}")
     return tuple(integer(f"each of {name}", v, 1, MAX_WIDTH) for v in value)
-
-
-def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
-    """The same mapping with every non-finite float replaced by None (JSON null: an undefined statistic,
-    such as a mean over tasks when none stayed finite), so that no NaN or inf is written to disk."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}

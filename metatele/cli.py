@@ -4,6 +4,8 @@ exits 130. Output locations are checked before any long work. The program's entr
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -12,12 +14,14 @@ from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, checks, config, io_safety, train
+from metatele import checkpoints, checks, config, train
 from metatele._version import __version__
-from metatele.errors import CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.errors import UNREGISTERED, CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.io import check_output_dir, check_output_file, clean_stray_temps
 from metatele.evaluation import compare, report
-from metatele.methods.registry import LEARNED
+from metatele.learned import LEARNED
 from metatele.repdyn import paper as repdyn_paper
+from metatele.repdyn.probe import RepdynRecorder
 from metatele.datasets import DATASETS
 from metatele.studies import generalization
 from metatele.studies import optimizers as optimizers_study
@@ -29,6 +33,7 @@ VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
 MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
 MAX_WORKERS = 1024     # repdyn --workers
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+QUICK_CONFIG = Path(__file__).resolve().parent / "configs" / "quick.toml"  # train --quick
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,10 +87,34 @@ def resolve_device(name: str) -> str:
 def _check_outputs(out: Path, logdir: Path | None) -> None:
     """Before long work: --out and --logdir must be writable directories; stray temporary files of earlier,
     interrupted runs in --out are removed."""
-    io_safety.check_output_dir(out, "--out")
+    check_output_dir(out, "--out")
     if logdir is not None:
-        io_safety.check_output_dir(logdir, "--logdir")
-    io_safety.clean_stray_temps(out)
+        check_output_dir(logdir, "--logdir")
+    clean_stray_temps(out)
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the user's modules that register task families or learned methods (`--plugin`): a module name on
+    the Python path, or a .py file. Only what the user names is imported; checkpoint metadata never is."""
+    for name in modules:
+        try:
+            if name.endswith(".py"):
+                spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+                if spec is None or spec.loader is None or not Path(name).is_file():
+                    raise ImportError(f"no such file {name}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"--plugin {name}: cannot import it ({e})") from None
+
+
+def _option_hint(e: ConfigError) -> ConfigError:
+    """A library ConfigError with the options that set the config keys it names."""
+    flags = [f"--{k}" if k == "method" else f"--set {k}=…" for k in e.params]
+    return ConfigError(f"{e} ({' or '.join(flags)})" if flags else str(e), params=e.params)
 
 
 def _warn(message: str) -> None:
@@ -122,9 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="meta-train a learned optimizer")
-    t.add_argument("--method", choices=tuple(LEARNED), help="which meta-optimizer (default: the config's, else lstm-update-tele)")
+    t.add_argument("--method", help=f"which learned method, one of {', '.join(LEARNED)} or one a --plugin registers "
+                   "(default: the config's, else lstm-update-tele)")
     t.add_argument("--config", help="TOML config file (keys as in metatele.config.TrainConfig)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--quick", action="store_true", help="a tiny recipe that meta-trains in under a minute on 2 CPU "
+                   f"cores (the config {QUICK_CONFIG.relative_to(QUICK_CONFIG.parents[2])})")
     t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
     start = t.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
@@ -133,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--logdir", help="TensorBoard log directory (default runs/NAME)")
     t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import a module (name or .py file) that registers task families or learned methods "
+                   "(repeatable); see metatele.tasks.registry and metatele.learned.base")
 
     c = sub.add_parser("compare", help="compare shipped/learned meta-optimizers against baselines on unseen tasks")
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
@@ -148,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks (of the family it was trained on)")
     e.add_argument("--checkpoint", required=True, help="a model.safetensors or a checkpoint directory")
+    e.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import a module (name or .py file) that registers the checkpoint's family or method")
     _eval_args(e, "results/eval", "runs/eval")
 
     r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)",
@@ -204,22 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    import_plugins(a.plugin)
     kw = {"method": a.method} if a.method else {}
-    cfg = config.load(a.config, a.set, **kw)
+    if a.quick and a.config:
+        raise ConfigError("--quick is a config of its own: give --quick or --config, not both")
+    try:
+        cfg = config.load(QUICK_CONFIG if a.quick else a.config, a.set, **kw)
+    except ConfigError as e:
+        raise _option_hint(e) from None
     device = resolve_device(a.device)
     out = Path(a.out)
     logdir = Path(a.logdir) if a.logdir else Path("runs") / out.name
-    _check_outputs(out, logdir)
-    try:
+    try:  # train.run checks both locations before any work
         run = train.run(cfg, out, resume=a.resume, overwrite=a.overwrite, device=device, logdir=logdir,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, names=("--out", "--logdir"))
     except TrainStateExistsError as e:
         resume = "--resume to continue its training state, " if (out / checkpoints.STATE_FILE).exists() else ""
         raise ConfigError(f"{e}; refusing to replace it (pass {resume}--overwrite to replace it, or choose "
                           "another --out)") from None
+    except ConfigError as e:
+        raise _option_hint(e) from None
     state = "interrupted; saved" if run.interrupted else "done"
     if run.rank == 0:  # in a distributed run, one summary
-        print(f"{state}: {run.trajectories_seen}/{cfg.trajectories} trajectories, {run.progress.skipped_windows} "
+        print(f"{state}: {run.trajectories_seen}/{cfg.trainer.trajectories} trajectories, {run.progress.skipped_windows} "
               f"diverged windows skipped; checkpoint {out}/, TensorBoard {logdir}")
     return 128 + (run.stop_signal or 0) if run.interrupted else 0  # 130 for SIGINT, 143 for SIGTERM
 
@@ -238,7 +282,8 @@ def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[Task
     methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
           f"{TRAIN_SEEDS.start}..{TRAIN_SEEDS.stop - 1})", file=sys.stderr)
-    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, probe_layer=1 if a.repdyn else None)
+    recorders = [RepdynRecorder(layer=1)] if a.repdyn else []
+    results = compare.evaluate(methods, test, a.steps, progress=not a.no_progress, recorders=recorders)
     out, logdir = Path(a.out), Path(a.logdir)
     report.report(results, logdir, out)
     print((out / "results.md").read_text(), end="")
@@ -272,12 +317,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
+    import_plugins(a.plugin)
     _check_seeds(a)
     device = resolve_device(a.device)
     model = checkpoints.load_model(a.checkpoint, device=device)
     try:  # the family it was trained on; checkpoints from before 0.2 store none: the paper's family at their widths
         family = family_from_dict(model.metadata["family"]) if "family" in model.metadata else \
-            RegressionFamily(model.spec.widths, PAPER_N)
+            RegressionFamily(model.spec.fixed_widths, PAPER_N)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{a.checkpoint}: invalid task family in the metadata ({e})") from None
     return _run_eval(a, family, lambda f, d: [compare.Entry(model, {"checkpoint": str(a.checkpoint)})])
@@ -287,8 +333,8 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
     _check_outputs(Path(a.out), None)
     if a.json:
-        io_safety.check_output_file(Path(a.json), "--json")
-        io_safety.clean_stray_temps(Path(a.json).parent)
+        check_output_file(Path(a.json), "--json")
+        clean_stray_temps(Path(a.json).parent)
     if not a.quick and a.checkpoints:  # the full run also probes the learned optimizers
         if not ckdir.is_dir():
             raise ConfigError(f"checkpoint directory not found: {ckdir}")
@@ -328,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "generalization": cmd_generalization, "optimizers": cmd_optimizers}[a.command]
         return handler(a)
     except MetateleError as e:
-        print(f"metatele: error: {e}", file=sys.stderr)
+        print(f"metatele: error: {str(e).replace(UNREGISTERED, f'{UNREGISTERED} with --plugin MODULE')}",
+              file=sys.stderr)
         return 2
     except OSError as e:  # a file-system error no check foresaw: one line too, never a traceback
         where = f"{e.filename}: " if e.filename else ""

@@ -96,20 +96,6 @@ def test_cli_reports_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "pickle" in err
 
 
-def test_writes_are_atomic(tmp_path, monkeypatch):
-    p = tmp_path / "f.txt"
-    checkpoints.atomic_write_text(p, "old")
-
-    def boom(tmp):
-        Path(tmp).write_text("half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        checkpoints.atomic_write(p, boom)
-    assert p.read_text() == "old"
-    assert [f.name for f in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
-
-
 def test_header_length_with_low_byte_0x80_is_still_safetensors(tmp_path):
     """A header of 128 + 256·k bytes makes the file start with byte 0x80, like a pickle; it must still load."""
     for pad in range(0, 256):

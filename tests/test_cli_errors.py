@@ -25,7 +25,7 @@ def one_line_error(capsys, argv, needle):
     (["compare", "--tasks", "0"], "expected an integer in [1, 10000]"),
     (["compare", "--steps", "-5"], "expected an integer in [1, 10000000]"),
     (["eval", "--checkpoint", "x", "--tasks", "0"], "expected an integer in [1, 10000]"),
-    (["train", "--out", "X", "--method", "lstm-magic"], "invalid choice"),
+    (["train", "--out", "X", "--method", "lstm-magic"], "unknown method 'lstm-magic'"),
     (["train", "--out", "X", "--set", "method=lstm-magic"], "unknown method"),
     (["train", "--out", "X", "--config", "/nonexistent/cfg.toml"], "config file not found"),
     (["train", "--out", "X", "--set", "learning_rate=3"], "unknown config key"),

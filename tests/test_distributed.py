@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from metatele import checkpoints, config, train
 from metatele.errors import ConfigError
-from metatele.learned import distributed
-from metatele.learned.distributed import TIMEOUT_ENV, Solo
-from metatele.learned.trainer import train_batch
+from metatele.outer import distributed
+from metatele.outer.distributed import TIMEOUT_ENV, Solo
+from metatele.outer.trainer import train_batch
 from metatele.tasks.seeds import train_seeds
 
 # batch 7 splits 4 + 3: the gradient average must weight the ranks by their trajectory counts.
@@ -72,14 +72,14 @@ def test_batches_split_into_disjoint_contiguous_slices_and_small_batches_are_ref
             assert covered == list(range(count))  # disjoint, contiguous, in rank order, all of them
             assert max(n for _, n in slices) - min(n for _, n in slices) <= 1
     cfg = config.load(trajectories=23, batch=8)  # the last batch holds 7
-    Solo(world=7).check(cfg)
+    Solo(world=7).check(cfg.trainer)
     with pytest.raises(ConfigError, match="batch of 7"):
-        Solo(world=8).check(cfg)
+        Solo(world=8).check(cfg.trainer)
 
 
 @pytest.mark.parametrize("kw", [{}, {"task": "mixture", "method": "any-update-tele"}])
 def test_ranks_sample_the_tasks_of_the_single_process_batch(kw):
-    family = config.load(**kw).family()
+    family = config.load(**kw).family
     seeds = train_seeds(0, 7, 7)
     whole = train.rank_tasks(family, seeds, Solo())
     parts = [train.rank_tasks(family, seeds, Solo(rank=r, world=2)) for r in range(2)]
@@ -90,7 +90,7 @@ def test_ranks_sample_the_tasks_of_the_single_process_batch(kw):
 
 LEAVES = """
 import glob, json, torch
-from metatele.learned import distributed
+from metatele.outer import distributed
 with distributed.from_env() as comm:
     torch.optim.Adam([torch.nn.Parameter(torch.ones(1))])  # the first optimizer imports torch._dynamo
     comm.barrier("a test")
@@ -146,11 +146,12 @@ def float64_training(kw: dict, out: str) -> None:
     with distributed.from_env() as comm:
         run = train.build(cfg)
         run.model.double()
-        opt = torch.optim.Adam(run.model.parameters(), lr=cfg.meta_lr)
-        for b in range(cfg.trajectories // cfg.batch):
-            offset, mine = comm.share(cfg.batch)
-            task = cfg.family().sample(train_seeds(cfg.seed, b * cfg.batch + offset, mine), dtype=torch.float64)
-            assert train_batch(run.model, opt, task, cfg, reducer=comm)["windows"] == 1
+        opt = torch.optim.Adam(run.model.parameters(), lr=cfg.trainer.meta_lr)
+        s = cfg.trainer
+        for b in range(s.n_batches):
+            offset, mine = comm.share(s.batch)
+            task = cfg.family.sample(train_seeds(s.seed, b * s.batch + offset, mine), dtype=torch.float64)
+            assert train_batch(run.model, opt, task, s, reducer=comm)["windows"] == 1
         save_file(run.model.state_dict(), f"{out}/rank{comm.rank}.safetensors")
 
 

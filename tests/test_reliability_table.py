@@ -8,7 +8,7 @@ training state). Rows are grouped by the issue's classes 1-7 (`Case.cls`).
 
 Privileges: as root, file permissions do not stop writes, so the permission rows drop to uid/gid 65534
 (`os.seteuid`) for the run; the read-only-file-system row uses /sys, which the kernel refuses to anyone.
-A full disk is simulated by replacing the checkpoint writer (`checkpoints._write_bytes`) with one that writes
+A full disk is simulated by replacing the one writer of bytes (`metatele.io.atomic._write_bytes`) with one that writes
 half and raises ENOSPC; a real kernel write limit (RLIMIT_FSIZE, EFBIG) is exercised in a child process.
 """
 from __future__ import annotations
@@ -34,10 +34,11 @@ import torch
 from helpers import ROOT, popen_cli, wait_for_write
 from safetensors.torch import save_file
 
-from metatele import checkpoints, cli, config, io_safety, train
+from metatele import checkpoints, cli, config, train
+from metatele.io import LOCK_NAME, atomic
 from metatele.errors import NonFiniteError
 from metatele.evaluation import compare
-from metatele.learned import trainer
+from metatele.outer import trainer
 from metatele.methods import baseline
 
 SETS = ["--set", "trajectories=16", "--set", "batch=8", "--set", "steps=10", "--set", "hidden=8",
@@ -50,7 +51,7 @@ SLOW = ["--no-progress", "--set", "hidden=32", "--set", "trajectories=4000", "--
 EVAL = ["--tasks", "2", "--steps", "2", "--no-progress", "--out", "res", "--logdir", "tb"]
 NOBODY = 65534
 DEAD_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # larger than any PID: never alive
-HOLDER = ("import sys, time; from metatele.io_safety import OutputLock; OutputLock(sys.argv[1]).__enter__(); "
+HOLDER = ("import sys, time; from metatele.io import OutputLock; OutputLock(sys.argv[1]).__enter__(); "
           "print('locked', flush=True); time.sleep(120)")
 Result = tuple[int, str, str]
 
@@ -183,7 +184,7 @@ def enospc(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> None:
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    mp.setattr(checkpoints, "_write_bytes", full)
+    mp.setattr(atomic, "_write_bytes", full)
 
 
 def poison_batch_2(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> None:
@@ -195,7 +196,7 @@ def poison_batch_2(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> No
         stats = real(method, *args, **kw)
         ctx["calls"] = ctx.get("calls", 0) + 1
         if ctx["calls"] == 2:
-            ctx["after_batch_1"] = {k: v for k, v in snapshot(tmp / "o").items() if k != io_safety.LOCK_NAME}
+            ctx["after_batch_1"] = {k: v for k, v in snapshot(tmp / "o").items() if k != LOCK_NAME}
             with torch.no_grad():
                 next(method.parameters()).fill_(float("nan"))
         return stats
@@ -314,7 +315,7 @@ def holder_killed(tmp: Path, ctx: dict[str, Any]) -> None:
     assert p.stdout.readline().strip() == "locked"
     p.kill()
     p.wait()
-    assert (tmp / "o" / io_safety.LOCK_NAME).exists()  # left behind, naming a dead process
+    assert (tmp / "o" / LOCK_NAME).exists()  # left behind, naming a dead process
 
 
 def holder_alive(tmp: Path, ctx: dict[str, Any]) -> None:
@@ -410,7 +411,7 @@ CASES = [
          proc=second_training_refused, check=names_holder),
     Case("stale_lock_of_a_killed_process_is_taken_over", 1, ["train", "--out", "o", "--resume", *TRAIN], 0,
          "done: 16/16", setup=holder_killed, check=resumed_to_batch_2,
-         may_change=("o/model.safetensors", "o/train_state.safetensors", f"o/{io_safety.LOCK_NAME}")),
+         may_change=("o/model.safetensors", "o/train_state.safetensors", f"o/{LOCK_NAME}")),
     Case("stray_temporary_files_are_cleaned", 1, ["train", "--out", "o", "--resume", *TRAIN], 0, "done: 16/16",
          setup=strays, check=strays_cleaned,
          may_change=("o/model.safetensors", "o/train_state.safetensors",

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from metatele import checkpoints
+from metatele.checkpoints import shipped_names
 from metatele.methods.base import Method
 from metatele.nn import Chain, TeleportWarning, chain_of, find_chains
 from metatele.optim.guard import DivergenceGuard
@@ -38,12 +39,6 @@ from metatele.step import apply_method
 __all__ = ["LearnedOptimizer", "shipped_names", "load_method"]
 
 COMPUTE_DTYPE = torch.float32
-
-
-def shipped_names() -> list[str]:
-    """The names of the learned optimizers shipped in `checkpoints/` (or $METATELE_CHECKPOINTS)."""
-    root = checkpoints.pretrained_dir()
-    return sorted(d.name for d in root.iterdir() if (d / checkpoints.MODEL_FILE).is_file()) if root.is_dir() else []
 
 
 def load_method(method: str | os.PathLike[str] | Method, device: torch.device) -> Method:
@@ -72,7 +67,8 @@ def _update_only(method: Method) -> Method:
 
 def _fixed_widths(method: Method) -> tuple[int, ...]:
     """The widths a fixed-size method was trained for (() for a size-agnostic one)."""
-    return tuple(getattr(getattr(method, "spec", None), "widths", ()) or ())
+    spec = getattr(method, "spec", None)
+    return tuple(getattr(spec, "fixed_widths", None) or getattr(spec, "widths", ()) or ())
 
 
 def _proposes_teleport(method: Method, widths: Sequence[int], device: torch.device) -> bool:

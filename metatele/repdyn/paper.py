@@ -3,7 +3,6 @@ the networks, the plan of runs, running them one process per core, and the `meta
 Formulas are in `metatele.repdyn.theory`; figures and tables in `metatele.repdyn.figures`."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -17,12 +16,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from metatele.checkpoints import atomic_write_text
-from metatele.checks import finite_or_none
 from metatele.evaluation.compare import baselines, evaluate, learned
+from metatele.io import atomic_write_text, json_text, write_files
 from metatele.repdyn.figures import figures, tables
 from metatele.repdyn.fit import Fit, fit
-from metatele.repdyn.probe import Probe, pair_constants
+from metatele.repdyn.probe import Probe, RepdynRecorder, pair_constants
 from metatele.repdyn.theory import fixed_point
 from metatele.signals import sigint_ignored_by_children
 from metatele.tasks import sample
@@ -199,9 +197,9 @@ def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, worke
     found = learned(checkpoints_dir, test.widths, "cpu")[0] if checkpoints_dir else []  # (entries, skipped)
     entries = baselines(valid, steps) + found
     Dx, Ds = pair_constants(test.X, test.Y)
-    jobs = [(res.name, b, res.repdyn[b], float(Dx[b]), float(Ds[b]))
-            for res in evaluate(entries, test, steps, progress=progress, probe_layer=1)
-            for b in range(n_tasks) if np.isfinite(res.repdyn[b]).all()]
+    jobs = [(res.name, b, res.records["repdyn"].values[b], float(Dx[b]), float(Ds[b]))
+            for res in evaluate(entries, test, steps, progress=progress, recorders=[RepdynRecorder(layer=1)])
+            for b in range(n_tasks) if np.isfinite(res.records["repdyn"].values[b]).all()]
     return in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits")
 
 
@@ -225,19 +223,16 @@ def in_processes(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: i
 def main(quick: bool, out: Path, json_path: str | None, checkpoints_dir: Path | None, n_tasks: int = 8,
          workers: int = 0, progress: bool = True) -> int:
     plan = QUICK if quick else FULL
-    out.mkdir(parents=True, exist_ok=True)
     rows = run_paper(plan, workers, progress)
     if not quick:  # ~6 s per fitted task and method: part of the full run only
         rows += run_optimizers(checkpoints_dir, n_tasks, 100, workers, progress)
     summary = aggregate_seeds(rows)
-    figures(rows, summary, plan, out)
     text = tables(rows, summary)
-    atomic_write_text(out / "repdyn.md", text)
+    write_files(out, {"repdyn.md": text, **figures(rows, summary, plan)})
     print(text, end="")
     if json_path:
-        fits = [finite_or_none({k: v for k, v in r.items() if not k.startswith("_")}) for r in rows]
-        summary_json = [finite_or_none(s) for s in summary]
-        atomic_write_text(json_path, json.dumps({"fits": fits, "summary": summary_json}, indent=1))
+        fits = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        atomic_write_text(json_path, json_text({"fits": fits, "summary": summary}, indent=1))
     print(f"wrote {out}/repdyn.md and figures fits_by_architecture.png, gain_sweep.png, r2_by_layer.png"
           + (f"; {json_path}" if json_path else ""))
     return 0

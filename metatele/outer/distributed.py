@@ -27,16 +27,14 @@ import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from metatele.errors import ConfigError, DistributedError
+from metatele.outer.settings import TrainerSettings
 from metatele.signals import StopFlag
-
-if TYPE_CHECKING:
-    from metatele.config import TrainConfig
 
 __all__ = ["Reducer", "Solo", "Collective", "AgreedStop", "SOLO", "TIMEOUT_ENV", "from_env", "threads_per_rank"]
 
@@ -74,13 +72,14 @@ class Solo:
         base, extra = divmod(count, self.world)
         return self.rank * base + min(self.rank, extra), base + (self.rank < extra)
 
-    def check(self, cfg: TrainConfig) -> None:
+    def check(self, settings: TrainerSettings) -> None:
         """ConfigError unless every batch (the last may be smaller) gives each rank a trajectory."""
-        smallest = cfg.trajectories % cfg.batch or cfg.batch
+        smallest = settings.trajectories % settings.batch or settings.batch
         if smallest < self.world:
             raise ConfigError(f"{self.world} ranks need at least one trajectory each in every batch, but batch="
-                              f"{cfg.batch} and trajectories={cfg.trajectories} make a batch of {smallest}; "
-                              f"use at most {smallest} ranks or change batch/trajectories")
+                              f"{settings.batch} and trajectories={settings.trajectories} make a batch of {smallest}; "
+                              f"use at most {smallest} ranks or change batch/trajectories",
+                              params=("batch", "trajectories"))
 
     def all_reduce_grads(self, params: Sequence[torch.Tensor], weight: float) -> None:
         pass

@@ -4,19 +4,16 @@ Two kinds, as in learned_optimization:
 - the *deployable* meta-optimizer `model.safetensors`: parameters + spec (rebuilds the model alone);
 - the *resumable* training state `train_state.safetensors`: parameters, Adam state and progress.
 
-Files are written to a temporary file and renamed into place (atomic). Loading never unpickles:
+Files are written atomically (`metatele.io`). Loading never unpickles:
 a file that is not safetensors (a pickle, a zip from torch.save, truncated, empty) is refused.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,54 +22,17 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from metatele import io_safety
+from metatele.io import atomic_write_bytes, regular_file
 from metatele._version import __version__
 from metatele.errors import CheckpointError, NonFiniteError
-from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
-from metatele.learned.meta_optimizer import MetaOptimizer, MetaOptSpec
+from metatele.learned import LearnedSpec, MetaOptimizer, build, spec_from_dict
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_KEY = "metatele"
 FORMAT = 1
+SHIPPED_PACKAGE = "_shipped"  # the shipped checkpoints inside an installed package (see setup.py)
 ADAM_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch.optim.Adam's per-parameter state
-
-
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """Call write(tmp_path) and rename the finished file over `path`. An operating-system error (disk full,
-    read-only, permission denied, …) raises StorageError; `path` is then as it was and no temporary file stays."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = io_safety.temp_file(path.parent, path.name)
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        kept = " (the previous file is unchanged)" if path.is_file() else ""
-        raise io_safety.storage_error(e, f"cannot write {path}{kept}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    """The writer behind every atomic write of bytes (tests replace it to simulate a full disk)."""
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: _write_bytes(tmp, data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _nonfinite_keys(obj: Any, where: str = "") -> list[str]:
@@ -84,18 +44,6 @@ def _nonfinite_keys(obj: Any, where: str = "") -> list[str]:
     if isinstance(obj, (list, tuple)):
         return [k for i, v in enumerate(obj) for k in _nonfinite_keys(v, f"{where}[{i}]")]
     return []
-
-
-def atomic_write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Dict rows as CSV (the header from the first row), written atomically; non-finite floats become empty
-    cells, so NaN is never on disk."""
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -114,7 +62,7 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any
 def _sniff(path: Path) -> None:
     """Refuse files that are clearly not safetensors before handing them to the parser (a FIFO or a device at
     once, without reading it)."""
-    size = io_safety.regular_file(path, CheckpointError, "checkpoint")
+    size = regular_file(path, CheckpointError, "checkpoint")
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -168,19 +116,19 @@ def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
 LEGACY_SPEC_KEYS = {"eps": "magnitude"}  # format-1 files written before 0.2 named the teleport magnitude "eps"
 
 
-def spec_from_meta(meta: dict[str, Any], path: str | Path) -> MetaOptSpec:
-    """The MetaOptSpec in (untrusted) checkpoint metadata, or CheckpointError. Types and ranges are checked
-    (by MetaOptSpec) before anything is allocated."""
+def spec_from_meta(meta: dict[str, Any], path: str | Path) -> LearnedSpec:
+    """The learned method's spec in (untrusted) checkpoint metadata, or CheckpointError. The method must be
+    registered (`metatele.learned.LEARNED`); types and ranges are checked before anything is allocated."""
     try:
         spec_d = {LEGACY_SPEC_KEYS.get(k, k): v for k, v in dict(meta["spec"]).items()}
-        return MetaOptSpec(**spec_d)
+        return spec_from_dict(spec_d)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata has no valid meta-optimizer spec ({e})") from None
 
 
 def save_model(path: str | Path, model: MetaOptimizer, **extra: Any) -> None:
     """Write a deployable checkpoint: parameters + spec + any extra JSON metadata."""
-    save(path, model.state_dict(), {"kind": "meta_optimizer", "spec": asdict(model.spec), **extra})
+    save(path, model.state_dict(), {"kind": "meta_optimizer", "spec": model.spec.to_dict(), **extra})
 
 
 def load_state_dict_checked(module: nn.Module, params: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -200,10 +148,10 @@ def model_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str
     spec = spec_from_meta(meta, path)
     if method is not None and spec.method != method:
         raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
-    if widths is not None and spec.widths and tuple(widths) != spec.widths:
-        raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
+    if widths is not None and spec.fixed_widths and tuple(widths) != spec.fixed_widths:
+        raise CheckpointError(f"{path} was trained for widths {list(spec.fixed_widths)}, not {list(widths)}")
     check_tensors(tensors, path)
-    model = MetaOptimizer(spec)
+    model = build(spec)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
                             or tensors, path)
     model.metadata = meta
@@ -269,42 +217,30 @@ def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
 
 
 def pretrained_dir() -> Path:
-    """Where shipped checkpoints live: $METATELE_CHECKPOINTS, else the repository's checkpoints/."""
+    """Where the shipped checkpoints live: $METATELE_CHECKPOINTS if set; else the package data of an installed
+    metatele (metatele/_shipped: setup.py installs the repository's checkpoints/ there); else the repository's
+    checkpoints/ (a source checkout or an editable install)."""
     env = os.environ.get("METATELE_CHECKPOINTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    installed = package / SHIPPED_PACKAGE
+    return installed if installed.is_dir() else package.parent / "checkpoints"
 
 
-def load_adafac(path: str | Path, device: str | torch.device = "cpu") -> AdafacOptimizer:
-    """Rebuild an `AdafacOptimizer` (kind "adafac") from a checkpoint; spec and name are untrusted and checked."""
-    tensors, meta = read(path)
-    if meta.get("kind") != "adafac":
-        raise CheckpointError(f"{path} does not hold an adafac optimizer (kind {meta.get('kind')!r})")
-    try:
-        spec = AdafacSpec(**dict(meta["spec"]))
-        name = meta["name"]
-        if not (isinstance(name, str) and 0 < len(name) <= 64 and name.isprintable()):
-            raise ValueError(f"bad name {name!r}")
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: metadata has no valid adafac spec ({e})") from None
-    check_tensors(tensors, path)
-    model = AdafacOptimizer(spec, name)
-    load_state_dict_checked(model, tensors, path)
-    model.metadata = meta
-    return model.to(device)
+def shipped_names() -> list[str]:
+    """The names `load_pretrained` accepts: the folders of `pretrained_dir()` that hold a model file."""
+    d = pretrained_dir()
+    return sorted(p.name for p in d.iterdir() if (p / MODEL_FILE).is_file()) if d.is_dir() else []
 
 
-def load_learned(path: str | Path, device: str | torch.device = "cpu") -> MetaOptimizer | AdafacOptimizer:
-    """Any learned optimizer's checkpoint (a model.safetensors or its directory), by the kind its metadata names."""
-    path = Path(path)
-    if (path / MODEL_FILE if path.is_dir() else path).is_file() and read(path)[1].get("kind") == "adafac":
-        return load_adafac(path / MODEL_FILE if path.is_dir() else path, device)
-    return load_model(path, device=device)
-
-
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> MetaOptimizer | AdafacOptimizer:
-    """A shipped pretrained learned optimizer by name (see `metatele.methods.LEARNED`, and the adafac
-    checkpoints, whose metadata says kind "adafac")."""
-    path = pretrained_dir() / name / MODEL_FILE
-    if path.is_file() and read(path)[1].get("kind") == "adafac":
-        return load_adafac(path, device)
-    return load_model(path, method=name, device=device)
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> MetaOptimizer:
+    """A shipped pretrained meta-optimizer by name (one of `shipped_names()`). A name that is not shipped, or a
+    path, raises CheckpointError listing the shipped names; checkpoints from a path load with `load_model`."""
+    names = shipped_names()
+    if name not in names:
+        raise CheckpointError(
+            f"{name!r} is not a shipped pretrained optimizer; load_pretrained takes one of: "
+            f"{', '.join(names) or f'(none found in {pretrained_dir()})'}. To load a checkpoint file or folder, "
+            f"use metatele.load_model(path)")
+    return load_model(pretrained_dir() / name / MODEL_FILE, method=name, device=device)

@@ -9,9 +9,10 @@ import torch
 
 from metatele import checkpoints
 from metatele.bench.baselines import make
-from metatele.bench.metatrain import Scaled, save_adafac
+from metatele.bench.metatrain import Scaled
 from metatele.bench.problems import Problem
 from metatele.errors import CheckpointError
+from metatele.learned import build
 from metatele.learned.adafac import (N_INPUTS, PROGRESS_CENTRES, AdafacOptimizer, AdafacSpec, AdafacUpdate,
                                      GatedSteepestTeleport)
 from metatele.learned.trainer import meta_loss, unroll_window
@@ -34,7 +35,7 @@ def _randomize_head(opt: AdafacOptimizer) -> None:
 @pytest.mark.parametrize("problem", [REG, REG_BIAS])
 def test_untrained_equals_adam(problem):
     task = problem.sample(range(4))
-    opt, adam = AdafacOptimizer(AdafacSpec()), make("adam", torch.full((4,), 1e-3))
+    opt, adam = build(AdafacSpec("adafac")), make("adam", torch.full((4,), 1e-3))
     w = task.init_weights()
     s1, s2 = opt.init_state(w), adam.init_state(w)
     w1 = w2 = w
@@ -48,7 +49,7 @@ def test_untrained_equals_adam(problem):
 
 def test_untrained_equals_adam_on_a_vector():
     """Any tensor shape (B, …), biases as separate vectors included."""
-    opt = AdafacOptimizer(AdafacSpec())
+    opt = build(AdafacSpec("adafac"))
     rule = opt.transform()
     w = [torch.randn(3, 5), torch.randn(3, 4, 2, 2)]
     g = [torch.randn(3, 5), torch.randn(3, 4, 2, 2)]
@@ -58,7 +59,7 @@ def test_untrained_equals_adam_on_a_vector():
 
 
 def test_parameter_count_does_not_depend_on_shape():
-    opt = AdafacOptimizer(AdafacSpec(teleport=True))
+    opt = build(AdafacSpec("adafac-tele"))
     names = {k: v.shape for k, v in opt.state_dict().items()}
     n = sum(p.numel() for p in opt.parameters())
     for problem in (REG, REG_BIAS, Problem("t-wide", "train", "regression", (4, 40, 40, 40, 2), 5, n=4)):
@@ -75,7 +76,7 @@ def test_progress_features_reach_the_net():
     """The same state at two horizons gives different updates, and the update's gradient reaches the first layer's
     progress columns."""
     task = REG.sample(range(2))
-    opt = AdafacOptimizer(AdafacSpec())
+    opt = build(AdafacSpec("adafac"))
     _randomize_head(opt)
     w = task.init_weights()
     _, g = task.loss_and_grad(w, task.data(0))
@@ -96,7 +97,7 @@ def test_meta_gradient_matches_finite_differences():
     """The exact (second-order) meta-gradient of a 3-step log meta-loss, in float64, against central differences,
     for the global lr scalar, the fan-in exponent and a weight of the head."""
     task = REG.sample(range(2), dtype=torch.float64)
-    opt = AdafacOptimizer(AdafacSpec()).double()
+    opt = build(AdafacSpec("adafac")).double()
     _randomize_head(opt)
     opt.double()
 
@@ -150,30 +151,27 @@ def test_teleport_keeps_the_loss_and_is_gated_off_where_impossible():
 
 
 def test_checkpoint_round_trip_and_untrusted_metadata(tmp_path, monkeypatch):
-    opt = AdafacOptimizer(AdafacSpec(teleport=True))
+    opt = build(AdafacSpec("adafac-tele"))
     _randomize_head(opt)
     path = tmp_path / "adafac-tele" / checkpoints.MODEL_FILE
-    save_adafac(path, opt, batches=3)
+    checkpoints.save_model(path, opt, batches=3)
     monkeypatch.setenv("METATELE_CHECKPOINTS", str(tmp_path))
     back = checkpoints.load_pretrained("adafac-tele")
-    assert isinstance(back, AdafacOptimizer) and back.name == "adafac-tele" and back.spec == opt.spec
+    assert isinstance(back, AdafacOptimizer) and back.name == "adafac-tele" and back.spec == opt.spec and back.teleports
     for k, v in opt.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v)
     tensors, meta = checkpoints.read(path)
-    bad_metas = [{**meta, "spec": {**meta["spec"], **bad}}
-                 for bad in ({"hidden": 10**9}, {"teleport": "yes"}, {"magnitude": 11.0}, {"nope": 1})]
-    bad_metas += [{**meta, "name": "x" * 100}, {**meta, "kind": "meta_optimizer"}]
-    for bad in bad_metas:
-        checkpoints.save(tmp_path / "bad.safetensors", tensors, bad)
+    for bad in ({"hidden": 10**9}, {"mix": "big"}, {"magnitude": 11.0}, {"nope": 1}, {"method": "adafac-x"}):
+        checkpoints.save(tmp_path / "bad.safetensors", tensors, {**meta, "spec": {**meta["spec"], **bad}})
         with pytest.raises(CheckpointError):
-            checkpoints.load_adafac(tmp_path / "bad.safetensors")
+            checkpoints.load_model(tmp_path / "bad.safetensors")
 
 
 def test_runs_in_a_torch_training_loop_as_adam(tmp_path):
     """Through `metatele.optim.LearnedOptimizer` (a checkpoint path), the untrained rule steps an nn.Sequential with
     biases exactly as torch.optim.Adam(lr=1e-3)."""
     path = tmp_path / "adafac" / checkpoints.MODEL_FILE
-    save_adafac(path, AdafacOptimizer(AdafacSpec()))
+    checkpoints.save_model(path, build(AdafacSpec("adafac")))
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LeakyReLU(0.1), torch.nn.Linear(7, 3))
     ref = copy.deepcopy(net)

@@ -15,9 +15,10 @@ from torch import nn
 
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
-from metatele.bench.metatrain import save_adafac
 from metatele.bench.problems import SUITE, Problem
-from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
+from metatele import checkpoints
+from metatele.learned import build
+from metatele.learned.adafac import AdafacSpec
 from metatele.step import inner_step, rollout
 from metatele.tasks.seeds import TRAIN_SEEDS
 
@@ -116,7 +117,7 @@ def test_bench_quick_runs(tmp_path):
     """The CLI end to end, on an untrained adafac checkpoint (= Adam at lr 1e-3): every output, every method, real
     TensorBoard event files."""
     ck = tmp_path / "ck" / "model.safetensors"
-    save_adafac(ck, AdafacOptimizer(AdafacSpec(teleport=True)))
+    checkpoints.save_model(ck, build(AdafacSpec("adafac-tele")))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out, logdir = tmp_path / "out", tmp_path / "runs"
     r = subprocess.run([sys.executable, "-m", "metatele", "bench", "--quick", "--learned", str(ck.parent),

@@ -26,7 +26,7 @@ a = p.parse_args()
 torch.set_num_threads(1)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
-cfg = MetaTrainConfig(spec=AdafacSpec(teleport=a.teleport), augment=not a.no_augment, minutes=a.minutes,
+cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac"), augment=not a.no_augment, minutes=a.minutes,
                       seed=a.seed, eval_every=20)
 (out / "config.json").write_text(json.dumps({"spec": vars(cfg.spec), **{k: v for k, v in vars(cfg).items()
                                                                          if k != "spec"}}, indent=1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from metatele.bench.report import report
 from metatele.bench.problems import REPORT_FIRST_SEED
 from metatele.bench.run import SEEDS, run_suite
 from metatele.evaluation.stats import summarize
+from metatele.learned import build
 from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
 from metatele.step import rollout
 
@@ -42,8 +44,8 @@ p.add_argument("--checkpoints", default=str(checkpoints.pretrained_dir()))
 a = p.parse_args()
 torch.set_num_threads(1)
 ck = Path(a.checkpoints)
-adafac = checkpoints.load_adafac(ck / "adafac" / checkpoints.MODEL_FILE)
-tele = checkpoints.load_adafac(ck / "adafac-tele" / checkpoints.MODEL_FILE)
+adafac = checkpoints.load_model(ck / "adafac" / checkpoints.MODEL_FILE)
+tele = checkpoints.load_model(ck / "adafac-tele" / checkpoints.MODEL_FILE)
 blind: set[str] = set()
 
 
@@ -60,7 +62,8 @@ tag = "-quick" if a.quick else ""
 
 if a.part in ("main", "all"):
     t = time.perf_counter()
-    untrained = AdafacOptimizer(AdafacSpec(), name="adafac-untrained")
+    untrained = build(AdafacSpec("adafac"))
+    untrained.label = "adafac-untrained"
     runs = run_suite(problems, [adafac, tele, untrained], prepare=horizon, cache=cache)
     report(runs, HERE / f"results{tag}", Path("runs") / f"bench{tag}")
     print(f"main: {time.perf_counter() - t:.0f} s")
@@ -68,13 +71,14 @@ if a.part in ("main", "all"):
 if a.part in ("ablation", "all"):
     t = time.perf_counter()
     no_fan = copy.deepcopy(adafac)
-    no_fan.name = "adafac-no-fanin"
+    no_fan.label = "adafac-no-fanin"
     with torch.no_grad():
         no_fan.net.fan_power.zero_()
     no_progress = copy.deepcopy(adafac)
-    no_progress.name = "adafac-no-progress"
+    no_progress.label = "adafac-no-progress"
     blind.add(no_progress.name)
-    tele_off = AdafacOptimizer(AdafacSpec(**{**vars(tele.spec), "teleport": False}), name="adafac-tele-no-teleport")
+    tele_off = build(replace(tele.spec, method="adafac"))
+    tele_off.label = "adafac-tele-no-teleport"
     tele_off.net.load_state_dict(tele.net.state_dict())
     runs = run_suite(small, [adafac, no_fan, no_progress, tele, tele_off], prepare=horizon, cache=cache)
     report(runs, HERE / f"ablation{tag}", None)
@@ -109,7 +113,7 @@ if a.part in ("paper", "all") and not a.quick:
         if isinstance(m, AdafacOptimizer):
             m.horizon = float(q.steps)
         final = rollout(m, task, q.steps).loss[-1]
-        rows.append({"method": m.name if isinstance(m, AdafacOptimizer) else "lstm-update-tele", "steps": q.steps,
+        rows.append({"method": m.name, "steps": q.steps,
                      **{k: v for k, v in summarize(final).items() if k.startswith("geo") or k == "n_nonfinite"}})
         print(rows[-1], flush=True)
     checkpoints.atomic_write_csv(HERE / "paper.csv", rows)

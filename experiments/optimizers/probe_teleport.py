@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from metatele import datasets
-from metatele.studies.optimizers import make_mlp
+from metatele.studies.common import make_mlp
 from metatele.teleport.action import teleport
 from metatele.nn import inspect_mlp
 from metatele.teleport.sequential import ascent_teleport_, random_teleport_

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metatele.io import atomic_write_bytes
 from metatele.studies.optimizers import ARMS, OPTIMIZERS, RunResult, StudyConfig, StudyResult, plot
 
 
@@ -47,6 +48,6 @@ def load(out: Path) -> StudyResult:
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     res = load(out)
-    plot(res, out / "curves_epoch.png", "epoch")
-    plot(res, out / "curves_time.png", "time")
+    atomic_write_bytes(out / "curves_epoch.png", plot(res, "epoch"))
+    atomic_write_bytes(out / "curves_time.png", plot(res, "time"))
     print(f"redrew {out}/curves_epoch.png and {out}/curves_time.png")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,14 @@ import torch
 
 from metatele import checkpoints
 from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
+from metatele.learned import build
 from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
 from metatele.learned.trainer import train_batch
 from metatele.step import rollout
 from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
 from metatele.tasks.seeds import train_seeds
 
-__all__ = ["MetaTrainConfig", "Scaled", "validation_score", "meta_train", "save_adafac"]
+__all__ = ["MetaTrainConfig", "Scaled", "validation_score", "meta_train"]
 
 
 @dataclass
@@ -36,7 +37,7 @@ class MetaTrainConfig:
     """Settings of one meta-training run (field names shared with `metatele.config.TrainConfig` where the trainer
     reads them: steps, unroll, meta_loss, loss_growth, clip, loss_cap, second_order)."""
 
-    spec: AdafacSpec = field(default_factory=AdafacSpec)
+    spec: AdafacSpec = field(default_factory=lambda: AdafacSpec("adafac"))
     steps: int = 200              # longest inner horizon
     min_steps: int = 50           # shortest (log-uniform in between)
     unroll: int = 10
@@ -104,18 +105,12 @@ def validation_score(method: AdafacOptimizer, problems: Sequence[Problem], seeds
     return sum(scores) / len(scores)
 
 
-def save_adafac(path: Path, method: AdafacOptimizer, **extra: Any) -> None:
-    """The deployable checkpoint: parameters + {"kind": "adafac", "spec", "name", …} (`checkpoints.load_adafac`)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-    checkpoints.save(path, tensors, {"kind": "adafac", "name": method.name, "spec": asdict(method.spec), **extra})
-
-
 def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, Any]:
     """Train per cfg for cfg.minutes (or max_batches), writing out/model.safetensors (best on validation) and
     out/train_log.csv; returns a summary."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        method = AdafacOptimizer(cfg.spec)
+        method = build(cfg.spec)
     scalars = [method.net.log_gain, method.net.fan_power, method.net.log_mix]
     rest = [p for p in method.parameters() if all(p is not s for s in scalars)]
     opt = torch.optim.Adam([{"params": rest, "lr": cfg.meta_lr}, {"params": scalars, "lr": cfg.scalar_lr}])
@@ -124,7 +119,7 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
     start = time.time()
     best, best_batch, rows = validation_score(method, val_problems, cfg.select_seeds), 0, []
     untrained = best
-    save_adafac(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
+    checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
     b = 0
     while b < cfg.max_batches and time.time() - start < cfg.minutes * 60:
         problem = train_problems[int(torch.randint(len(train_problems), (), generator=gen))]
@@ -148,7 +143,7 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
             row["validation"] = score
             if score < best:
                 best, best_batch = score, b
-                save_adafac(out / checkpoints.MODEL_FILE, method, batches=b, validation_score=score)
+                checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=b, validation_score=score)
         rows.append(row)
         if log:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

@@ -13,26 +13,31 @@ from metatele.bench.report import report
 from metatele.bench.run import SEEDS, TUNE_SEEDS, run_suite
 from metatele.errors import ConfigError
 from metatele.learned.adafac import AdafacOptimizer
+from metatele.methods.base import Method
 
 __all__ = ["SHIPPED", "SEEDS", "TUNE_SEEDS", "resolve", "main"]
 
 SHIPPED = ("adafac", "adafac-tele")  # judged by default, where checkpoints/<name>/ holds them
 
 
-def resolve(specs: Sequence[str] | None, device: str | torch.device = "cpu") -> list[AdafacOptimizer]:
-    """Learned optimizers from names of shipped checkpoints or from paths (a model.safetensors or its directory);
-    None: the shipped ones that exist. A name and a path must hold an adafac checkpoint (size-agnostic)."""
+def resolve(specs: Sequence[str] | None, device: str | torch.device = "cpu") -> list[Method]:
+    """Learned optimizers from shipped names or checkpoint paths (a model.safetensors or its directory); None: the
+    shipped SHIPPED ones. Each must be size-agnostic (fixed-size methods run on one shape only)."""
     if specs is None:
-        specs = [n for n in SHIPPED if (checkpoints.pretrained_dir() / n / checkpoints.MODEL_FILE).is_file()]
+        specs = [n for n in SHIPPED if n in checkpoints.shipped_names()]
     out = []
     for s in specs:
-        path = Path(s)
-        if not path.exists():
-            path = checkpoints.pretrained_dir() / s
-            if not path.exists():
-                raise ConfigError(f"--learned {s}: neither a checkpoint path nor a shipped checkpoint "
-                                  f"({', '.join(SHIPPED)})")
-        out.append(checkpoints.load_adafac(path / checkpoints.MODEL_FILE if path.is_dir() else path, device))
+        if Path(s).exists():
+            model = checkpoints.load_model(s, device=device)
+        elif s in checkpoints.shipped_names():
+            model = checkpoints.load_pretrained(s, device=device)
+        else:
+            raise ConfigError(f"--learned {s}: neither a checkpoint path nor a shipped name "
+                              f"({', '.join(checkpoints.shipped_names())})")
+        if model.spec.fixed_widths:
+            raise ConfigError(f"--learned {s}: {model.name} runs only on widths {list(model.spec.fixed_widths)}; "
+                              "the suite needs a size-agnostic method")
+        out.append(model)
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"two learned optimizers share a name ({', '.join(names)}); each needs its own")

@@ -1,5 +1,6 @@
 """Evaluation on unseen tasks: the methods to compare (baselines tuned on validation tasks, learned
-methods from checkpoints) and running them all on the same tasks.
+methods from checkpoints) and the one `evaluate`, which runs them all on the same tasks with optional
+recorders (e.g. `metatele.repdyn.probe.RepdynRecorder`, added by the CLI's --repdyn).
 
 Every method runs on the same tasks (seeds S..S+tasks−1, disjoint from training). Statistics are taken over
 the finite tasks only (`metatele.evaluation.stats`).
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -18,14 +19,14 @@ from tqdm import tqdm
 
 from metatele import checkpoints
 from metatele.errors import ConfigError, SeedOverlapError
+from metatele.learned import LEARNED
 from metatele.methods.base import Method
-from metatele.methods.registry import LEARNED, PAPER_GD_LR, baseline
-from metatele.repdyn.probe import task_probe
+from metatele.methods.registry import PAPER_GD_LR, baseline
 from metatele.step import Trajectory, rollout
 from metatele.tasks.base import TaskBatch, TaskFamily
 from metatele.tasks.seeds import MAX_SEED, TRAIN_SEEDS, VALID_RANGE, overlaps_training, overlaps_validation
 
-__all__ = ["GD_GRID", "ADAM_GRID", "Entry", "Result", "tune", "baselines", "learned_paths", "learned", "evaluate",
+__all__ = ["GD_GRID", "ADAM_GRID", "Entry", "Result", "Record", "Callback", "Recorder", "tune", "baselines", "learned_paths", "learned", "evaluate",
            "check_test_seeds", "test_tasks"]
 
 GD_GRID = tuple(10 ** (k / 2) for k in range(-12, 3))       # 1e-6 … 10: wide enough for every task family
@@ -40,12 +41,34 @@ class Entry:
     hparams: dict[str, Any]
 
 
+Callback = Callable[[int, Sequence[torch.Tensor]], None]  # (step, weights) → None, called by `rollout`
+
+
+class Recorder(Protocol):
+    """Records a series along each method's rollout: `start(task)` gives the rollout callback and a function
+    that returns the series recorded, an array (B, steps+1, len(channels))."""
+
+    name: str
+    channels: tuple[str, ...]
+
+    def start(self, task: TaskBatch) -> tuple[Callback, Callable[[], np.ndarray]]: ...
+
+
+class Record(NamedTuple):
+    """What a recorder recorded along one method's run: values (B, steps+1, len(channels))."""
+
+    channels: tuple[str, ...]
+    values: np.ndarray
+
+
 @dataclass
 class Result:
+    """One method's run: its trajectory and what each recorder recorded, by recorder name."""
+
     name: str
     hparams: dict[str, Any]
     traj: Trajectory
-    repdyn: np.ndarray | None = None  # (B, steps+1, 3) probe series of (H, Yd, w), when requested
+    records: dict[str, Record] = field(default_factory=dict)
 
 
 def _score(traj: Trajectory) -> float:
@@ -91,26 +114,30 @@ def learned(checkpoint_dir: Path, widths: Sequence[int], device: str | torch.dev
     for name, path in learned_paths(checkpoint_dir).items():
         if path.exists():
             model = checkpoints.load_model(path, method=name, device=device)
-            spec = model.spec
-            if spec.widths and tuple(spec.widths) != tuple(widths):
-                skipped.append(f"{name} (trained for widths {list(spec.widths)})")
+            fixed, spec = model.spec.fixed_widths, model.spec.to_dict()
+            if fixed and fixed != tuple(widths):
+                skipped.append(f"{name} (trained for widths {list(fixed)})")
                 continue
-            out.append(Entry(model, {"hidden": spec.hidden, "magnitude": spec.magnitude, "exact": spec.exact,
-                                     "preprocessing": spec.preprocessing, "gate": spec.gate,
-                                     "update_form": spec.update_form,
-                                     "trajectories_seen": model.metadata.get("trajectories_seen", -1)}))
+            hparams = {k: spec[k] for k in ("hidden", "magnitude", "exact", "preprocessing", "gate", "update_form")
+                       if k in spec}
+            out.append(Entry(model, {**hparams, "trajectories_seen": model.metadata.get("trajectories_seen", -1)}))
     return out, skipped
 
 
 def evaluate(entries: Sequence[Entry], task: TaskBatch, steps: int, progress: bool = True,
-             probe_layer: int | None = None) -> list[Result]:
-    """Run every method on the same tasks; probe_layer: also record the two-point (H, Yd, w) of samples
-    0 and 1 at that hidden layer (metatele.repdyn)."""
+             recorders: Sequence[Recorder] = ()) -> list[Result]:
+    """Run every method for `steps` steps on the same tasks (a batch of B), each recorder recording along."""
     results = []
     for e in tqdm(entries, desc="methods", disable=not progress, unit="method"):
-        probe, callback = task_probe(task, probe_layer) if probe_layer else (None, None)
-        traj = rollout(e.method, task, steps, callback)
-        results.append(Result(e.method.name, e.hparams, traj, probe.series() if probe is not None else None))
+        started = [(r, *r.start(task)) for r in recorders]
+
+        def callback(t: int, weights: Sequence[torch.Tensor]) -> None:
+            for _, record, _ in started:
+                record(t, weights)
+
+        traj = rollout(e.method, task, steps, callback if started else None)
+        records = {r.name: Record(r.channels, series()) for r, _, series in started}
+        results.append(Result(e.method.name, e.hparams, traj, records))
     return results
 
 

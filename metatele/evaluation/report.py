@@ -1,9 +1,9 @@
-"""The compare report: CSV and Markdown tables, a PNG of the loss curves, and TensorBoard runs (one run
-per method, so the curves overlay)."""
+"""The compare report: per-method rows (`rows`), written as CSV and Markdown tables with a PNG of the loss
+curves (all three or none), and TensorBoard runs (one run per method, so the curves overlay). An undefined
+statistic (no finite task, or one finite task for an interval) is an empty CSV cell and "—" or "n non-finite"
+in Markdown."""
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from metatele.checkpoints import atomic_write_text
 from metatele.evaluation.compare import Result
-from metatele.evaluation.stats import divergence, fmt, report_steps, steps_to_reach, summarize
-from metatele.plotting import pyplot, save_png
+from metatele.evaluation.stats import divergence, report_steps, steps_to_reach, summarize
+from metatele.io import csv_text, write_files
+from metatele.reporting import UNDEFINED, ci, fmt
+from metatele.reporting.plotting import png_bytes, pyplot
+from metatele.reporting.tensorboard import Point, write_run
 
-__all__ = ["REACH_FACTORS", "LAYOUT", "TABLE_NOTE", "TB_TAGS", "CSV_COLUMNS", "rows", "markdown", "tuning_note", "write_tables",
-           "write_tensorboard", "plot", "report"]
+__all__ = ["REACH_FACTORS", "LAYOUT", "TABLE_NOTE", "TB_TAGS", "CSV_COLUMNS", "OUTPUT_FILES", "rows", "markdown",
+           "tuning_note", "tables", "write_tensorboard", "plot", "report"]
 
 REACH_FACTORS = (1e-1, 1e-2, 1e-3)
 TB_TAGS = ("loss_mean", "log10_loss_mean", "log10_loss_median", "log10_loss_q10", "log10_loss_q90",
@@ -26,12 +28,16 @@ TB_TAGS = ("loss_mean", "log10_loss_mean", "log10_loss_median", "log10_loss_q10"
 CSV_COLUMNS = ("method", "step", "geo_mean", "geo_ci95_low", "geo_ci95_high", "loss_mean", "loss_ci95_low",
                "loss_ci95_high", "loss_median", "loss_q10", "loss_q90", "log10_loss_mean", "n_tasks", "n_nonfinite",
                "n_diverged", "n_blowup", "steps_to_0.1x", "steps_to_0.01x", "steps_to_0.001x", "sec_per_step")
+COUNT_COLUMNS = ("step", "n_tasks", "n_nonfinite", "n_diverged", "n_blowup")
+OUTPUT_FILES = ("results.csv", "results.md", "loss_curves.png")
 TABLE_NOTE = ("Each cell: geometric mean [95% CI] (arithmetic mean) of the loss over tasks at that step; the CI is a "
               "Student-t interval on log10 loss. diverged: final loss non-finite or above the initial loss; "
               "blew up: final loss > 10× the task's best. s/step: seconds per step for the whole batch of tasks.")
 
 
 def rows(results: list[Result]) -> list[dict[str, Any]]:
+    """One row per (method, reported step): the loss statistics over tasks at that step (`summarize`), the
+    run's failure counts, steps to reach 0.1/0.01/0.001 × the initial loss, seconds per step."""
     out = []
     for r in results:
         T = r.traj.loss.shape[0] - 1
@@ -43,17 +49,11 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
     return out
 
 
-def write_tables(results: list[Result], out: Path) -> list[dict[str, Any]]:
+def tables(results: list[Result]) -> tuple[list[dict[str, Any]], str, str]:
+    """(rows, results.csv text, results.md text)."""
     table = rows(results)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for row in table:
-        w.writerow({k: (int(v) if k in ("n_tasks", "n_nonfinite", "n_diverged", "n_blowup", "step") else v)
-                    for k, v in row.items()})
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.md", markdown(table) + tuning_note(results))
-    return table
+    csv_rows = [{k: (int(v) if k in COUNT_COLUMNS else v) for k, v in r.items()} for r in table]
+    return table, csv_text(csv_rows, CSV_COLUMNS), markdown(table) + tuning_note(results)
 
 
 def tuning_note(results: list[Result]) -> str:
@@ -77,9 +77,12 @@ def markdown(table: list[dict[str, Any]]) -> str:
         cells = []
         for s in steps:
             r = by[m, s]
-            extra = f", {int(r['n_nonfinite'])} non-finite" if r["n_nonfinite"] else ""
-            cells.append(f"{fmt(r['geo_mean'])} [{fmt(r['geo_ci95_low'])}, {fmt(r['geo_ci95_high'])}] "
-                         f"({fmt(r['loss_mean'])}{extra})")
+            bad = int(r["n_nonfinite"])
+            if not math.isfinite(r["geo_mean"]):  # no finite task: nothing to summarize
+                cells.append(f"{UNDEFINED} ({bad} non-finite)")
+                continue
+            extra = f", {bad} non-finite" if bad else ""
+            cells.append(f"{ci(r['geo_mean'], r['geo_ci95_low'], r['geo_ci95_high'])} ({fmt(r['loss_mean'])}{extra})")
         last = by[m, steps[-1]]
         reach = " / ".join(fmt(last[f"steps_to_{f:g}x"]) for f in REACH_FACTORS)
         n = int(last["n_tasks"])
@@ -93,39 +96,34 @@ def _log10_mean(x: torch.Tensor) -> float:
     return float(x.clamp_min(1e-300).log10().mean()) if x.numel() else math.nan
 
 
-def write_tensorboard(results: list[Result], logdir: Path) -> None:
-    """One run per method (so curves overlay), per-step and per-microsecond tags on a log10 scale, hparams and a
-    custom-scalars layout (stored in the first method's run, so that it does not show up as a run of its own)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
+def write_tensorboard(results: list[Result], logdir: Path) -> int:
+    """One run per method (so curves overlay), per-step and per-microsecond tags on a log10 scale, each
+    recorder's per-step median over tasks, hparams and a custom-scalars layout (stored in the first method's
+    run, so that it does not show up as a run of its own). Returns the number of undefined points left out."""
     base = time.time()
+    skipped = 0
     for i, r in enumerate(results):
-        with SummaryWriter(str(logdir / r.name)) as w:
-            for s in range(r.traj.loss.shape[0]):
-                st = summarize(r.traj.loss[s], intervals=False)
-                vals = {"loss_mean": st["loss_mean"], "log10_loss_mean": st["log10_loss_mean"],
-                        **{f"log10_loss_{q}": math.log10(st[f"loss_{q}"]) if st[f"loss_{q}"] > 0 else math.nan
-                           for q in ("median", "q10", "q90")},
-                        "log10_grad_norm_sq": _log10_mean(r.traj.grad_norm_sq[s])}
-                sec = float(r.traj.seconds[s])
-                for tag in TB_TAGS:
-                    # walltime = elapsed run time, so TensorBoard's "relative" axis is seconds of optimization
-                    w.add_scalar(f"eval/{tag}", vals[tag], s, walltime=base + sec)
-                    w.add_scalar(f"eval_vs_time_us/{tag}", vals[tag], round(sec * 1e6), walltime=base + sec)
-                if r.repdyn is not None:  # two-point representation dynamics, median over tasks
-                    for k, name in enumerate(("H", "Yd", "w")):
-                        w.add_scalar(f"repdyn/{name}_median", float(np.nanmedian(r.repdyn[:, s, k])), s, walltime=base + sec)
-            final = summarize(r.traj.loss[-1], intervals=False)
-            fails = divergence(r.traj.loss)
-            hp = {"method": r.name, **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.hparams.items()}}
-            metrics = {"hparam/final_log10_loss_mean": final["log10_loss_mean"], "hparam/n_diverged": fails["n_diverged"]}
-            for summ in hparams(hp, metrics):
-                w.file_writer.add_summary(summ)
-            for k, v in metrics.items():
-                w.add_scalar(k, v, r.traj.loss.shape[0] - 1)
-            if i == 0:
-                w.add_custom_scalars(LAYOUT)
+        points = []
+        for s in range(r.traj.loss.shape[0]):
+            st = summarize(r.traj.loss[s], intervals=False)
+            vals = {"loss_mean": st["loss_mean"], "log10_loss_mean": st["log10_loss_mean"],
+                    **{f"log10_loss_{q}": math.log10(st[f"loss_{q}"]) if st[f"loss_{q}"] > 0 else math.nan
+                       for q in ("median", "q10", "q90")},
+                    "log10_grad_norm_sq": _log10_mean(r.traj.grad_norm_sq[s])}
+            wall = base + float(r.traj.seconds[s])  # walltime = elapsed run time: "relative" = seconds of optimization
+            for tag in TB_TAGS:
+                points += [Point(f"eval/{tag}", vals[tag], s, wall),
+                           Point(f"eval_vs_time_us/{tag}", vals[tag], round(float(r.traj.seconds[s]) * 1e6), wall)]
+            for name, rec in r.records.items():  # median over tasks of each recorded channel
+                points += [Point(f"{name}/{ch}_median", float(np.nanmedian(rec.values[:, s, k])), s, wall)
+                           for k, ch in enumerate(rec.channels)]
+        final = summarize(r.traj.loss[-1], intervals=False)
+        metrics = {"hparam/final_log10_loss_mean": final["log10_loss_mean"],
+                   "hparam/n_diverged": divergence(r.traj.loss)["n_diverged"]}
+        points += [Point(k, v, r.traj.loss.shape[0] - 1) for k, v in metrics.items()]
+        skipped += write_run(logdir / r.name, points, hparams=({"method": r.name, **r.hparams}, metrics),
+                             layout=LAYOUT if i == 0 else None)
+    return skipped
 
 
 LAYOUT = {"compare (all methods, log10 scale)": {
@@ -139,7 +137,8 @@ LAYOUT = {"compare (all methods, log10 scale)": {
 }}
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(results: list[Result]) -> bytes:
+    """loss_curves.png: median and q10–q90 band over tasks per method, against steps and seconds."""
     plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -158,13 +157,13 @@ def plot(results: list[Result], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    return png_bytes(fig)
 
 
 def report(results: list[Result], logdir: Path | None, out: Path) -> list[dict[str, Any]]:
-    """Write results.csv, results.md, loss_curves.png (in `out`) and TensorBoard runs (in `logdir`)."""
-    table = write_tables(results, out)
-    plot(results, out / "loss_curves.png")
+    """Write OUTPUT_FILES in `out` (all or none) and TensorBoard runs in `logdir`; returns the rows."""
+    table, csv_file, md = tables(results)
+    write_files(out, dict(zip(OUTPUT_FILES, (csv_file, md, plot(results)))))
     if logdir is not None:
         write_tensorboard(results, logdir)
     return table

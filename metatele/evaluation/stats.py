@@ -1,7 +1,7 @@
 """Statistics in one place: summaries of per-task losses with confidence intervals that respect their scale,
 divergence counts, the report's horizons, steps to reach a loss, Pearson/Spearman correlations with
-percentile-bootstrap CIs, Student-t intervals over a few runs that skip diverged ones (`mean_ci`), and the
-tables' number format.
+percentile-bootstrap CIs, and Student-t intervals over a few runs that skip diverged ones (`mean_ci`). How
+they are written is `metatele.reporting`'s business.
 
 Losses span orders of magnitude and are positive, so intervals are computed on log10 loss (Student t) and
 reported back on the loss scale as an interval for the geometric mean; the arithmetic mean gets a percentile
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["summarize", "t_interval", "mean_ci", "bootstrap_mean_ci", "divergence", "report_steps", "steps_to_reach",
-           "fmt", "CORRELATIONS", "correlation", "correlation_ci"]
+           "CORRELATIONS", "correlation", "correlation_ci"]
 
 BOOTSTRAP_RESAMPLES = 2000
 CORRELATIONS = ("pearson", "spearman")
@@ -69,6 +69,14 @@ def bootstrap_mean_ci(values: np.ndarray | Sequence[float], level: float = 0.95,
     return float(lo), float(hi)
 
 
+def _pow10(x: float) -> float:
+    """10**x, +inf where that overflows a float (a wide interval on log10 loss)."""
+    try:
+        return 10**x
+    except OverflowError:
+        return math.inf
+
+
 def summarize(loss: torch.Tensor, intervals: bool = True) -> dict[str, float]:
     """Statistics of per-task losses (B,) over the finite tasks; non-finite tasks are counted, never averaged.
 
@@ -89,7 +97,7 @@ def summarize(loss: torch.Tensor, intervals: bool = True) -> dict[str, float]:
                log10_loss_mean=float(logs.mean()), geo_mean=10 ** float(logs.mean()))
     if intervals:
         _, lo, hi = t_interval(logs.numpy())
-        out.update(geo_ci95_low=10**lo, geo_ci95_high=10**hi)
+        out.update(geo_ci95_low=_pow10(lo), geo_ci95_high=_pow10(hi))
         out["loss_ci95_low"], out["loss_ci95_high"] = bootstrap_mean_ci(L.numpy())
     return out
 
@@ -119,13 +127,6 @@ def steps_to_reach(loss: torch.Tensor, factor: float) -> float:
     ok = (loss <= factor * loss[0:1]) & torch.isfinite(loss)
     idx = torch.where(ok.any(0), ok.float().argmax(0).double(), torch.tensor(math.inf, dtype=torch.float64))
     return float(idx.median())
-
-
-def fmt(x: float | None) -> str:
-    """Three significant digits; "never" for inf, "nan", and "" for a missing value."""
-    if x is None:
-        return ""
-    return "never" if x == math.inf else ("nan" if math.isnan(x) else f"{x:.3g}")
 
 
 def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:

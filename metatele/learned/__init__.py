@@ -1,6 +1,14 @@
-"""Learned methods (`nets`, `meta_optimizer`) and the truncated-BPTT meta-trainer (`trainer`)."""
+"""Learned methods: the registry and the base classes (`base`), the shared nets (`nets`), the paper's LSTM
+family (`lstm`), the size-agnostic coordinatewise family (`coordinatewise`) and the Adam-nominal adafac family
+(`adafac`). Importing this package registers the project's eight learned methods, in report order."""
 from __future__ import annotations
 
-from metatele.learned.meta_optimizer import LearnedTeleport, LearnedUpdate, MetaOptimizer, MetaOptSpec
+from metatele.learned.base import (LEARNED, LearnedEntry, LearnedSpec, MetaOptimizer, build, parameter_count,
+                                   register_learned, spec_from_dict)
+from metatele.learned.lstm import LSTMOptimizer, LSTMSpec
+from metatele.learned.coordinatewise import CoordinatewiseOptimizer, CoordinatewiseSpec  # noqa: I001 (report order)
+from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
 
-__all__ = ["LearnedTeleport", "LearnedUpdate", "MetaOptimizer", "MetaOptSpec"]
+__all__ = ["LEARNED", "LearnedEntry", "LearnedSpec", "MetaOptimizer", "build", "parameter_count", "register_learned",
+           "spec_from_dict", "LSTMOptimizer", "LSTMSpec", "CoordinatewiseOptimizer", "CoordinatewiseSpec",
+           "AdafacOptimizer", "AdafacSpec"]

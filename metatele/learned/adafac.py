@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from metatele import checks
+from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
 from metatele.learned.coordinatewise import LayerGate
-from metatele.methods.base import Proposal, add_update, chain
+from metatele.methods.base import Proposal, add_update
 from metatele.tasks.base import Symmetry
 from metatele.teleport.action import teleport
 from metatele.teleport.ascent import steepest_direction
@@ -72,37 +74,28 @@ def progress_features(t: torch.Tensor, horizon: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AdafacSpec:
-    """What rebuilds an `AdafacOptimizer` (stored in checkpoint metadata).
+class AdafacSpec(LearnedSpec):
+    """What rebuilds an adafac optimizer (stored in checkpoint metadata); `method` is "adafac" or "adafac-tele".
 
-    hidden: the MLP's width (two hidden layers); mix: c, the bound of the free term; teleport: whether m2 is on;
-    magnitude: the teleport's ‖T‖_F before the gate; gate_bias: the gate starts at sigmoid(gate_bias); gate_hidden:
-    the gate LSTM's size; every: teleport at steps 0, every, 2·every, …
+    hidden: the MLP's width (two hidden layers); mix: c, the bound of the free term; magnitude: the teleport's
+    ‖T‖_F before the gate; gate_bias: the gate starts at sigmoid(gate_bias); gate_hidden: the gate LSTM's size;
+    every: teleport at steps 0, every, 2·every, …
     """
 
     hidden: int = 16
     mix: float = 0.1
-    teleport: bool = False
     magnitude: float = 0.05
     gate_bias: float = -3.0
     gate_hidden: int = 8
     every: int = 1
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.hidden, int) and 1 <= self.hidden <= 1024):
-            raise ValueError(f"hidden must be an integer in 1..1024, got {self.hidden!r}")
-        if not (isinstance(self.gate_hidden, int) and 1 <= self.gate_hidden <= 1024):
-            raise ValueError(f"gate_hidden must be an integer in 1..1024, got {self.gate_hidden!r}")
-        if not (isinstance(self.every, int) and 1 <= self.every <= 10**6):
-            raise ValueError(f"every must be an integer in 1..10^6, got {self.every!r}")
-        for name in ("mix", "magnitude"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 10):
-                raise ValueError(f"{name} must be a number in (0, 10], got {v!r}")
-        if not (isinstance(self.gate_bias, (int, float)) and math.isfinite(self.gate_bias) and abs(self.gate_bias) <= 20):
-            raise ValueError(f"gate_bias must be a number in [-20, 20], got {self.gate_bias!r}")
-        if not isinstance(self.teleport, bool):
-            raise ValueError(f"teleport must be true or false, got {self.teleport!r}")
+    def check(self) -> None:
+        checks.integer("hidden", self.hidden, 1, 1024)
+        checks.integer("gate_hidden", self.gate_hidden, 1, 1024)
+        checks.integer("every", self.every, 1, 10**6)
+        checks.positive_float("mix", self.mix, 10.0)
+        checks.positive_float("magnitude", self.magnitude, 10.0)
+        checks.finite_float("gate_bias", self.gate_bias)
 
 
 class AdafacNet(nn.Module):
@@ -281,33 +274,34 @@ class SteepestGate:
         return replace(prop, teleport=tele, info=info), (lstm, g0, t + 1)
 
 
-class AdafacOptimizer(nn.Module):
-    """The learned method (`metatele.methods.Method`): `AdafacUpdate`, chained with `SteepestGate` if
-    spec.teleport. `horizon` sets T of the progress features for the next runs."""
+class AdafacOptimizer(MetaOptimizer):
+    """The learned family (registered as "adafac" and, with `teleport`, "adafac-tele"): `AdafacUpdate`, chained
+    with `SteepestGate` if `teleport`. `horizon` sets T of the progress features for the next runs; `label`, if
+    set, replaces the registered name in reports (ablation variants)."""
 
-    def __init__(self, spec: AdafacSpec, name: str | None = None, horizon: float = DEFAULT_HORIZON) -> None:
-        super().__init__()
-        self.spec = spec
-        self.name = name or ("adafac-tele" if spec.teleport else "adafac")
+    def __init__(self, spec: AdafacSpec, *, teleport: bool) -> None:
+        super().__init__(spec)
         self.net = AdafacNet(spec.hidden, spec.mix)
-        self.gate = LayerGate(spec.gate_hidden, spec.gate_bias) if spec.teleport else None
-        self.horizon = float(horizon)
+        self.rule = AdafacUpdate(self.net)
+        self.label: str | None = None
+        policy = None
+        if teleport:
+            self.gate = LayerGate(spec.gate_hidden, spec.gate_bias)
+            policy = SteepestGate(self.gate, spec.magnitude, spec.every)
+        self.compose(self.rule, policy)
 
-    def transform(self) -> Any:
-        rule = AdafacUpdate(self.net, self.horizon)
-        if self.gate is None:
-            return rule
-        return chain(rule, SteepestGate(self.gate, self.spec.magnitude, self.spec.every))
+    @property
+    def name(self) -> str:
+        return self.label or self.spec.method
 
-    def init_state(self, weights: Sequence[torch.Tensor]) -> Any:
-        return self.transform().init(weights)
+    @property
+    def horizon(self) -> float:
+        return self.rule.horizon
 
-    def propose(self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: Any
-                ) -> tuple[Proposal, Any]:
-        return self.transform().propose(Proposal(), grads, state, weights=weights)
+    @horizon.setter
+    def horizon(self, value: float) -> None:
+        self.rule.horizon = float(value)
 
-    def without_teleport(self) -> AdafacOptimizer:
-        """The same update rule (its net shared, not copied) with the teleport off."""
-        plain = AdafacOptimizer(AdafacSpec(**{**vars(self.spec), "teleport": False}), self.name, self.horizon)
-        plain.net = self.net
-        return plain
+
+register_learned("adafac", AdafacOptimizer, AdafacSpec, teleport=False)
+register_learned("adafac-tele", AdafacOptimizer, AdafacSpec, teleport=True)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from metatele import checkpoints
+from metatele.checkpoints import shipped_names
 from metatele.methods.base import Method
 from metatele.nn import Chain, TeleportWarning, chain_of, find_chains
 from metatele.optim.guard import DivergenceGuard
@@ -40,12 +41,6 @@ __all__ = ["LearnedOptimizer", "shipped_names", "load_method"]
 COMPUTE_DTYPE = torch.float32
 
 
-def shipped_names() -> list[str]:
-    """The names of the learned optimizers shipped in `checkpoints/` (or $METATELE_CHECKPOINTS)."""
-    root = checkpoints.pretrained_dir()
-    return sorted(d.name for d in root.iterdir() if (d / checkpoints.MODEL_FILE).is_file()) if root.is_dir() else []
-
-
 def load_method(method: str | os.PathLike[str] | Method, device: torch.device) -> Method:
     """A `Method` from a shipped name, a checkpoint path (a model.safetensors or its directory) or a Method
     instance, on `device`. Unknown names raise ValueError; bad checkpoints CheckpointError."""
@@ -54,7 +49,7 @@ def load_method(method: str | os.PathLike[str] | Method, device: torch.device) -
         if name in shipped_names():
             return checkpoints.load_pretrained(name, device=device)
         if Path(name).exists():
-            return checkpoints.load_learned(name, device=device)
+            return checkpoints.load_model(name, device=device)
         raise ValueError(f"unknown learned optimizer {name!r}: neither a shipped name ({', '.join(shipped_names())}) "
                          "nor an existing checkpoint path")
     if isinstance(method, Method):
@@ -72,7 +67,8 @@ def _update_only(method: Method) -> Method:
 
 def _fixed_widths(method: Method) -> tuple[int, ...]:
     """The widths a fixed-size method was trained for (() for a size-agnostic one)."""
-    return tuple(getattr(getattr(method, "spec", None), "widths", ()) or ())
+    spec = getattr(method, "spec", None)
+    return tuple(getattr(spec, "fixed_widths", None) or getattr(spec, "widths", ()) or ())
 
 
 def _proposes_teleport(method: Method, widths: Sequence[int], device: torch.device) -> bool:

@@ -1,13 +1,12 @@
 """Figures and tables of the representation-dynamics experiments (`metatele.repdyn.paper`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metatele.evaluation.stats import fmt
-from metatele.plotting import pyplot
+from metatele.reporting import fmt
+from metatele.reporting.plotting import png_bytes, pyplot
 
 if TYPE_CHECKING:
     from metatele.repdyn.paper import Plan
@@ -17,9 +16,10 @@ __all__ = ["FIT_OK", "figures", "tables"]
 FIT_OK = 0.9  # median R²(H) above which the gain plot shows the fitted A_low and H∞
 
 
-def figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Plan, out: Path) -> None:
-    """fits_by_architecture.png, gain_sweep.png and r2_by_layer.png in `out`."""
+def figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Plan) -> dict[str, bytes]:
+    """fits_by_architecture.png, gain_sweep.png and r2_by_layer.png: file name → PNG."""
     plt = pyplot()
+    pngs = {}
 
     variants = [r for r in rows if r["group"] == "variant" and r["seed"] == 0]
     med = {(s["group"], s["model"], s["layer"]): s for s in summary}
@@ -35,8 +35,7 @@ def figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Pla
                          f"{m[key]:.3f})", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "fits_by_architecture.png", dpi=90)
-    plt.close(fig)
+    pngs["fits_by_architecture.png"] = png_bytes(fig, dpi=90)
 
     # the sweep's points, plus the default network (variants[0] at the main layer) as its default-gain point
     default = plan.variants[0].label
@@ -56,8 +55,7 @@ def figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Pla
                  f"A_low, H∞ shown where the fit of H has median R² ≥ {FIT_OK}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "gain_sweep.png", dpi=90)
-    plt.close(fig)
+    pngs["gain_sweep.png"] = png_bytes(fig, dpi=90)
 
     profiled = [v.label for v in plan.variants if v.kind in plan.profiled]
     fig, axes = plt.subplots(1, len(profiled), figsize=(6 * len(profiled), 4), squeeze=False)
@@ -73,8 +71,8 @@ def figures(rows: list[dict[str, Any]], summary: list[dict[str, Any]], plan: Pla
         ax.set_title(f"two-constant ODE fit quality by layer\n{model}", fontsize=9)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "r2_by_layer.png", dpi=90)
-    plt.close(fig)
+    pngs["r2_by_layer.png"] = png_bytes(fig, dpi=90)
+    return pngs
 
 
 def tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:

@@ -3,6 +3,8 @@ metatele's batched MLP tasks (`task_probe`). Definitions in `metatele.repdyn.the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from metatele.tasks.base import TaskBatch
 from metatele.tasks.mlp import LeakyReLU, activations
 
-__all__ = ["Split", "sequential_split", "mlp_split", "task_probe", "pair_constants", "Probe"]
+__all__ = ["Split", "sequential_split", "mlp_split", "task_probe", "RepdynRecorder", "pair_constants", "Probe"]
 
 
 Split = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -47,6 +49,21 @@ def task_probe(task: TaskBatch, layer: int = 1, points: tuple[int, int] = (0, 1)
     probe = Probe(data.Y[..., j] - data.Y[..., i], dim=-1, points=points)
     split = mlp_split(layer, task.activation)
     return probe, lambda _t, weights: probe.record(*split(weights, data.X))
+
+
+@dataclass(frozen=True)
+class RepdynRecorder:
+    """A recorder for `metatele.evaluation.compare.evaluate`: the (H, Yd, w) series of `task_probe` at hidden
+    layer `layer`, (B, steps+1, 3) per method."""
+
+    layer: int = 1
+    points: tuple[int, int] = (0, 1)
+    name: ClassVar[str] = "repdyn"
+    channels: ClassVar[tuple[str, ...]] = ("H", "Yd", "w")
+
+    def start(self, task: TaskBatch) -> tuple[Callable[[int, Sequence[torch.Tensor]], None], Callable[[], np.ndarray]]:
+        probe, callback = task_probe(task, self.layer, self.points)
+        return callback, probe.series
 
 
 def pair_constants(X: torch.Tensor, Y: torch.Tensor, points: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:

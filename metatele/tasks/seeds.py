@@ -2,11 +2,13 @@
 
 Meta-training draws only from TRAIN_SEEDS (config seed s uses s·TRAIN_STRIDE + i); evaluation defaults to
 EVAL_FIRST_SEED; baseline tuning and held-out logging during training use VALID_FIRST_SEED onwards.
+The studies on real data (`metatele.studies`) seed run r with (r + 1)·54321, as the paper's code does
+(`study_seeds`), and tune learning rates on STUDY_TUNE_FIRST_SEED onwards.
 """
 from __future__ import annotations
 
 __all__ = ["TRAIN_SEEDS", "EVAL_FIRST_SEED", "VALID_FIRST_SEED", "TRAIN_STRIDE", "MAX_SEED", "train_seeds",
-           "overlaps_training", "overlaps_validation"]
+           "overlaps_training", "overlaps_validation", "PAPER_SEED_STRIDE", "STUDY_TUNE_FIRST_SEED", "study_seeds"]
 
 TRAIN_SEEDS = range(10**9)
 EVAL_FIRST_SEED = 10**9
@@ -14,6 +16,13 @@ VALID_FIRST_SEED = 3 * 10**9
 VALID_RANGE = range(VALID_FIRST_SEED, VALID_FIRST_SEED + 10**9)
 TRAIN_STRIDE = 10**7
 MAX_SEED = 2**63 - 1  # torch.Generator seeds are 64-bit
+PAPER_SEED_STRIDE = 54321
+STUDY_TUNE_FIRST_SEED = 10**6  # between 18·54321 and 19·54321: disjoint from the study seeds
+
+
+def study_seeds(count: int, offset: int = 0) -> list[int]:
+    """The studies' run seeds: (r + 1 + offset)·54321 for runs r = 0 … count−1."""
+    return [(r + 1 + offset) * PAPER_SEED_STRIDE for r in range(count)]
 
 
 def train_seeds(seed: int, start: int, count: int) -> list[int]:

@@ -1,24 +1,22 @@
-"""Safe use of the file system: output locations checked before long work starts, inputs that must be regular
-files, temporary files that name their writer (so strays are cleaned up), and the lock that keeps two
-trainings out of one directory. Operating-system errors become `StorageError` with a one-line reason.
+"""Checks on the file system: output locations checked before long work starts, inputs that must be regular
+files, and temporary files that name their writer (so strays are cleaned up). Operating-system errors become
+`StorageError` with a one-line reason.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
-from metatele.errors import MetateleError, OutputInUseError, StorageError
+from metatele.errors import MetateleError, StorageError
 
-__all__ = ["LOCK_NAME", "storage_error", "temp_file", "clean_stray_temps", "pid_alive", "regular_file",
-           "check_output_dir", "check_output_file", "OutputLock"]
+__all__ = ["storage_error", "temp_file", "clean_stray_temps", "pid_alive", "regular_file", "check_output_dir",
+           "check_output_file"]
 
-LOCK_NAME = ".metatele.lock"
 _TEMP = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp$")  # ".NAME.PID.RANDOM.tmp", see temp_file
 _LEGACY_TEMP = re.compile(r"^\.(model|train_state)\.safetensors\.[A-Za-z0-9_]{8}\.tmp$")  # before PIDs were named
 
@@ -50,7 +48,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def clean_stray_temps(folder: Path) -> list[str]:
-    """Delete temporary files left in `folder` by interrupted atomic writes (their writer is no longer running);
+    """Delete temporary files (and staging folders) left in `folder` by interrupted atomic writes (their writer is no longer running);
     return their names. Files that are not ours, or whose writer is alive, are kept."""
     removed = []
     try:
@@ -61,7 +59,10 @@ def clean_stray_temps(folder: Path) -> list[str]:
         m = _TEMP.match(name)
         if (m and not pid_alive(int(m.group(1)))) or _LEGACY_TEMP.match(name):
             with contextlib.suppress(OSError):
-                os.unlink(folder / name)
+                if (folder / name).is_dir() and not (folder / name).is_symlink():  # a result set's stage
+                    shutil.rmtree(folder / name)
+                else:
+                    os.unlink(folder / name)
                 removed.append(name)
     return removed
 
@@ -124,55 +125,3 @@ def check_output_file(path: str | Path, option: str) -> None:
             raise StorageError(f"{option} {path}: the file name is longer than the file system allows")
     except OSError as e:
         raise storage_error(e, f"{option} {path}") from None
-
-
-class OutputLock:
-    """Exclusive use of a directory by one training: an flock on DIR/.metatele.lock, which records the PID of
-    its holder. The kernel drops the lock when the holder exits or dies (even by SIGKILL), so a crashed run
-    never leaves it stuck: a leftover lock file whose process is gone is simply taken over. A second run
-    while the first is alive gets OutputInUseError naming the holder's PID."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
-        self.fd: int | None = None
-        self.created = False
-
-    def __enter__(self) -> OutputLock:
-        try:
-            if not self.folder.exists():
-                self.folder.mkdir(parents=True)
-                self.created = True
-            while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                    os.close(fd)
-                    raise OutputInUseError(f"{self.folder} is in use by another training (PID {holder}; lock file "
-                                           f"{self.path})") from None
-                try:  # the holder before us may have removed the file after we opened it: lock the file in place
-                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
-                    break
-                os.close(fd)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as e:
-            raise storage_error(e, f"cannot lock the output directory {self.folder}") from None
-        self.fd = fd
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # while still holding the lock (see the inode check in __enter__)
-        os.close(self.fd)
-        self.fd = None
-        if self.created:  # leave no empty directory behind when nothing was written
-            with contextlib.suppress(OSError):
-                self.folder.rmdir()

@@ -15,7 +15,7 @@ from metatele.errors import CheckpointError
 from metatele.learned import build
 from metatele.learned.adafac import (N_INPUTS, PROGRESS_CENTRES, AdafacOptimizer, AdafacSpec, AdafacUpdate,
                                      GatedSteepestTeleport)
-from metatele.learned.trainer import meta_loss, unroll_window
+from metatele.outer.trainer import meta_loss, unroll_window
 from metatele.optim import LearnedOptimizer
 from metatele.methods.base import Proposal
 from metatele.step import inner_step
@@ -50,7 +50,7 @@ def test_untrained_equals_adam(problem):
 def test_untrained_equals_adam_on_a_vector():
     """Any tensor shape (B, …), biases as separate vectors included."""
     opt = build(AdafacSpec("adafac"))
-    rule = opt.transform()
+    rule = opt.rule
     w = [torch.randn(3, 5), torch.randn(3, 4, 2, 2)]
     g = [torch.randn(3, 5), torch.randn(3, 4, 2, 2)]
     prop, _ = rule.propose(Proposal(), g, rule.init(w), weights=w)

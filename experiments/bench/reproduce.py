@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from metatele import checkpoints
+from metatele.io import atomic_write_csv
 from metatele.bench.problems import suite
 from metatele.bench.report import report
 from metatele.bench.problems import REPORT_FIRST_SEED
@@ -102,7 +103,7 @@ if a.part in ("long", "all"):
                          "final_at_meta_horizon_geo_mean": 10 ** float(loss[META_HORIZON if not a.quick else q.steps].log10().mean())
                          if bool(finite.all()) else float("nan")})
             print(rows[-1], flush=True)
-    checkpoints.atomic_write_csv(HERE / f"long{tag}.csv", rows)
+    atomic_write_csv(HERE / f"long{tag}.csv", rows)
     print(f"long: {time.perf_counter() - t:.0f} s")
 
 if a.part in ("paper", "all") and not a.quick:
@@ -116,4 +117,4 @@ if a.part in ("paper", "all") and not a.quick:
         rows.append({"method": m.name, "steps": q.steps,
                      **{k: v for k, v in summarize(final).items() if k.startswith("geo") or k == "n_nonfinite"}})
         print(rows[-1], flush=True)
-    checkpoints.atomic_write_csv(HERE / "paper.csv", rows)
+    atomic_write_csv(HERE / "paper.csv", rows)

@@ -5,7 +5,7 @@ Each batch: a training problem drawn uniformly (seeded), B tasks from the traini
 log-uniformly in [min_steps, steps] (rounded to the unroll) and given to the optimizer's progress features, and
 optionally parameter-scale and loss-scale augmentation (`Scaled`). The inner trajectory is cut into windows of
 `unroll` steps; each window's mean log loss is back-propagated (truncated BPTT with a log objective,
-`metatele.learned.trainer.train_batch`, first-order by default). Every `eval_every` batches the optimizer runs the
+`metatele.outer.trainer.train_batch`, first-order by default). Every `eval_every` batches the optimizer runs the
 validation problems on their selection seeds; the checkpoint with the lowest validation score (mean over problems
 of the mean log10 final loss; +inf if a run diverged) is the one saved — not the one with the lowest meta-loss.
 """
@@ -21,10 +21,12 @@ from typing import Any
 import torch
 
 from metatele import checkpoints
+from metatele.io import atomic_write_csv
 from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
 from metatele.learned import build
 from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
-from metatele.learned.trainer import train_batch
+from metatele.outer.settings import TrainerSettings
+from metatele.outer.trainer import train_batch
 from metatele.step import rollout
 from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
 from metatele.tasks.seeds import train_seeds
@@ -34,8 +36,7 @@ __all__ = ["MetaTrainConfig", "Scaled", "validation_score", "meta_train"]
 
 @dataclass
 class MetaTrainConfig:
-    """Settings of one meta-training run (field names shared with `metatele.config.TrainConfig` where the trainer
-    reads them: steps, unroll, meta_loss, loss_growth, clip, loss_cap, second_order)."""
+    """Settings of one meta-training run; the truncated-BPTT ones become a `TrainerSettings` (`settings`)."""
 
     spec: AdafacSpec = field(default_factory=lambda: AdafacSpec("adafac"))
     steps: int = 200              # longest inner horizon
@@ -89,6 +90,13 @@ class Scaled:
         return loss_and_grad(self.loss, weights, data, create_graph=create_graph, retain_graph=retain_graph)
 
 
+    @property
+    def settings(self) -> TrainerSettings:
+        return TrainerSettings(steps=self.steps, min_steps=self.min_steps, unroll=self.unroll, batch=self.batch,
+                               meta_lr=self.meta_lr, meta_loss=self.meta_loss, loss_growth=self.loss_growth,
+                               clip=self.clip, loss_cap=self.loss_cap, second_order=self.second_order, seed=self.seed)
+
+
 def _log_uniform(gen: torch.Generator, lo: float, hi: float, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(shape, generator=gen))
 
@@ -132,7 +140,7 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
             task = Scaled(task, [_log_uniform(gen, 0.1, 10.0, (cfg.batch,)) for _ in range(n)],
                           _log_uniform(gen, 1e-3, 1e3, (cfg.batch,)))
         method.horizon = float(T)
-        stats = train_batch(method, opt, task, cfg, T)
+        stats = train_batch(method, opt, task, cfg.settings, T)
         b += 1
         row = {"batch": b, "minutes": (time.time() - start) / 60, "problem": problem.name, "steps": T,
                "meta_loss": stats.get("meta_loss", math.nan), "skipped": stats["skipped"],
@@ -148,8 +156,8 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
         if log:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         if b % cfg.eval_every == 0:
-            checkpoints.atomic_write_csv(out / "train_log.csv", rows)
-    checkpoints.atomic_write_csv(out / "train_log.csv", rows)
+            atomic_write_csv(out / "train_log.csv", rows)
+    atomic_write_csv(out / "train_log.csv", rows)
     return {"batches": b, "minutes": (time.time() - start) / 60, "best_batch": best_batch,
             "best_validation": best, "untrained_validation": untrained}
 

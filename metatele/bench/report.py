@@ -12,11 +12,11 @@ import numpy as np
 from metatele.bench.run import SEEDS, SPEEDUP_FACTOR, TUNE_SEEDS, ProblemRun
 from metatele.bench.baselines import LR_GRID
 from metatele.bench.scores import aggregate_rows, problem_rows
-from metatele.checkpoints import atomic_write_csv, atomic_write_text
 from metatele.evaluation.compare import Result
 from metatele.evaluation.report import write_tensorboard
-from metatele.evaluation.stats import fmt
-from metatele.plotting import pyplot, save_png
+from metatele.io import csv_text, write_files
+from metatele.reporting import ci
+from metatele.reporting.plotting import png_bytes, pyplot
 from metatele.step import Trajectory
 
 __all__ = ["SPLITS", "NOTE", "tables", "markdown", "plot", "tensorboard", "report"]
@@ -63,8 +63,7 @@ def markdown(runs: list[ProblemRun], rows: list[dict[str, Any]], agg: list[dict[
             lr = "" if math.isnan(r["lr"]) else f"{r['lr']:.3g}"
             cens = f" ({r['speedup_censored']} censored)" if r["speedup_censored"] else ""
             nf = f", {r['n_nonfinite']} non-finite" if r["n_nonfinite"] else ""
-            lines.append(f"| {r['method']} | {lr} | {fmt(r['geo_mean'])} [{fmt(r['geo_ci95_low'])}, "
-                         f"{fmt(r['geo_ci95_high'])}]{nf} | {r['frac_beats_adam']:.0%} | {r['speedup_median']:.2f}{cens} | "
+            lines.append(f"| {r['method']} | {lr} | {ci(r['geo_mean'], r['geo_ci95_low'], r['geo_ci95_high'])}{nf} | {r['frac_beats_adam']:.0%} | {r['speedup_median']:.2f}{cens} | "
                          f"{r['n_diverged']}/{r['n_runs']} | {r['sec_per_step']:.1e} |")
         lines.append("")
     return "\n".join(lines)
@@ -76,7 +75,7 @@ def _median_log10(loss: Any) -> np.ndarray:
         return np.nanmedian(np.where(np.isfinite(a) & (a > 0), np.log10(np.abs(a) + 1e-300), np.nan), axis=1)
 
 
-def plot(runs: list[ProblemRun], path: Path) -> None:
+def plot(runs: list[ProblemRun]) -> bytes:
     """One panel per problem: median log10 loss over the report seeds against the step, every method."""
     plt = pyplot()
     cols = min(4, len(runs))
@@ -94,7 +93,7 @@ def plot(runs: list[ProblemRun], path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
-    save_png(fig, path)
+    return png_bytes(fig)
 
 
 def tensorboard(runs: list[ProblemRun], logdir: Path) -> None:
@@ -108,12 +107,10 @@ def tensorboard(runs: list[ProblemRun], logdir: Path) -> None:
 
 
 def report(runs: list[ProblemRun], out: Path, logdir: Path | None = None) -> tuple[list[dict], list[dict]]:
-    """Write every output; returns (per-problem rows, aggregate rows)."""
+    """Write every output (the four files all or none); returns (per-problem rows, aggregate rows)."""
     rows, agg = tables(runs)
-    atomic_write_csv(out / "results.csv", [_public(r) for r in rows])
-    atomic_write_csv(out / "summary.csv", agg)
-    atomic_write_text(out / "results.md", markdown(runs, rows, agg))
-    plot(runs, out / "loss_curves.png")
+    write_files(out, {"results.csv": csv_text([_public(r) for r in rows]), "summary.csv": csv_text(agg),
+                      "results.md": markdown(runs, rows, agg), "loss_curves.png": plot(runs)})
     if logdir is not None:
         tensorboard(runs, logdir)
     return rows, agg

@@ -47,6 +47,7 @@ COORD_FEATURES = 9
 LAYER_FEATURES = 8
 NEURON_FEATURES = 6
 NOMINAL_RELATIVE_STEP = 0.2  # first GD step relative to the weights' scale; tuned GD gives 0.1–3 across our laws
+CHUNK_ABOVE, CHUNK_ROWS = 1 << 16, 1 << 12  # m1's LSTM on more (task, weight) rows than CHUNK_ABOVE runs in chunks
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,21 @@ class CoordUpdate(nn.Module):
         self.cell = nn.LSTMCell(COORD_FEATURES, size)
         self.head = scaled_linear(size, 1, scale=0.0)
         self.log_lr = nn.Parameter(torch.tensor(math.log(NOMINAL_RELATIVE_STEP)))
+
+    def run(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The LSTM cell and head on rows x (R, F) with state h, c (R, size) → new h, c and the head's output (R, 1).
+        Above CHUNK_ABOVE rows (a large model in `metatele.optim`; the meta-training tasks have fewer) the rows go
+        in chunks of CHUNK_ROWS, whose working set stays in cache: the same values (checked bit for bit on a
+        784-256-256-10 MLP), about 2× faster there on one core."""
+        if x.shape[0] <= CHUNK_ABOVE:
+            h, c = self.cell(x, (h, c))
+            return h, c, self.head(h)
+        parts = []
+        for xs, hs, cs in zip(x.split(CHUNK_ROWS), h.split(CHUNK_ROWS), c.split(CHUNK_ROWS)):
+            hs, cs = self.cell(xs, (hs, cs))
+            parts.append((hs, cs, self.head(hs)))
+        h, c, o = (torch.cat(p) for p in zip(*parts))
+        return h, c, o
 
     def features(self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], mom: list[torch.Tensor],
                  sq: list[torch.Tensor], g0: list[torch.Tensor], count: torch.Tensor) -> torch.Tensor:
@@ -131,8 +147,8 @@ class AnyUpdate:
         sq = [0.999 * s + 0.001 * g * g for s, g in zip(state.sq, grads)]
         x = self.net.features(weights, grads, mom, sq, g0, count)
         B, P, F = x.shape
-        h, c = self.net.cell(x.reshape(B * P, F), (state.h.reshape(B * P, -1), state.c.reshape(B * P, -1)))
-        gain = gains(self.net.head(h).view(B, P))
+        h, c, o = self.net.run(x.reshape(B * P, F), state.h.reshape(B * P, -1), state.c.reshape(B * P, -1))
+        gain = gains(o.view(B, P))
         update, start = [], 0
         for w, g, r0 in zip(weights, grads, g0):
             n = w[0].numel()

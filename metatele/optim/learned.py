@@ -67,7 +67,8 @@ def _update_only(method: Method) -> Method:
 
 def _fixed_widths(method: Method) -> tuple[int, ...]:
     """The widths a fixed-size method was trained for (() for a size-agnostic one)."""
-    return tuple(getattr(getattr(method, "spec", None), "widths", ()) or ())
+    spec = getattr(method, "spec", None)
+    return tuple(getattr(spec, "fixed_widths", None) or getattr(spec, "widths", ()) or ())
 
 
 def _proposes_teleport(method: Method, widths: Sequence[int], device: torch.device) -> bool:

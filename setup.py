@@ -5,4 +5,4 @@ from setuptools import find_packages, setup
 
 setup(packages=[*find_packages(include=["metatele", "metatele.*"]), "metatele._shipped"],
       package_dir={"metatele._shipped": "checkpoints"},
-      package_data={"metatele": ["py.typed"], "metatele._shipped": ["*/model.safetensors"]})
+      package_data={"metatele": ["py.typed", "configs/*.toml"], "metatele._shipped": ["*/model.safetensors"]})

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from meta_train_throughput import SHIPPED, sgemm_peak, shipped
 
 from metatele import config, train
-from metatele.learned import distributed
-from metatele.learned.trainer import train_batch
+from metatele.outer import distributed
+from metatele.outer.trainer import train_batch
 from metatele.tasks.seeds import train_seeds
 
 METHOD = "lstm-update-tele"
@@ -65,10 +65,10 @@ def one_process(B: int, windows: int, threads: int) -> float:
     torch.set_num_threads(threads)
     warm, timed = configs(B, windows)
     run = train.build(timed)
-    task = timed.family().sample(train_seeds(0, 0, B))
-    train_batch(run.model, run.opt, task, warm)
+    task = timed.family.sample(train_seeds(0, 0, B))
+    train_batch(run.model, run.opt, task, warm.trainer)
     t = time.perf_counter()
-    train_batch(run.model, run.opt, task, timed)
+    train_batch(run.model, run.opt, task, timed.trainer)
     return B * 10 * windows / (time.perf_counter() - t)
 
 
@@ -79,12 +79,12 @@ def worker(batches: list[int], windows: int) -> None:
         for B in batches:
             warm, timed = configs(B, windows)
             run = train.build(timed)
-            task = train.rank_tasks(timed.family(), train_seeds(0, 0, B), comm)
-            train_batch(run.model, run.opt, task, warm, reducer=comm)
+            task = train.rank_tasks(timed.family, train_seeds(0, 0, B), comm)
+            train_batch(run.model, run.opt, task, warm.trainer, reducer=comm)
             comm.barrier("timing")
             comm.seconds = 0.0
             t = time.perf_counter()
-            train_batch(run.model, run.opt, task, timed, reducer=comm)
+            train_batch(run.model, run.opt, task, timed.trainer, reducer=comm)
             elapsed = torch.tensor([time.perf_counter() - t, comm.seconds, -comm.seconds], dtype=torch.float64)
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             wall, comm_max, comm_min = float(elapsed[0]), float(elapsed[1]), -float(elapsed[2])

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from metatele import config, train
-from metatele.learned.trainer import train_batch
+from metatele.outer.trainer import train_batch
 from metatele.tasks import RegressionFamily
 from metatele.tasks.seeds import train_seeds
 
@@ -61,12 +61,12 @@ def measure(method: str, B: int, windows: int, overrides: list[str], device: str
     """(traj-steps/s, FLOPs per traj-step) for `windows` timed windows after one warm-up window."""
     cfg = shipped(method, overrides, batch=B, trajectories=B, steps=10 * windows, unroll=10)
     run = train.build(cfg, device)
-    task = RegressionFamily(tuple(cfg.widths), cfg.n).sample(train_seeds(0, 0, B), device=device)
-    train_batch(run.model, run.opt, task, cfg, steps=10)
+    task = RegressionFamily(tuple(cfg.keys.widths), cfg.keys.n).sample(train_seeds(0, 0, B), device=device)
+    train_batch(run.model, run.opt, task, cfg.trainer, steps=10)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
     t = time.perf_counter()
-    train_batch(run.model, run.opt, task, cfg)
+    train_batch(run.model, run.opt, task, cfg.trainer)
     sync()
     return B * 10 * windows / (time.perf_counter() - t), flops_per_traj_step(run.model)
 

@@ -2,7 +2,8 @@
 backward, optimizer step) and ms per optimizer step alone, for torch.optim.Adam, `LearnedOptimizer` without
 teleport and `LearnedOptimizer` teleporting every k steps, on 64-32-10 and 784-256-256-10 MLPs (with biases,
 LeakyReLU) at batch 128, with random data of the right shape. The configurations are interleaved in rounds and
-each figure is the median over rounds, so that a busy machine slows them alike; ratios are taken within one run.
+each figure is the median over rounds, so that a busy machine slows them alike; ratios are taken within one run,
+on this process's CPU time (wall-clock is shown too; on a shared machine it includes waiting for a core).
 The machine's sgemm peak is printed beside.
 
     python benchmarks/optimizer_overhead.py [--device cuda] [--steps 30] [--rounds 5] [--threads 1] [--every 10]
@@ -45,22 +46,24 @@ def optimizers(every: int) -> dict[str, Callable[[nn.Module], torch.optim.Optimi
 
 
 def run(model: nn.Module, opt: torch.optim.Optimizer, data: list[tuple[torch.Tensor, torch.Tensor]], device: str
-        ) -> tuple[float, float]:
-    """(ms per training step, ms per optimizer step) over the batches in `data`."""
+        ) -> tuple[float, float, float, float]:
+    """ms per training step and per optimizer step over the batches in `data`, each as wall-clock and as this
+    process's CPU time (the CPU time is what a shared machine's other jobs do not inflate; one thread)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    in_step = 0.0
+    wall = cpu = 0.0
     sync()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for x, y in data:
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         opt.step()
         sync()
-        in_step += time.perf_counter() - t
-    total = time.perf_counter() - start
-    return 1e3 * total / len(data), 1e3 * in_step / len(data)
+        wall += time.perf_counter() - t
+        cpu += time.process_time() - c
+    total, total_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return tuple(1e3 * v / len(data) for v in (total, wall, total_cpu, cpu))  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -74,27 +77,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = args.device
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; "
-          f"sgemm peak {sgemm_peak(device=device):.1f} GFLOP/s; batch {BATCH}, {args.steps} steps × {args.rounds} rounds")
+          f"sgemm peak {sgemm_peak(device=device):.1f} GFLOP/s; batch {BATCH}, "
+          f"{args.steps} steps × {args.rounds} rounds")
     g = torch.Generator().manual_seed(0)
-    print("| shape | optimizer | ms / training step | ms / optimizer step | opt step vs Adam's | training step vs no teleport |")
+    print("| shape | optimizer | ms / training step, wall (CPU) | ms / optimizer step, wall (CPU) | optimizer step vs "
+          "Adam's (CPU) | training step vs no teleport (CPU) |")
     print("|---|---|---|---|---|---|")
     for shape, widths in SHAPES.items():
         data = [(torch.randn(BATCH, widths[0], generator=g).to(device),
                  torch.randint(0, widths[-1], (BATCH,), generator=g).to(device)) for _ in range(args.steps)]
         makers = optimizers(args.every)
-        times: dict[str, list[tuple[float, float]]] = {k: [] for k in makers}
+        times: dict[str, list[tuple[float, ...]]] = {k: [] for k in makers}
         for _ in range(args.rounds + 1):  # the first round warms up and is dropped
             for name, make in makers.items():
                 torch.manual_seed(0)
                 model = mlp(widths).to(device)
                 times[name].append(run(model, make(model), data, device))
-        med = {k: (statistics.median(t for t, _ in v[1:]), statistics.median(o for _, o in v[1:]))
-               for k, v in times.items()}
-        adam_opt = med["adam"][1]
-        base = med["any-update"][0]
-        for name, (total, opt) in med.items():
-            vs_base = f"{total / base:.2f}×" if name.startswith("any-update-tele") else ""
-            print(f"| {shape} | {name} | {total:.2f} | {opt:.3f} | {opt / adam_opt:.1f}× | {vs_base} |")
+        med = {k: [statistics.median(r[i] for r in v[1:]) for i in range(4)] for k, v in times.items()}
+        adam_cpu, base_cpu = med["adam"][3], med["any-update"][2]
+        for name, (total, opt, total_cpu, opt_cpu) in med.items():
+            vs_base = f"{total_cpu / base_cpu:.2f}×" if name.startswith("any-update-tele") else ""
+            print(f"| {shape} | {name} | {total:.2f} ({total_cpu:.2f}) | {opt:.2f} ({opt_cpu:.2f}) | "
+                  f"{opt_cpu / adam_cpu:.1f}× | {vs_base} |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 
 from metatele import config, train
 from metatele.learned import nets
-from metatele.learned.trainer import train_batch
+from metatele.outer.trainer import train_batch
 from metatele.methods import teleports
 from metatele.step import rollout
 from metatele.tasks import RegressionFamily
@@ -71,12 +71,12 @@ def profile(path: str | None, method: str, B: int, windows: int, device: str, ov
     cfg = config.load(path, overrides, batch=B, trajectories=B, steps=10 * windows, min_steps=0, unroll=10,
                       eval_every=0, ckpt_every=0, **kw)
     run = train.build(cfg, device)
-    task = RegressionFamily(tuple(cfg.widths), cfg.n).sample(train_seeds(0, 0, B), device=device)
-    train_batch(run.model, run.opt, task, config.load(**{**config.to_dict(cfg), "steps": 10}))  # warm-up
+    task = RegressionFamily(tuple(cfg.keys.widths), cfg.keys.n).sample(train_seeds(0, 0, B), device=device)
+    train_batch(run.model, run.opt, task, config.load(**{**config.to_dict(cfg), "steps": 10}).trainer)  # warm-up
     out = {}
     with timed(device) as acc:
         t = time.perf_counter()
-        train_batch(run.model, run.opt, task, cfg)
+        train_batch(run.model, run.opt, task, cfg.trainer)
         total = time.perf_counter() - t
     out["train"] = {"total": total / windows, **{k: v / windows for k, v in acc.items()}}
     rollout(run.model, task, 2)

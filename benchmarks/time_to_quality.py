@@ -18,7 +18,7 @@ import torch
 from meta_train_throughput import sgemm_peak
 
 from metatele import config, train
-from metatele.learned.trainer import Progress, meta_train
+from metatele.outer.trainer import Progress, meta_train
 from metatele.step import rollout
 from metatele.tasks.seeds import VALID_FIRST_SEED, train_seeds
 
@@ -29,7 +29,7 @@ EVAL_STEPS = 100
 def time_to_quality(cfg: config.TrainConfig, target: float, valid_tasks: int, eval_every: int, max_minutes: float,
                     device: str) -> dict[str, float]:
     run = train.build(cfg, device)
-    family = cfg.family()
+    family = cfg.family
     valid = family.sample(range(VALID_FIRST_SEED, VALID_FIRST_SEED + valid_tasks), device=device)
     state = {"updates": 0, "traj_steps": 0, "last_eval": 0, "held_out": math.inf, "reached": False}
     t0 = time.perf_counter()
@@ -37,7 +37,7 @@ def time_to_quality(cfg: config.TrainConfig, target: float, valid_tasks: int, ev
     def after_batch(p: Progress, stats: dict[str, float], size: int) -> None:
         windows = int(stats.get("windows", 0))
         state["updates"] += windows
-        state["traj_steps"] += windows * cfg.unroll * size
+        state["traj_steps"] += windows * cfg.trainer.unroll * size
         if state["updates"] - state["last_eval"] >= eval_every:
             state["last_eval"] = state["updates"]
             with torch.no_grad():
@@ -50,8 +50,8 @@ def time_to_quality(cfg: config.TrainConfig, target: float, valid_tasks: int, ev
     def stop() -> bool:
         return state["reached"] or time.perf_counter() - t0 > 60 * max_minutes
 
-    meta_train(cfg, run.model, run.opt, run.progress, after_batch=after_batch, stop=stop,
-               sample=lambda first, count: family.sample(train_seeds(cfg.seed, first, count), device=device))
+    meta_train(cfg.trainer, run.model, run.opt, run.progress, after_batch=after_batch, stop=stop,
+               sample=lambda first, count: family.sample(train_seeds(cfg.trainer.seed, first, count), device=device))
     return {**state, "seconds": time.perf_counter() - t0}
 
 
@@ -75,8 +75,8 @@ def main() -> None:
         p.error("give --max-minutes once, or once per --config")
     for path, max_minutes in zip(a.config, limits * len(a.config) if len(limits) == 1 else limits):
         cfg = config.load(path, a.set, eval_every=0, ckpt_every=0)
-        target = a.target if a.target is not None else TARGETS.get(cfg.method, math.nan)
-        print(f"{path}: {cfg.method}, target {target}")
+        target = a.target if a.target is not None else TARGETS.get(cfg.spec.method, math.nan)
+        print(f"{path}: {cfg.spec.method}, target {target}")
         r = time_to_quality(cfg, target, a.valid_tasks, a.eval_every, max_minutes, a.device)
         verdict = "reached" if r["reached"] else "NOT reached"
         print(f"{path}: {verdict} in {r['seconds']:.1f} s ({r['seconds'] / 60:.2f} min), {r['traj_steps']:.0f} traj-steps, "

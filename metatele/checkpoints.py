@@ -14,7 +14,6 @@ import math
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from torch import nn
 from metatele.io import atomic_write_bytes, regular_file
 from metatele._version import __version__
 from metatele.errors import CheckpointError, NonFiniteError
-from metatele.learned.meta_optimizer import MetaOptimizer, MetaOptSpec
+from metatele.learned import LearnedSpec, MetaOptimizer, build, spec_from_dict
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -117,19 +116,19 @@ def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
 LEGACY_SPEC_KEYS = {"eps": "magnitude"}  # format-1 files written before 0.2 named the teleport magnitude "eps"
 
 
-def spec_from_meta(meta: dict[str, Any], path: str | Path) -> MetaOptSpec:
-    """The MetaOptSpec in (untrusted) checkpoint metadata, or CheckpointError. Types and ranges are checked
-    (by MetaOptSpec) before anything is allocated."""
+def spec_from_meta(meta: dict[str, Any], path: str | Path) -> LearnedSpec:
+    """The learned method's spec in (untrusted) checkpoint metadata, or CheckpointError. The method must be
+    registered (`metatele.learned.LEARNED`); types and ranges are checked before anything is allocated."""
     try:
         spec_d = {LEGACY_SPEC_KEYS.get(k, k): v for k, v in dict(meta["spec"]).items()}
-        return MetaOptSpec(**spec_d)
+        return spec_from_dict(spec_d)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata has no valid meta-optimizer spec ({e})") from None
 
 
 def save_model(path: str | Path, model: MetaOptimizer, **extra: Any) -> None:
     """Write a deployable checkpoint: parameters + spec + any extra JSON metadata."""
-    save(path, model.state_dict(), {"kind": "meta_optimizer", "spec": asdict(model.spec), **extra})
+    save(path, model.state_dict(), {"kind": "meta_optimizer", "spec": model.spec.to_dict(), **extra})
 
 
 def load_state_dict_checked(module: nn.Module, params: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -149,10 +148,10 @@ def model_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str
     spec = spec_from_meta(meta, path)
     if method is not None and spec.method != method:
         raise CheckpointError(f"{path} holds method {spec.method!r}, not the requested {method!r}")
-    if widths is not None and spec.widths and tuple(widths) != spec.widths:
-        raise CheckpointError(f"{path} was trained for widths {list(spec.widths)}, not {list(widths)}")
+    if widths is not None and spec.fixed_widths and tuple(widths) != spec.fixed_widths:
+        raise CheckpointError(f"{path} was trained for widths {list(spec.fixed_widths)}, not {list(widths)}")
     check_tensors(tensors, path)
-    model = MetaOptimizer(spec)
+    model = build(spec)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
                             or tensors, path)
     model.metadata = meta

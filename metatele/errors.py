@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 
+UNREGISTERED = "not registered here: import the module that registers it"  # front ends add how (--plugin)
+
+
 class MetateleError(Exception):
     """An error the user can act on (bad input, bad file, divergence)."""
 
@@ -18,7 +21,12 @@ class CheckpointError(MetateleError):
 
 
 class ConfigError(MetateleError):
-    """A configuration value or command-line option is invalid."""
+    """A configuration value or command-line option is invalid. `params`: the parameters (config keys) at fault,
+    which a front end may translate into its own option names."""
+
+    def __init__(self, message: str, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
 
 
 class TrainStateError(MetateleError):

@@ -1,5 +1,6 @@
-"""Meta-train a learned method from a config into a checkpoint directory: the composition root that wires
-the trainer (`metatele.learned.trainer`) to held-out evaluation, logging, checkpoints and signals."""
+"""Meta-train a learned method from a config into a checkpoint directory: the composition root that wires the
+config's parts (family, spec, trainer settings) to the outer loop (`metatele.outer`: trainer, distributed,
+log, held-out evaluation), checkpoints and signals."""
 from __future__ import annotations
 
 import contextlib
@@ -15,13 +16,13 @@ from metatele.config import TrainConfig
 from metatele.errors import (ConfigError, DistributedError, MetateleError, NonFiniteError, TrainStateError,
                              TrainStateExistsError)
 from metatele.io import OutputLock, check_output_dir, clean_stray_temps, finite_or_none
-from metatele.evaluation.heldout import HeldOut
-from metatele.learned import distributed
-from metatele.learned.log import TrainLog
-from metatele.learned.meta_optimizer import MetaOptimizer
-from metatele.learned.trainer import Progress, meta_train
+from metatele.learned import MetaOptimizer, build as build_method
+from metatele.outer import distributed
+from metatele.outer.heldout import HeldOut
+from metatele.outer.log import TrainLog
+from metatele.outer.trainer import Progress, meta_train, windows
 from metatele.signals import stop_on_signals
-from metatele.tasks import MixtureFamily, TaskFamily
+from metatele.tasks import TaskFamily
 from metatele.tasks.base import TaskBatch
 from metatele.tasks.seeds import train_seeds
 
@@ -42,16 +43,17 @@ class Run:
 
     @property
     def trajectories_seen(self) -> int:
-        return min(self.progress.batches_done * self.cfg.batch, self.cfg.trajectories)
+        t = self.cfg.trainer
+        return min(self.progress.batches_done * t.batch, t.trajectories)
 
 
 def build(cfg: TrainConfig, device: str | torch.device = "cpu") -> Run:
     """A fresh meta-optimizer, initialized from cfg.seed without touching the global RNG, and its Adam."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = MetaOptimizer(cfg.spec())
+        torch.manual_seed(cfg.trainer.seed)
+        model = build_method(cfg.spec)
     model = model.to(device)
-    return Run(cfg, model, meta_optimizer(model, cfg.meta_lr), Progress())
+    return Run(cfg, model, meta_optimizer(model, cfg.trainer.meta_lr), Progress())
 
 
 def meta_optimizer(model: MetaOptimizer, lr: float) -> torch.optim.Adam:
@@ -63,13 +65,23 @@ def meta_optimizer(model: MetaOptimizer, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def restore(path: Path, device: str | torch.device = "cpu") -> Run:
-    """The run saved in a training-state file (read once)."""
+def restore(path: Path, device: str | torch.device = "cpu", cfg: TrainConfig | None = None) -> Run:
+    """The run saved in a training-state file (read once). cfg: the config to continue with, which must equal
+    the stored one (TrainStateError naming the keys that differ); None: the stored config (validated)."""
     tensors, meta = checkpoints.read(path)
     if meta.get("kind") != "train_state":
         raise TrainStateError(f"{path} is not a training state")
     try:
-        cfg = config.load(**meta["config"])
+        stored = meta["config"]
+        if not isinstance(stored, dict):
+            raise TypeError("config is not a JSON object")
+        if cfg is None:
+            cfg = config.load(**stored)
+        else:
+            new, old = cfg.to_dict(), {**asdict(config.ConfigKeys()), **stored}
+            differ = [k for k in new if old[k] != new[k]] + sorted(old.keys() - new.keys())
+            if differ:
+                raise TrainStateError(f"the config differs from the training state's in {', '.join(differ)}")
         progress = _progress(meta, cfg)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise TrainStateError(f"{path}: the training state's metadata is invalid ({e})") from None
@@ -82,7 +94,7 @@ def restore(path: Path, device: str | torch.device = "cpu") -> Run:
 def _progress(meta: dict[str, Any], cfg: TrainConfig) -> Progress:
     """The progress in (untrusted) training-state metadata: counters in range (at most one skipped window per
     batch), the held-out history a list of {name: finite number or null}."""
-    done = checks.integer("batches_done", meta["batches_done"], 0, -(-cfg.trajectories // cfg.batch))
+    done = checks.integer("batches_done", meta["batches_done"], 0, cfg.trainer.n_batches)
     skipped = checks.integer("skipped_windows", meta["skipped_windows"], 0, done)
     history = meta.get("history", [])
     if not (isinstance(history, list) and all(isinstance(h, dict) and all(
@@ -104,11 +116,7 @@ def start(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
     if resume:
         if not state.exists():
             raise TrainStateError(f"{out} holds no training state ({checkpoints.STATE_FILE}) to resume")
-        run_ = restore(state, device)
-        old, new = config.to_dict(run_.cfg), config.to_dict(cfg)
-        if old != new:
-            raise TrainStateError(f"the config differs from the training state's in {', '.join(k for k in new if old[k] != new[k])}")
-        return run_
+        return restore(state, device, cfg)
     found = [f for f in (checkpoints.STATE_FILE, checkpoints.MODEL_FILE) if (out / f).exists()]
     if found and not overwrite:
         raise TrainStateExistsError(f"{out} already holds {' and '.join(found)}")
@@ -130,47 +138,47 @@ def _check_finite(run_: Run, out: Path) -> None:
 
 def save(run_: Run, out: Path) -> None:
     """Write the resumable state, then the deployable model (both atomically)."""
-    p, cfg = run_.progress, config.to_dict(run_.cfg)
+    p, cfg = run_.progress, run_.cfg.to_dict()
     checkpoints.save_train_state(out / checkpoints.STATE_FILE, run_.model, run_.opt, {
-        "spec": asdict(run_.model.spec), "config": cfg,
+        "spec": run_.model.spec.to_dict(), "config": cfg,
         "batches_done": p.batches_done, "trajectories_seen": run_.trajectories_seen,
         "skipped_windows": p.skipped_windows, "history": p.history})
-    checkpoints.save_model(out / checkpoints.MODEL_FILE, run_.model, config=cfg, family=run_.cfg.family().to_dict(),
+    checkpoints.save_model(out / checkpoints.MODEL_FILE, run_.model, config=cfg, family=run_.cfg.family.to_dict(),
                            trajectories_seen=run_.trajectories_seen, history=p.history)
 
 
 def rank_tasks(family: TaskFamily, seeds: list[int], comm: distributed.Solo, device: str | torch.device = "cpu"
                ) -> TaskBatch:
-    """This rank's contiguous slice of the batch of tasks `seeds` (all of them in one process). A mixture draws
-    one member (shape, law) per batch from the batch's first seed: every rank samples from that member."""
+    """This rank's contiguous slice of the batch of tasks `seeds` (all of them in one process). Every rank samples
+    from the family's member for the batch's first seed (a mixture draws one shape and law per batch)."""
     offset, mine = comm.share(len(seeds))
-    member = family.member(seeds[0]) if isinstance(family, MixtureFamily) else family
-    return member.sample(seeds[offset:offset + mine], device=device)
+    return family.member(seeds[0]).sample(seeds[offset:offset + mine], device=device)
 
 
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         device: str | torch.device = "cpu", logdir: str | Path | None = None, progress: bool = True,
-        max_batches: int | None = None) -> Run:
+        max_batches: int | None = None, names: tuple[str, str] = ("output directory", "log directory")) -> Run:
     """Meta-train per cfg, checkpointing into directory `out` and logging to TensorBoard `logdir`.
 
     resume: continue the training state in `out` (its config must equal cfg); overwrite: start afresh even
     if `out` holds checkpoints (see `start`). max_batches: stop (and save) after this many batches in this
     call; a later resume continues. The first SIGINT/SIGTERM stops after the current batch and saves
-    (`Run.interrupted`, `Run.stop_signal`). Both directories are checked before any work; `out` is locked
+    (`Run.interrupted`, `Run.stop_signal`). Both directories are checked before any work (errors call them
+    `names`, which a front end may set to its options); `out` is locked
     against a second training for the duration, and stray temporary files there are removed.
 
     Under torchrun every rank calls this and becomes one rank of a distributed run
-    (`metatele.learned.distributed`): same result up to float summation order; rank 0 locks, logs and writes,
+    (`metatele.outer.distributed`): same result up to float summation order; rank 0 locks, logs and writes,
     and a refusal on any rank stops all of them before any work.
     """
     out = Path(out)
-    check_output_dir(out, "output directory")
+    check_output_dir(out, names[0])
     if logdir is not None:
-        check_output_dir(Path(logdir), "log directory")
+        check_output_dir(Path(logdir), names[1])
     with distributed.from_env(device) as comm, contextlib.ExitStack() as held:
         error: MetateleError | None = None
         try:
-            comm.check(cfg)
+            comm.check(cfg.trainer)
             if comm.rank == 0:
                 held.enter_context(OutputLock(out))
                 clean_stray_temps(out)
@@ -178,6 +186,7 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
         except MetateleError as e:
             error = e
         if not comm.all_finite(error is None):
+            comm.failing_together()
             raise error or DistributedError("another rank refused to start (its message says why)")
         run_.progress, run_.rank = comm.sync(run_.model, run_.opt, run_.progress), comm.rank
         return _train(run_, out, comm, logdir, progress, max_batches)
@@ -185,13 +194,12 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
 
 def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | None, progress: bool,
            max_batches: int | None) -> Run:
-    cfg, device = run_.cfg, comm.device
-    family = cfg.family()
-    heldout = HeldOut(family, cfg.eval_tasks, cfg.steps, device)
-    n_batches = -(-cfg.trajectories // cfg.batch)
+    settings, family, device = run_.cfg.trainer, run_.cfg.family, comm.device
+    heldout = HeldOut(family, settings.eval_tasks, settings.steps, device)
+    n_batches = settings.n_batches
 
-    def sample(first: int, count: int):
-        return rank_tasks(family, train_seeds(cfg.seed, first, count), comm, device)
+    def sample(first: int, count: int) -> TaskBatch:
+        return rank_tasks(family, train_seeds(settings.seed, first, count), comm, device)
 
     with TrainLog(logdir if comm.rank == 0 else None, n_batches, run_.progress.batches_done,
                   progress and comm.rank == 0) as log, stop_on_signals() as flag:
@@ -199,15 +207,18 @@ def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | No
 
         def after_batch(p: Progress, stats: dict[str, float], size: int) -> None:
             _check_finite(run_, out)
-            log.batch(stats, size * cfg.steps, run_.trajectories_seen, p.skipped_windows)
-            if cfg.eval_every and (p.batches_done % cfg.eval_every == 0 or p.batches_done == n_batches):
+            log.batch(stats, size * settings.steps, run_.trajectories_seen, p.skipped_windows)
+            if settings.eval_every and (p.batches_done % settings.eval_every == 0 or p.batches_done == n_batches):
                 values = heldout(run_.model)
                 p.history.append({"trajectories": run_.trajectories_seen, **finite_or_none(values)})
                 log.heldout(values, run_.trajectories_seen)
-            if cfg.ckpt_every and p.batches_done % cfg.ckpt_every == 0:
+            if settings.ckpt_every and p.batches_done % settings.ckpt_every == 0:
                 save(run_, out)
 
-        meta_train(cfg, run_.model, run_.opt, run_.progress, sample=sample,
+        def after_window() -> None:
+            log.window(1 / windows(settings, run_.progress.batches_done))
+
+        meta_train(settings, run_.model, run_.opt, run_.progress, sample=sample, on_window=after_window,
                    after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm)
         comm.on_rank0(save, run_, out)
         run_.interrupted, run_.stop_signal = stop(), stop.signum

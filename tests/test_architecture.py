@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from metatele import checkpoints, cli, config, step, tasks, train
-from metatele.learned.trainer import train_batch
-from metatele.methods import LEARNED, Composed, Proposal, add_update, baseline, chain, identity, sgd
+from metatele.outer.trainer import train_batch
+from metatele.learned import LEARNED
+from metatele.methods import Composed, Proposal, add_update, baseline, chain, identity, sgd
 from metatele.tasks import ClassificationFamily, Symmetry
 from metatele.tasks.seeds import EVAL_FIRST_SEED, train_seeds
 from metatele.teleport.action import teleport
@@ -53,11 +54,12 @@ def test_chain_identity_and_single():
     assert add_update(Proposal(), g).update is g
 
 
-def test_one_registry_feeds_the_cli():
-    parser = cli.build_parser()
-    train_p = parser._subparsers._group_actions[0].choices["train"]
-    method = next(a for a in train_p._actions if a.dest == "method")
-    assert tuple(method.choices) == tuple(LEARNED)
+def test_one_registry_feeds_the_cli(tmp_path, capsys):
+    assert cli.main(["train", "--method", "bogus", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'bogus'" in err and all(name in err for name in LEARNED) and "--plugin MODULE" in err
+    assert err.rstrip().endswith("(--method)")
+    assert not (tmp_path / "o").exists()
 
 
 class LearnedStepSize(nn.Module):
@@ -83,7 +85,7 @@ def test_trainer_meta_trains_any_method_with_parameters():
     held = tasks.sample(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + 8))
     before = step.rollout(method, held, 20).loss[-1].log10().mean()
     for b in range(5):
-        train_batch(method, opt, tasks.sample(train_seeds(0, 8 * b, 8)), cfg)
+        train_batch(method, opt, tasks.sample(train_seeds(0, 8 * b, 8)), cfg.trainer)
     after = step.rollout(method, held, 20).loss[-1].log10().mean()
     assert method.log_lr.item() > -9.8 and after < before - 0.1, (method.log_lr.item(), before, after)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import wait_for_write
+from helpers import HANG, wait_for_write
 from safetensors.torch import load_file, save_file
 
 from metatele import checkpoints, config, train
 from metatele.errors import ConfigError
-from metatele.learned import distributed
-from metatele.learned.distributed import TIMEOUT_ENV, Solo
-from metatele.learned.trainer import train_batch
+from metatele.outer import distributed
+from metatele.outer.distributed import TIMEOUT_ENV, Solo
+from metatele.outer.trainer import train_batch
 from metatele.tasks.seeds import train_seeds
 
 # batch 7 splits 4 + 3: the gradient average must weight the ranks by their trajectory counts.
@@ -52,10 +53,10 @@ def _free_port() -> int:
 
 
 def _rank_env(rank: int, world: int, port: int) -> dict[str, str]:
-    """What torchrun sets for a worker (single node), plus one thread and a short collective timeout."""
+    """What torchrun sets for a worker (single node), plus one thread and a collective timeout that only guards against hangs."""
     return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "30"}
+            "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "300"}
 
 
 def _ranks(args: list[str], cwd: Path, world: int = 2) -> list[subprocess.Popen]:
@@ -72,14 +73,14 @@ def test_batches_split_into_disjoint_contiguous_slices_and_small_batches_are_ref
             assert covered == list(range(count))  # disjoint, contiguous, in rank order, all of them
             assert max(n for _, n in slices) - min(n for _, n in slices) <= 1
     cfg = config.load(trajectories=23, batch=8)  # the last batch holds 7
-    Solo(world=7).check(cfg)
+    Solo(world=7).check(cfg.trainer)
     with pytest.raises(ConfigError, match="batch of 7"):
-        Solo(world=8).check(cfg)
+        Solo(world=8).check(cfg.trainer)
 
 
 @pytest.mark.parametrize("kw", [{}, {"task": "mixture", "method": "any-update-tele"}])
 def test_ranks_sample_the_tasks_of_the_single_process_batch(kw):
-    family = config.load(**kw).family()
+    family = config.load(**kw).family
     seeds = train_seeds(0, 7, 7)
     whole = train.rank_tasks(family, seeds, Solo())
     parts = [train.rank_tasks(family, seeds, Solo(rank=r, world=2)) for r in range(2)]
@@ -90,7 +91,7 @@ def test_ranks_sample_the_tasks_of_the_single_process_batch(kw):
 
 LEAVES = """
 import glob, json, torch
-from metatele.learned import distributed
+from metatele.outer import distributed
 with distributed.from_env() as comm:
     torch.optim.Adam([torch.nn.Parameter(torch.ones(1))])  # the first optimizer imports torch._dynamo
     comm.barrier("a test")
@@ -104,7 +105,7 @@ def test_leaving_the_group_stops_its_threads_before_interpreter_shutdown(tmp_pat
     where they sometimes abort a rank that had finished (seen in CI: SIGABRT after a successful run)."""
     procs = _ranks(["-c", LEAVES], tmp_path)
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=HANG)
         assert p.returncode == 0, err[-3000:]
         threads = json.loads(out.strip().splitlines()[-1])  # the names of the threads left at the end
         assert not [t for t in threads if "gloo" in t], threads
@@ -118,7 +119,7 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path):
     args = ["--set=" + f"{k}={v}" for k, v in SMALL.items()]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "metatele", "train", "--out", "two", "--logdir", "runs/two", "--no-progress", *args],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=HANG,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("done: 21/21 trajectories") == 1  # rank 0 alone reports
@@ -146,11 +147,12 @@ def float64_training(kw: dict, out: str) -> None:
     with distributed.from_env() as comm:
         run = train.build(cfg)
         run.model.double()
-        opt = torch.optim.Adam(run.model.parameters(), lr=cfg.meta_lr)
-        for b in range(cfg.trajectories // cfg.batch):
-            offset, mine = comm.share(cfg.batch)
-            task = cfg.family().sample(train_seeds(cfg.seed, b * cfg.batch + offset, mine), dtype=torch.float64)
-            assert train_batch(run.model, opt, task, cfg, reducer=comm)["windows"] == 1
+        opt = torch.optim.Adam(run.model.parameters(), lr=cfg.trainer.meta_lr)
+        s = cfg.trainer
+        for b in range(s.n_batches):
+            offset, mine = comm.share(s.batch)
+            task = cfg.family.sample(train_seeds(s.seed, b * s.batch + offset, mine), dtype=torch.float64)
+            assert train_batch(run.model, opt, task, s, reducer=comm)["windows"] == 1
         save_file(run.model.state_dict(), f"{out}/rank{comm.rank}.safetensors")
 
 
@@ -162,7 +164,7 @@ def test_two_ranks_equal_single_process_in_float64_on_the_teleporting_method(tmp
     script = "import json, sys; from test_distributed import float64_training as f; f(json.loads(sys.argv[1]), sys.argv[2])"
     procs = _ranks(["-c", script, json.dumps(PAPER64), str(tmp_path / "two")], TESTS)
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=HANG)
         assert p.returncode == 0, err[-3000:]
     one, *two = (load_file(tmp_path / d / f"rank{r}.safetensors") for d, r in (("one", 0), ("two", 0), ("two", 1)))
     assert _max_diff(*two) == 0  # the ranks hold the same bits
@@ -182,7 +184,7 @@ def test_resume_across_rank_counts_and_ranks_stay_bit_identical(tmp_path):
               "max_batches=1); save_file(run.model.state_dict(), f'{sys.argv[2]}/rank{run.rank}.safetensors')")
     procs = _ranks(["-c", script, json.dumps(SMALL), str(out)], tmp_path)  # batch 2 on two ranks
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=HANG)
         assert p.returncode == 0, err[-3000:]
     ranks = [load_file(out / f"rank{r}.safetensors") for r in range(2)]
     assert _max_diff(*ranks) == 0  # the ranks never drift apart
@@ -200,7 +202,7 @@ def test_sigterm_on_one_rank_stops_all_ranks_after_one_save(tmp_path):
     procs = _ranks(["-m", "metatele", "train", "--out", str(out), "--logdir", str(tmp_path / "runs"), *LONG], tmp_path)
     assert wait_for_write(out / checkpoints.STATE_FILE)  # both ranks are training
     procs[1].send_signal(signal.SIGTERM)  # the rank that does not write
-    results = [p.communicate(timeout=120) for p in procs]
+    results = [p.communicate(timeout=HANG) for p in procs]
     codes = [p.returncode for p in procs]
     assert codes[0] == codes[1] and codes[0] in (130, 143), results
     assert "interrupted; saved" in results[0][0] and results[1][0] == ""
@@ -218,10 +220,38 @@ def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(tmp_path, kill
     procs[killed].kill()
     t0 = time.monotonic()
     survivor = procs[1 - killed]
-    _, err = survivor.communicate(timeout=90)  # the collective timeout is 30 s; a closed socket is seen at once
+    _, err = survivor.communicate(timeout=HANG)  # a closed socket is seen at once; the 300 s timeout guards hangs
     print(f"rank {1 - killed} exited {time.monotonic() - t0:.2f} s after rank {killed} was killed")
     procs[killed].wait()
     assert survivor.returncode == 2 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("metatele: error:")]
     assert len(lines) == 1 and f"rank {1 - killed} of 2: lost contact" in lines[0] and "--resume" in lines[0]
     train.restore(out / checkpoints.STATE_FILE)  # what was saved is intact
+
+
+@pytest.mark.slow
+def test_torchrun_with_more_ranks_than_the_batch_every_rank_exits_2_with_the_message(tmp_path):
+    """Every rank refuses with the same line and exit 2; none is killed by torchrun's SIGTERM (exit -15) when
+    the first one exits (torchrun itself then reports the failed children and exits 1)."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                        "-m", "metatele", "train", "--out", "o", "--no-progress", "--set", "trajectories=4",
+                        "--set", "batch=2", "--set", "steps=10", "--set", "hidden=8"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=HANG,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("metatele: error:")]
+    assert len(lines) == 3 and all("3 ranks need at least one trajectory each" in ln for ln in lines), r.stderr
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", r.stderr)
+    assert codes and set(codes) == {"2"}, r.stderr  # every rank's own exit, none killed
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_master_is_one_line_within_the_timeout(tmp_path):
+    """RANK/WORLD_SIZE set, nobody listening at MASTER_ADDR:MASTER_PORT: one line naming the address, exit 2
+    (no c10d socket messages)."""
+    port = _free_port()
+    env = {**_rank_env(1, 2, port), TIMEOUT_ENV: "2"}
+    r = subprocess.run([sys.executable, "-m", "metatele", "train", "--out", "o", "--no-progress", "--set",
+                        "trajectories=4", "--set", "batch=4"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=HANG, env=env)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()] and f"no master at 127.0.0.1:{port} after 2 s" in r.stderr

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from metatele import checkpoints, config, step, tasks, train
 from metatele.evaluation.stats import summarize
-from metatele.learned import MetaOptimizer, MetaOptSpec
-from metatele.learned.trainer import meta_loss, train_batch, unroll_window
-from metatele.methods import LEARNED
+from metatele.learned import LEARNED, build
+from metatele.outer.trainer import meta_loss, train_batch, unroll_window
 from metatele.tasks import seeds
 from metatele.teleport.action import teleport
 
@@ -18,9 +22,9 @@ SMALL = (4, 4, 3)
 
 def small_setup(method: str, exact: bool = True, preprocessing: str = "logsign", gate: bool = False):
     torch.manual_seed(1)
-    spec = MetaOptSpec(method=method, widths=SMALL, hidden=5, preprocessing=preprocessing, magnitude=0.1,
-                       exact=exact, gate=gate, out_scale=0.01)
-    model = MetaOptimizer(spec).double()
+    keys = dict(widths=SMALL, hidden=5, preprocessing=preprocessing, magnitude=0.1, exact=exact, gate=gate,
+                out_scale=0.01)
+    model = build(LEARNED[method].spec.from_config(method, keys)).double()
     task = tasks.sample([5, 6], widths=SMALL, n=4, dtype=torch.float64)
     for w in task.weights:
         w.mul_(0.5)  # keep the 3-step unroll in a smooth, moderate-loss region
@@ -95,8 +99,8 @@ def test_short_meta_training_lowers_heldout_loss():
     run = train.build(cfg)
     held = tasks.sample(range(seeds.VALID_FIRST_SEED, seeds.VALID_FIRST_SEED + 16))
     before = summarize(step.rollout(run.model, held, 20).loss[20])["log10_loss_mean"]
-    for b in range(cfg.trajectories // cfg.batch):
-        train_batch(run.model, run.opt, tasks.sample(seeds.train_seeds(cfg.seed, b * cfg.batch, cfg.batch)), cfg)
+    for b in range(cfg.trainer.n_batches):
+        train_batch(run.model, run.opt, tasks.sample(seeds.train_seeds(0, b * 16, 16)), cfg.trainer)
     after = summarize(step.rollout(run.model, held, 20).loss[20])["log10_loss_mean"]
     assert after < before - 0.5, (before, after)
 
@@ -105,7 +109,7 @@ def test_short_meta_training_lowers_heldout_loss():
 def test_save_load_round_trip_is_bit_identical(tmp_path, method):
     cfg = config.load(method=method, hidden=16, trajectories=16, batch=8, steps=10, eval_every=0)
     run = train.build(cfg)
-    train_batch(run.model, run.opt, tasks.sample(seeds.train_seeds(0, 0, 8)), cfg)
+    train_batch(run.model, run.opt, tasks.sample(seeds.train_seeds(0, 0, 8)), cfg.trainer)
     checkpoints.save_model(tmp_path / "m.safetensors", run.model)
     loaded = checkpoints.load_model(tmp_path / "m.safetensors", method=method)
     task = tasks.sample(range(10**9, 10**9 + 4))
@@ -134,3 +138,46 @@ def test_training_seeds_disjoint_from_evaluation():
     assert seeds.overlaps_training(5, 10) and not seeds.overlaps_training(seeds.EVAL_FIRST_SEED, 10**6)
     with pytest.raises(ValueError):
         seeds.train_seeds(100, 0, 1)
+
+
+def test_progress_bar_moves_within_a_batch(tmp_path, capsys):
+    """A batch of 4 windows: the bar shows each window as a quarter of a batch (the default config's batches take
+    minutes), and lands on whole batches."""
+    cfg = config.load(method="lstm-update", hidden=8, trajectories=8, batch=4, steps=20, unroll=5, eval_every=0,
+                      ckpt_every=0)
+    train.run(cfg, tmp_path / "out", logdir=tmp_path / "runs", progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    for shown in ("0.25/2 batches", "0.50/2", "0.75/2", "1.25/2", "2.00/2"):
+        assert shown in bar, bar
+
+
+@pytest.mark.slow
+def test_train_quick_meta_trains_a_tiny_optimizer(tmp_path):
+    """`metatele train --quick` (metatele/configs/quick.toml): the held-out loss falls as it meta-trains."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "metatele", "train", "--quick", "--out", "ck", "--no-progress"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    history = checkpoints.load_model(tmp_path / "ck").metadata["history"]
+    assert len(history) == 4
+    first, last = history[0]["log10_loss_mean_step20"], history[-1]["log10_loss_mean_step20"]
+    assert last < first - 0.2, history
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_meta_gradient_is_finite_through_exactly_zero_gradients(method):
+    """The failure of higher #125 and torchopt #26: sqrt at 0 inside RMS or Adam-like features gives an
+    infinite derivative, and ∞·0 a NaN meta-gradient. Hidden unit 0 of each task is dead (its row of W1 and
+    column of W2 are zero), so its coordinates' gradients are exactly zero at the first step."""
+    model, task = small_setup(method)
+    for w in task.weights:
+        w.requires_grad_(False)
+    task.weights[0][:, 0, :] = 0.0
+    task.weights[1][:, :, 0] = 0.0
+    grads = task.loss_and_grad(task.weights, task.data(0))[1]
+    assert (grads[0][:, 0, :] == 0).all() and (grads[1][:, :, 0] == 0).all() and grads[0].abs().sum() > 0
+    model.zero_grad()
+    unrolled_meta_loss(model, task).backward()
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    assert named and all(torch.isfinite(g).all() for _, g in named), [n for n, g in named if not torch.isfinite(g).all()]
+    assert any(g.abs().sum() > 0 for _, g in named)

@@ -5,6 +5,7 @@ say what happened."""
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import io
 import warnings
@@ -428,3 +429,29 @@ def test_resume_with_teleport_is_bit_identical():
         assert _train(model2, opt2, batches[4:]) == after
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
     assert opt2.teleport_counts == opt.teleport_counts
+
+
+def test_large_models_run_the_update_in_chunks_with_the_same_values(monkeypatch):
+    """m1's LSTM runs on a large model's rows in cache-sized chunks (`CHUNK_ABOVE`): the update is unchanged."""
+    from metatele.learned import coordinatewise
+
+    torch.manual_seed(0)
+    w = [torch.randn(1, 60, 50), torch.randn(1, 60), torch.randn(1, 7, 60)]
+    g = [torch.randn_like(t) for t in w]
+    method = LearnedOptimizer([torch.zeros(1, requires_grad=True)], "any-update").method
+    with torch.no_grad():
+        whole, _ = method.propose(w, g, method.init_state(w))
+        monkeypatch.setattr(coordinatewise, "CHUNK_ABOVE", 1000)
+        monkeypatch.setattr(coordinatewise, "CHUNK_ROWS", 512)
+        chunked, _ = method.propose(w, g, method.init_state(w))
+    for a, b in zip(whole.update, chunked.update):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_a_deleted_optimizer_leaves_no_hooks_on_the_model():
+    model = _mlp(6, 8, 3)
+    opt = LearnedOptimizer(model.parameters(), "any-update-tele", model=model)
+    assert model[0]._forward_pre_hooks and model[2]._forward_hooks
+    del opt
+    gc.collect()
+    assert not model[0]._forward_pre_hooks and not model[2]._forward_hooks

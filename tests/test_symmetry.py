@@ -112,3 +112,52 @@ def test_float32_batched_matches_single():
     one = tasks.sample([3])
     W1 = S.teleport(one.weights, one.X, [t[3:4] for t in T], 0.01, act=ACT)
     assert torch.allclose(W[0][3], W1[0][0], rtol=1e-5, atol=1e-5)
+
+
+def _rescale_only_tasks():
+    b = tasks.sample([3, 4], widths=(5, 4, 3), n=8, dtype=torch.float64)  # n > every width: no exact GL action
+    assert b.symmetry is tasks.Symmetry.RESCALE
+    return b
+
+
+def _policies(b):
+    from metatele.learned.coordinatewise import SteepestTeleport
+    from metatele.methods.teleports import AscentTeleport, LieTeleport
+    mags = [torch.full((2,), 0.3, dtype=torch.float64)]
+    return {"lie": LieTeleport(random_T(b), [0.3]), "ascent": AscentTeleport(steps=3),
+            "steepest": SteepestTeleport(mags)}
+
+
+@pytest.mark.parametrize("name", ["lie", "ascent", "steepest"])
+def test_a_teleport_policy_on_rescale_only_tasks_rescales_and_keeps_the_loss(name):
+    b = _rescale_only_tasks()
+    W = b.init_weights()
+    L0 = b.loss(W, b.data(0))
+    moved = _policies(b)[name].apply(W, b, 0)  # the GL action would raise RankDeficientError here
+    torch.testing.assert_close(b.loss(moved, b.data(0)), L0, rtol=1e-10, atol=0)
+    assert not torch.allclose(moved[0], W[0])
+    ratio = moved[0] / W[0]  # a positive diagonal rescaling: each row of W_1 scaled by one positive factor
+    assert bool((ratio > 0).all()) and torch.allclose(ratio, ratio[..., :1].expand_as(ratio))
+    if name != "lie":  # ascent and steepest raise the gradient norm
+        g0, g1 = (S.grad_norm_sq(b.loss_and_grad(w, b.data(0))[1]) for w in (W, moved))
+        assert bool((g1 > g0).all())
+
+
+@pytest.mark.parametrize("name", ["lie", "ascent", "steepest"])
+def test_a_teleport_policy_on_tasks_without_symmetry_leaves_them_and_warns(name):
+    b = _rescale_only_tasks()
+    policy = _policies(b)[name]
+    b.__class__ = type("NoSymmetry", (type(b),), {"symmetry": tasks.Symmetry.NONE})
+    W = b.init_weights()
+    with pytest.warns(RuntimeWarning, match="supports no symmetry"):
+        moved = policy.apply(W, b, 0)
+    assert all(torch.equal(a, c) for a, c in zip(moved, W))
+
+
+@pytest.mark.parametrize("method", ["lstm-update-tele", "lstm-lr-tele", "any-update-tele", "any-update-tele-bilinear"])
+def test_learned_teleporting_methods_run_on_rescale_only_tasks(method):
+    from metatele import step
+    from metatele.learned import LEARNED, build
+    model = build(LEARNED[method].spec.from_config(method, {"widths": [5, 4, 3], "hidden": 4, "magnitude": 0.1})).double()
+    traj = step.rollout(model, _rescale_only_tasks(), 5)
+    assert bool(torch.isfinite(traj.loss).all())

@@ -1,4 +1,4 @@
 """Evaluation: statistics (`stats`), the methods to compare and the one `evaluate` with its recorders
-(`compare`), the compare report (`report`, written through `metatele.reporting` and `metatele.io`), and the
-held-out callback used during meta-training (`heldout`)."""
+(`compare`), and the compare report (`report`, written through `metatele.reporting` and `metatele.io`). The
+held-out evaluation during meta-training is `metatele.outer.heldout`."""
 from __future__ import annotations

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from metatele import checkpoints
 from metatele.errors import ConfigError, SeedOverlapError
+from metatele.learned import LEARNED
 from metatele.methods.base import Method
-from metatele.methods.registry import LEARNED, PAPER_GD_LR, baseline
+from metatele.methods.registry import PAPER_GD_LR, baseline
 from metatele.step import Trajectory, rollout
 from metatele.tasks.base import TaskBatch, TaskFamily
 from metatele.tasks.seeds import MAX_SEED, TRAIN_SEEDS, VALID_RANGE, overlaps_training, overlaps_validation
@@ -113,14 +114,13 @@ def learned(checkpoint_dir: Path, widths: Sequence[int], device: str | torch.dev
     for name, path in learned_paths(checkpoint_dir).items():
         if path.exists():
             model = checkpoints.load_model(path, method=name, device=device)
-            spec = model.spec
-            if spec.widths and tuple(spec.widths) != tuple(widths):
-                skipped.append(f"{name} (trained for widths {list(spec.widths)})")
+            fixed, spec = model.spec.fixed_widths, model.spec.to_dict()
+            if fixed and fixed != tuple(widths):
+                skipped.append(f"{name} (trained for widths {list(fixed)})")
                 continue
-            out.append(Entry(model, {"hidden": spec.hidden, "magnitude": spec.magnitude, "exact": spec.exact,
-                                     "preprocessing": spec.preprocessing, "gate": spec.gate,
-                                     "update_form": spec.update_form,
-                                     "trajectories_seen": model.metadata.get("trajectories_seen", -1)}))
+            hparams = {k: spec[k] for k in ("hidden", "magnitude", "exact", "preprocessing", "gate", "update_form")
+                       if k in spec}
+            out.append(Entry(model, {**hparams, "trajectories_seen": model.metadata.get("trajectories_seen", -1)}))
     return out, skipped
 
 

@@ -17,8 +17,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PREPROCESSING", "UPDATE_FORMS", "LR_RANGE", "LR_INIT", "rms", "preprocess", "LSTMState", "StackedLSTM", "UpdateNet", "TeleNet",
-           "learned_lr"]
+__all__ = ["PREPROCESSING", "UPDATE_FORMS", "GAIN_MAX", "LR_RANGE", "LR_INIT", "TINY", "sqrt0", "rms", "gains", "preprocess",
+           "LSTMState", "StackedLSTM", "scaled_linear", "UpdateNet", "TeleNet", "learned_lr"]
 
 PREPROCESSING = ("logsign", "raw", "rms")
 UPDATE_FORMS = ("direct", "residual", "gain")
@@ -26,11 +26,24 @@ GAIN_MAX = 10.0  # "gain" form: per-coordinate step sizes within [lr/GAIN_MAX, l
 LR_RANGE = (1e-7, 5e-3)
 LR_INIT = 1e-4  # the step size an untrained step-size head starts from
 LOGSIGN_P = 10.0
+TINY = 1e-30  # the floor of `rms`: far below any gradient that matters, far above float32's smallest normal
 
 
-def rms(g: torch.Tensor) -> torch.Tensor:
-    """Root mean square over the last dimension, (B, P) → (B, 1), bounded away from 0."""
-    return g.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(torch.finfo(g.dtype).tiny)
+def sqrt0(x: torch.Tensor) -> torch.Tensor:
+    """√x (x ≥ 0) whose derivative at 0 is taken as 0, not ∞: the plain 1/(2√x) makes ∞·0 = NaN meta-gradients
+    where a gradient is exactly zero (higher #125, torchopt #26). Its value is √x exactly, subnormal x aside."""
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(x))
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square over all but the task dimension, (B, ...) → (B,) (of a (B,) tensor: |x|), bounded below
+    by TINY."""
+    return sqrt0(x.pow(2).reshape(x.shape[0], -1).mean(1)).clamp_min(TINY)
+
+
+def gains(o: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate gains GAIN_MAX^tanh(o), within [1/GAIN_MAX, GAIN_MAX] (1 where o = 0); o any shape."""
+    return torch.exp(math.log(GAIN_MAX) * torch.tanh(o))
 
 
 def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:
@@ -40,7 +53,7 @@ def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "raw":
         return g
     if kind == "rms":
-        r = rms(g)
+        r = rms(g)[:, None]
         return torch.cat([g / r, (r.log10() / 5).clamp(-2.0, 2.0)], dim=-1)
     big = g.abs() >= math.exp(-LOGSIGN_P)
     first = torch.where(big, g.abs().clamp_min(math.exp(-LOGSIGN_P)).log() / LOGSIGN_P, -torch.ones_like(g))
@@ -103,9 +116,9 @@ class UpdateNet(nn.Module):
     def forward(self, g: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         h, state = self.lstm(preprocess(g, self.preprocessing), state)
         if self.form == "residual":
-            return self.log_lr.exp() * g + self.log_scale.exp() * rms(g) * torch.tanh(self.head(h)), state
+            return self.log_lr.exp() * g + self.log_scale.exp() * rms(g)[:, None] * torch.tanh(self.head(h)), state
         if self.form == "gain":
-            return self.log_lr.exp() * g * torch.exp(math.log(GAIN_MAX) * torch.tanh(self.head(h))), state
+            return self.log_lr.exp() * g * gains(self.head(h)), state
         return self.out_scale * self.head(h), state
 
 

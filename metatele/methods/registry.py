@@ -1,51 +1,19 @@
-"""Every method name, in one place: the CLI, evaluation and checkpoints look names up here.
-
-Baselines map to compositions of transforms. Learned methods map to a `LearnedRecipe`, the parts a
-`metatele.learned.MetaOptimizer` builds (its meta-parameters), composed the same way.
+"""The baseline methods by name, each a composition of transforms. Learned methods have their own registry,
+`metatele.learned.LEARNED` (their meta-parameters and specs live in `metatele.learned`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from metatele.methods.base import Composed, chain
 from metatele.methods.rules import adam, momentum, sgd
 from metatele.methods.teleports import ascent_every
 
-__all__ = ["PAPER_GD_LR", "BASELINES", "LearnedRecipe", "LEARNED", "baseline"]
+__all__ = ["PAPER_GD_LR", "BASELINES", "baseline"]
 
 PAPER_GD_LR = 3e-4
 
-
-@dataclass(frozen=True)
-class LearnedRecipe:
-    """What a learned method is made of.
-
-    update (m1): "lstm", an LSTM over the flattened gradients of one network size (the paper); or
-      "coordinatewise", one LSTM shared by every weight, for any size; or None.
-    teleport (m2): "lstm", one LSTM per hidden layer reading that layer pair's flattened gradients (the paper);
-      "steepest" or "bilinear", size-agnostic (see metatele.learned.coordinatewise); or None.
-    step_size: the m2 LSTMs also give a GD step size, and the update is that plain GD step (LSTM(lr,tele)).
-    """
-
-    update: str | None
-    teleport: str | None
-    step_size: bool = False
-
-    @property
-    def size_agnostic(self) -> bool:
-        return self.update != "lstm" and self.teleport != "lstm"
-
-
-LEARNED: dict[str, LearnedRecipe] = {  # in report order
-    "lstm-lr-tele": LearnedRecipe(update=None, teleport="lstm", step_size=True),
-    "lstm-update": LearnedRecipe(update="lstm", teleport=None),
-    "lstm-update-tele": LearnedRecipe(update="lstm", teleport="lstm"),
-    "any-update": LearnedRecipe(update="coordinatewise", teleport=None),
-    "any-update-tele": LearnedRecipe(update="coordinatewise", teleport="steepest"),
-    "any-update-tele-bilinear": LearnedRecipe(update="coordinatewise", teleport="bilinear"),
-}
 
 BASELINES: dict[str, Callable[..., Composed]] = {
     "gd": lambda lr=PAPER_GD_LR: Composed("gd", sgd(lr), {"lr": lr}),

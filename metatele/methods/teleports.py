@@ -1,30 +1,52 @@
 """Teleports (what to apply after the update) and non-learned teleport policies (when to teleport).
 
 `LieTeleport` applies g = I + T with T given (a learned group element); `AscentTeleport` searches the
-level set by gradient ascent on ‖∇L‖². Both act on the task's teleport data for the step, with the
-task's activation; the task must support the exact GL action (`Symmetry.GL`). A task of the batch where the
-action is impossible at this step (a diverged, non-finite or rank-deficient layer input) is left as it is.
+level set by gradient ascent on ‖∇L‖². Each does what the task's symmetry allows (`TaskBatch.symmetry`):
+- GL: the exact action on the task's teleport data for the step, with the task's activation. A task of the batch
+  where it is impossible at this step (a diverged, non-finite or rank-deficient layer input) is left as it is;
+- RESCALE: the positive diagonal subgroup g_m = diag(e^{s_m}), exact for any data: `LieTeleport` takes the
+  diagonal of T_m, `AscentTeleport` ascends ‖∇L‖² over s on the step's data;
+- NONE: no teleport (warned).
 Where the teleport data has fewer samples than a layer's input width, the nearest solution is taken
 (`nearest=True` in `metatele.teleport.action`), so that the weights off the data's span are not erased.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import torch
 
 from metatele.methods.base import Proposal
-from metatele.tasks.base import has_bias
-from metatele.teleport.action import teleport
-from metatele.teleport.ascent import gradient_ascent_teleport
+from metatele.tasks.base import Symmetry, TaskBatch, TeleportData, has_bias
+from metatele.teleport.action import grad_norm_sq, normalize, rescale, teleport
+from metatele.teleport.ascent import DEFAULT_STEP, ascend_group, gradient_ascent_teleport
 
-if TYPE_CHECKING:
-    from metatele.tasks.base import TaskBatch, TeleportData
+__all__ = ["Schedule", "LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport", "rescale_ascent",
+           "no_teleport"]
 
-__all__ = ["Schedule", "LieTeleport", "AscentTeleport", "ascent_every", "decay_teleport"]
+
+def no_teleport(weights: list[torch.Tensor], what: str) -> list[torch.Tensor]:
+    """The weights unchanged, with a warning: the task supports no symmetry (`Symmetry.NONE`)."""
+    warnings.warn(f"{what}: the task supports no symmetry (Symmetry.NONE), so the teleport is skipped",
+                  RuntimeWarning, stacklevel=3)
+    return list(weights)
+
+
+def rescale_ascent(weights: list[torch.Tensor], task: TaskBatch, step: int, steps: int = 1,
+                   lr: float | None = None, size: float = 1.0) -> list[torch.Tensor]:
+    """Parameters s (one (B, k_m) tensor per hidden layer) of the positive diagonal subgroup reached by `steps`
+    gradient-ascent steps on ‖∇L(diag(e^s)·W)‖² over the data of inner step `step`, from s = 0 (normalized steps
+    of length `size` if lr is None, as in `metatele.teleport.ascent.ascend_group`). Detached."""
+    data = task.data(step)
+
+    def steepness(W: list[torch.Tensor]) -> torch.Tensor:
+        return grad_norm_sq(task.loss_and_grad(W, data, create_graph=True)[1])
+
+    s, _ = ascend_group(weights, data.X, steepness, act=task.activation, steps=steps, lr=lr, step=size, group="diag")
+    return s
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,10 @@ class LieTeleport:
         return self.T, self.magnitude
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        if task.symmetry is Symmetry.RESCALE:  # the diagonal of each normalized T_m
+            return rescale(weights, [normalize(t, e).diagonal(dim1=-2, dim2=-1) for t, e in zip(self.T, self.magnitude)])
+        if task.symmetry is Symmetry.NONE:
+            return no_teleport(weights, "LieTeleport")
         data = task.teleport_data(step)
         return teleport(weights, data.batch.X, self.T, self.magnitude, act=task.activation, exact=self.exact,
                         X_pinv=data.X_pinv, skip_invalid=True, nearest=True, bias=has_bias(task))
@@ -82,6 +108,11 @@ class AscentTeleport:
     lr: float | None = None
 
     def apply(self, weights: list[torch.Tensor], task: TaskBatch, step: int) -> list[torch.Tensor]:
+        if task.symmetry is Symmetry.RESCALE:
+            s = rescale_ascent(weights, task, step, self.steps, self.lr, size=DEFAULT_STEP)
+            return [w.detach() for w in rescale([w.detach() for w in weights], s)]
+        if task.symmetry is Symmetry.NONE:
+            return no_teleport(weights, "AscentTeleport")
         return gradient_ascent_teleport(weights, task, task.teleport_data(step), self.steps, self.lr,
                                         skip_invalid=True, nearest=True)
 

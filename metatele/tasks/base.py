@@ -74,18 +74,32 @@ class TaskBatch(Protocol):
 
 
 class TaskFamily(Protocol):
-    """A distribution over tasks of one shape; `sample` is deterministic in the seeds."""
+    """A distribution over tasks; `sample` is deterministic in the seeds. Registered by name in
+    `metatele.tasks.registry` (with classmethods `from_dict` and `from_config`, see there)."""
 
     name: str
 
     @property
-    def widths(self) -> tuple[int, ...]: ...
+    def widths(self) -> tuple[int, ...]:
+        """The shape of every task it samples; () if the shape varies from batch to batch."""
+        ...
+
+    @property
+    def symmetry(self) -> Symmetry:
+        """The symmetry that every task it samples supports."""
+        ...
+
+    def member(self, seed: int) -> TaskFamily:
+        """The single-shape family that a batch whose first seed is `seed` samples from (itself, for a family of
+        one shape), so that the ranks of a distributed run sample their slices of one batch alike."""
+        ...
 
     def sample(self, seeds: Sequence[int], *, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> TaskBatch: ...
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON description (stored in checkpoints; `metatele.tasks.family_from_dict` rebuilds it)."""
+        """JSON description with its registered "name" (stored in checkpoints; `metatele.tasks.family_from_dict`
+        rebuilds it)."""
         ...
 
 

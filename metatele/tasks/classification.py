@@ -10,13 +10,13 @@ Shapes: data X (B, d0, b), labels (B, b), weights[m] (B, d_{m+1}, d_m).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from metatele import datasets
+from metatele import checks, datasets
 from metatele.errors import ConfigError
 from metatele.tasks import mlp
 from metatele.tasks.base import Batch, Symmetry, TeleportData, loss_and_grad
@@ -105,12 +105,19 @@ class ClassificationFamily:
         object.__setattr__(self, "teleport_batch",
                            teleport_batch_for(self.widths, self.batch_size, self.teleport_batch or None))
 
+    @property
+    def symmetry(self) -> Symmetry:
+        return Symmetry.GL
+
+    def member(self, seed: int) -> ClassificationFamily:
+        return self
+
     def check_dataset(self) -> datasets.Dataset:
         """The dataset (loaded once per process), if the input and output widths fit it; else ConfigError."""
         data = datasets.load(self.dataset)
         if (self.widths[0], self.widths[-1]) != (data.n_features, data.n_classes):
             raise ConfigError(f"dataset {self.dataset} has {data.n_features} inputs and {data.n_classes} classes, "
-                              f"but widths are {list(self.widths)}")
+                              f"but widths are {list(self.widths)}", params=("widths",))
         return data
 
     def sample(self, seeds: Sequence[int] | int, *, dtype: torch.dtype = torch.float32,
@@ -134,3 +141,21 @@ class ClassificationFamily:
         return {"name": self.name, "dataset": self.dataset, "widths": list(self.widths),
                 "batch_size": self.batch_size, "teleport_batch": self.teleport_batch,
                 "slope": self.activation.slope}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassificationFamily:
+        """The family `to_dict()` described (untrusted: types and ranges are checked)."""
+        return cls(checks.choice("dataset", d["dataset"], datasets.DATASETS), checks.widths("widths", d["widths"]),
+                   checks.integer("batch_size", d["batch_size"], 1, checks.MAX_SAMPLES),
+                   checks.integer("teleport_batch", d["teleport_batch"], 0, checks.MAX_WIDTH),
+                   LeakyReLU(checks.positive_float("slope", d.get("slope", 0.1))))
+
+    @classmethod
+    def from_config(cls, keys: Mapping[str, Any]) -> ClassificationFamily:
+        """From the config keys dataset, widths, data_batch and slope; the widths must fit the dataset (it is
+        loaded to check)."""
+        family = cls(checks.choice("dataset", keys["dataset"], datasets.DATASETS), checks.widths("widths", keys["widths"]),
+                     checks.integer("data_batch", keys["data_batch"], 1, checks.MAX_SAMPLES),
+                     activation=LeakyReLU(checks.positive_float("slope", keys["slope"])))
+        family.check_dataset()
+        return family

@@ -7,12 +7,14 @@ Tasks of one batch share a shape, which keeps the batch a dense (B, …) tensor.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from metatele import checks
+from metatele.tasks.base import Symmetry
 from metatele.tasks.mlp import LeakyReLU
 from metatele.tasks.regression import LAWS, RegressionFamily, RegressionTasks
 
@@ -40,6 +42,10 @@ class MixtureFamily:
     def widths(self) -> tuple[int, ...]:
         return ()  # no single shape
 
+    @property
+    def symmetry(self) -> Symmetry:
+        return Symmetry.GL  # n ≤ every hidden layer's input width by construction
+
     def member(self, key: int) -> RegressionFamily:
         """The regression family that a batch whose first seed is `key` samples from."""
         gen = torch.Generator().manual_seed(int(key) ^ 0x5EED)
@@ -57,3 +63,18 @@ class MixtureFamily:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "width_range": list(self.width_range), "depth_range": list(self.depth_range),
                 "laws": list(self.laws), "max_n": self.max_n, "slope": self.activation.slope}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MixtureFamily:
+        """The family `to_dict()` described (untrusted: types and ranges are checked)."""
+        return cls(checks.int_pair("width_range", d["width_range"], 1, checks.MAX_WIDTH),
+                   checks.int_pair("depth_range", d["depth_range"], 1, checks.MAX_LAYERS - 1),
+                   checks.choices("laws", d["laws"], tuple(LAWS)),
+                   checks.integer("max_n", d["max_n"], 1, checks.MAX_SAMPLES),
+                   LeakyReLU(checks.positive_float("slope", d.get("slope", 0.1))))
+
+    @classmethod
+    def from_config(cls, keys: Mapping[str, Any]) -> MixtureFamily:
+        """From the config keys width_range, depth_range, laws, n (the most samples per task) and slope."""
+        return cls.from_dict({"width_range": keys["width_range"], "depth_range": keys["depth_range"],
+                              "laws": keys["laws"], "max_n": keys["n"], "slope": keys["slope"]})

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from metatele import checks
 from metatele.tasks import mlp
 from metatele.tasks.base import Batch, Symmetry, TeleportData, loss_and_grad
 from metatele.tasks.mlp import LeakyReLU
-from metatele.teleport.action import pinv_full_rank
+from metatele.linalg import pinv_full_rank
 
 __all__ = ["Law", "PAPER_LAW", "LAWS", "RegressionFamily", "RegressionTasks", "PAPER_WIDTHS", "PAPER_N"]
 
@@ -137,6 +139,14 @@ class RegressionFamily:
         if self.n < 1 or min(self.widths) < 1:
             raise ValueError(f"widths and n must be positive, got widths={list(self.widths)}, n={self.n}")
 
+    @property
+    def symmetry(self) -> Symmetry:
+        """GL if n ≤ every width from the input to the last hidden layer's input, else RESCALE."""
+        return Symmetry.GL if self.n <= min(self.widths[:-2]) else Symmetry.RESCALE
+
+    def member(self, seed: int) -> RegressionFamily:
+        return self
+
     def sample(self, seeds: Sequence[int] | int, *, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> RegressionTasks:
         """One task per seed, deterministically. Entries are drawn in float64 and then cast, so a float32
@@ -151,3 +161,16 @@ class RegressionFamily:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "widths": list(self.widths), "n": self.n, "law": asdict(self.law),
                 "slope": self.activation.slope}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RegressionFamily:
+        """The family `to_dict()` described (untrusted: types and ranges are checked)."""
+        return cls(checks.widths("widths", d["widths"]), checks.integer("n", d["n"], 1, checks.MAX_SAMPLES),
+                   Law(**d.get("law", {})), LeakyReLU(checks.positive_float("slope", d.get("slope", 0.1))))
+
+    @classmethod
+    def from_config(cls, keys: Mapping[str, Any]) -> RegressionFamily:
+        """From the config keys widths, n, law (a name in LAWS) and slope."""
+        return cls(checks.widths("widths", keys["widths"]), checks.integer("n", keys["n"], 1, checks.MAX_SAMPLES),
+                   LAWS[checks.choice("law", keys["law"], tuple(LAWS))],
+                   LeakyReLU(checks.positive_float("slope", keys["slope"])))

@@ -190,7 +190,7 @@ def write_outputs(res: StudyResult, out: Path, logdir: Path | None) -> str:
 
 
 def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False, progress: bool = True,
-         threads: int = 1, **overrides: Any) -> int:
+         **overrides: Any) -> int:
     """`metatele optimizers`: plan → run → rows. Write OUTPUT_FILES in `out`, all or none (summary.md, the CSV
     tables: per-epoch statistics, paired differences, teleport summary, lr tuning, every run's curves, every
     teleport; the two figures) and TensorBoard runs in `logdir`.
@@ -199,7 +199,6 @@ def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False
     cfg = StudyConfig(**kw)
     stale = _check_outputs(cfg, out, logdir, overwrite)
     datasets.load(cfg.dataset)  # fail early, with the install hint, before any training
-    torch.set_num_threads(threads)
     res = run_study(cfg, progress)
     for r in stale:
         shutil.rmtree(r)

@@ -1,5 +1,5 @@
 """Held-out evaluation during meta-training: the current method on validation tasks (never trained on,
-never the test seeds). `HeldOut` is the callback `metatele.train` passes to the trainer's loop."""
+never the test seeds). `HeldOut` is the callback `metatele.train` wires into the trainer's loop."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,31 +1,29 @@
 """Truncated-BPTT meta-training of a learned method over batched inner trajectories.
 
-B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `horizon(cfg, b)`
-inner steps (fixed, or log-uniform between cfg.min_steps and cfg.steps per batch b) is cut into windows of
+B trajectories (tasks from the training seed range) run in parallel. Each trajectory of `horizon(settings, b)`
+inner steps (fixed, or log-uniform between min_steps and steps per batch b) is cut into windows of
 `unroll` steps; after each window the meta-loss (a weighted sum of the inner
 losses after each step, plain or log) is back-propagated into the method's parameters, Adam takes a
 clipped step, and the weights and method state are detached. A window whose losses or meta-gradient are
 non-finite is skipped (no update), counted, and its batch abandoned.
 
-The trainer knows the `Method` protocol and the task protocol only. Held-out evaluation, logging,
-checkpoints and stopping are the caller's (`metatele.train` wires them in as callbacks).
+The trainer knows the `Method` protocol, the task protocol and its own `TrainerSettings` only. Held-out
+evaluation, logging, checkpoints and stopping are the caller's (`metatele.train` wires them in as callbacks).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from metatele.learned.distributed import SOLO, Reducer
 from metatele.methods.base import Method
+from metatele.outer.distributed import SOLO, Reducer
+from metatele.outer.settings import TrainerSettings
 from metatele.step import inner_step
 from metatele.tasks.base import TaskBatch
-
-if TYPE_CHECKING:
-    from metatele.config import TrainConfig
 
 REJECT = 1e12  # an update that multiplies the loss cap by more than this is rejected (its gradients could overflow)
 
@@ -112,49 +110,58 @@ def detach(tree: Any) -> Any:
     return tree
 
 
-def horizon(cfg: TrainConfig, batch: int) -> int:
-    """The trajectory length of batch `batch`: cfg.steps, or, if cfg.min_steps > 0, a draw log-uniform in
-    [min_steps, steps] rounded to a multiple of unroll (deterministic in cfg.seed and the batch index)."""
-    if not cfg.min_steps:
-        return cfg.steps
-    u = float(torch.rand((), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch), dtype=torch.float64))
-    length = math.exp(math.log(cfg.min_steps) + u * (math.log(cfg.steps) - math.log(cfg.min_steps)))
-    return min(cfg.steps, max(cfg.unroll, cfg.unroll * round(length / cfg.unroll)))
+def horizon(settings: TrainerSettings, batch: int) -> int:
+    """The trajectory length of batch `batch`: settings.steps, or, if settings.min_steps > 0, a draw log-uniform in
+    [min_steps, steps] rounded to a multiple of unroll (deterministic in settings.seed and the batch index)."""
+    if not settings.min_steps:
+        return settings.steps
+    s = settings
+    u = float(torch.rand((), generator=torch.Generator().manual_seed(s.seed * 1_000_003 + batch), dtype=torch.float64))
+    length = math.exp(math.log(s.min_steps) + u * (math.log(s.steps) - math.log(s.min_steps)))
+    return min(s.steps, max(s.unroll, s.unroll * round(length / s.unroll)))
 
 
-def meta_lr(cfg: TrainConfig, batch: int, n_batches: int) -> float:
-    """The meta learning rate for batch `batch` of `n_batches`: cfg.meta_lr decaying along a cosine to
-    cfg.meta_lr × cfg.meta_lr_final at the last batch (constant if meta_lr_final is 1)."""
+def meta_lr(settings: TrainerSettings, batch: int, n_batches: int) -> float:
+    """The meta learning rate for batch `batch` of `n_batches`: settings.meta_lr decaying along a cosine to
+    settings.meta_lr × settings.meta_lr_final at the last batch (constant if meta_lr_final is 1)."""
     frac = batch / max(n_batches - 1, 1)
-    return cfg.meta_lr * (cfg.meta_lr_final + (1 - cfg.meta_lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+    final = settings.meta_lr_final
+    return settings.meta_lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, cfg: TrainConfig,
-                steps: int | None = None, reducer: Reducer = SOLO) -> dict[str, float]:
-    """Meta-train on one batch of trajectories of `steps` inner steps (default cfg.steps), one meta-update per
+def windows(settings: TrainerSettings, batch: int) -> int:
+    """The truncated-BPTT windows (meta-updates, unless one diverges) of batch `batch`."""
+    return -(-horizon(settings, batch) // settings.unroll)
+
+
+def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, settings: TrainerSettings,
+                steps: int | None = None, reducer: Reducer = SOLO,
+                on_window: Callable[[], None] | None = None) -> dict[str, float]:
+    """Meta-train on one batch of trajectories of `steps` inner steps (default settings.steps), one meta-update per
     window; returns mean statistics, "skipped" (1 if a window diverged and the batch was abandoned) and "windows"
     (the meta-updates taken). reducer: in a distributed run, agrees on finiteness and averages each window's
-    meta-gradient with the other ranks' (this rank's weight: its trajectory count); the default does nothing."""
+    meta-gradient with the other ranks' (this rank's weight: its trajectory count); the default does nothing.
+    on_window() is called after each window's meta-update (a progress bar)."""
     params = list(method.parameters())
     weights = task.init_weights()
     state = method.init_state(weights)
     alive = cap = None
-    if cfg.loss_cap:  # freeze tasks whose loss exceeds loss_cap × their initial loss
-        cap = cfg.loss_cap * task.loss(weights, task.data(0)).detach()
+    if settings.loss_cap:  # freeze tasks whose loss exceeds loss_cap × their initial loss
+        cap = settings.loss_cap * task.loss(weights, task.data(0)).detach()
         alive = torch.isfinite(cap)
     stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": []}
     skipped = 0
-    for start in range(0, steps or cfg.steps, cfg.unroll):
-        win = unroll_window(method, task, weights, state, start, cfg.unroll, cfg.second_order, alive, cap)
+    for start in range(0, steps or settings.steps, settings.unroll):
+        win = unroll_window(method, task, weights, state, start, settings.unroll, settings.second_order, alive, cap)
         for k, v in win.info.items():
             stats.setdefault(k, []).extend(v)
-        ml = meta_loss(win.losses, cfg.meta_loss, cfg.loss_growth)
+        ml = meta_loss(win.losses, settings.meta_loss, settings.loss_growth)
         opt.zero_grad(set_to_none=True)
         gn = torch.tensor(float("nan"))
         if reducer.all_finite(bool(torch.isfinite(win.losses).all())):
             ml.backward()
             reducer.all_reduce_grads(params, len(task.seeds))
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            gn = torch.nn.utils.clip_grad_norm_(params, settings.clip)
         if not torch.isfinite(gn):  # divergence: no update from this window, abandon the batch
             opt.zero_grad(set_to_none=True)
             skipped += 1
@@ -163,6 +170,8 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         stats["meta_loss"].append(float(ml.detach()))
         stats["grad_norm"].append(float(gn))
         weights, state, alive = detach(win.weights), detach(win.state), win.alive
+        if on_window is not None:
+            on_window()
     out = {k: sum(v) / len(v) for k, v in stats.items() if v}
     out["skipped"] = float(skipped)
     if alive is not None:
@@ -171,23 +180,25 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
     return out
 
 
-def meta_train(cfg: TrainConfig, method: Learnable, opt: torch.optim.Optimizer, progress: Progress, *,
+def meta_train(settings: TrainerSettings, method: Learnable, opt: torch.optim.Optimizer, progress: Progress, *,
                sample: Callable[[int, int], TaskBatch],
                after_batch: Callable[[Progress, dict[str, float], int], None],
-               stop: Callable[[], bool], max_batches: int | None = None, reducer: Reducer = SOLO) -> Progress:
-    """The outer loop: batch after batch of trajectories until cfg.trajectories are done, `stop()` is
+               stop: Callable[[], bool], max_batches: int | None = None, reducer: Reducer = SOLO,
+               on_window: Callable[[], None] | None = None) -> Progress:
+    """The outer loop: batch after batch of trajectories until settings.trajectories are done, `stop()` is
     true, or `max_batches` batches ran in this call. sample(first, count) gives the tasks of trajectories
     first … first+count−1 (in a distributed run, this rank's slice of them); after_batch(progress, stats,
-    trajectories in the batch) logs, evaluates and saves; reducer: as in `train_batch`."""
-    n_batches = -(-cfg.trajectories // cfg.batch)
+    trajectories in the batch) logs, evaluates and saves; reducer and on_window: as in `train_batch`."""
+    n_batches = settings.n_batches
     stop_at = n_batches if max_batches is None else min(n_batches, progress.batches_done + max_batches)
     while progress.batches_done < stop_at and not stop():
-        if cfg.meta_lr_final != 1.0:
+        if settings.meta_lr_final != 1.0:
             for group in opt.param_groups:
-                group["lr"] = meta_lr(cfg, progress.batches_done, n_batches)
-        first = progress.batches_done * cfg.batch
-        size = min(cfg.batch, cfg.trajectories - first)
-        stats = train_batch(method, opt, sample(first, size), cfg, horizon(cfg, progress.batches_done), reducer)
+                group["lr"] = meta_lr(settings, progress.batches_done, n_batches)
+        first = progress.batches_done * settings.batch
+        size = min(settings.batch, settings.trajectories - first)
+        stats = train_batch(method, opt, sample(first, size), settings, horizon(settings, progress.batches_done), reducer,
+                            on_window)
         progress.batches_done += 1
         progress.skipped_windows += int(stats["skipped"])
         after_batch(progress, stats, size)

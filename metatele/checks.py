@@ -9,11 +9,15 @@ bool.
 from __future__ import annotations
 
 import math
+import re
+import resource
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["MAX_WIDTH", "MAX_LAYERS", "MAX_HIDDEN", "MAX_SAMPLES", "MAX_META_PARAMETERS", "integer",
-           "positive_float", "nonneg_float", "finite_float", "boolean", "choice", "choices", "int_pair", "widths"]
+           "positive_float", "nonneg_float", "finite_float", "boolean", "choice", "choices", "int_pair", "widths",
+           "available_memory"]
 
 MAX_WIDTH = 4096             # units in one layer of a task network
 MAX_LAYERS = 16              # weight matrices of a task network
@@ -92,3 +96,18 @@ def widths(name: str, value: Any, min_len: int = 3) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not min_len <= len(value) <= MAX_LAYERS + 1:
         raise ValueError(f"{name} must be a list of {min_len} to {MAX_LAYERS + 1} layer widths, got {value!r}")
     return tuple(integer(f"each of {name}", v, 1, MAX_WIDTH) for v in value)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate on the CPU: the smaller of MemAvailable and what is left under
+    its address-space limit (ulimit -v); None where /proc is not there to say."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    free = int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo)[1]) * 1024
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        free = min(free, limit - int(re.search(r"VmSize:\s+(\d+) kB", status)[1]) * 1024)
+    return free

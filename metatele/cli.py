@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from metatele import checkpoints, checks, config, train
+from metatele import checkpoints, config, train
 from metatele._version import __version__
 from metatele.errors import (UNREGISTERED, CheckpointError, ConfigError, DistributedError, MetateleError,
                              TrainStateExistsError)
@@ -28,61 +27,14 @@ from metatele.studies import generalization
 from metatele.studies import optimizers as optimizers_study
 from metatele.tasks import (LAWS, PAPER_MNIST_WIDTHS, PAPER_N, PAPER_WIDTHS, ClassificationFamily, RegressionFamily,
                             TaskFamily, family_from_dict)
-from metatele.tasks.seeds import EVAL_FIRST_SEED, MAX_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
+from metatele.options import (MAX_TASKS, SMALLER, Parser, allocation_failure, check_memory,
+                              common_options, int_in, location, nonneg_int, positive_int, resolve_device, task_count,
+                              widths_arg)
+from metatele.tasks.seeds import EVAL_FIRST_SEED, TRAIN_SEEDS, VALID_FIRST_SEED
 
 VALIDATION_TASKS = 32  # validation tasks for tuning the baselines in compare
-MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
 MAX_WORKERS = 1024     # repdyn --workers
-DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 QUICK_CONFIG = Path(__file__).resolve().parent / "configs" / "quick.toml"  # train --quick
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        self.exit(2, f"metatele: error: {message} (see '{self.prog} --help')\n")
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an integer in [lo, hi] (a float such as 2.5 is refused, not truncated)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {v}")
-        return v
-
-    return parse
-
-
-positive_int = _int_in(1, 10**7)   # counts such as --steps
-nonneg_int = _int_in(0, MAX_SEED)  # task seeds
-task_count = _int_in(1, MAX_TASKS)
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 20,32,32,20, got {text!r}") from None
-    try:
-        return list(checks.widths("--widths", widths))  # 3 … 17 widths, each in [1, 4096]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def resolve_device(name: str) -> str:
-    """`name` if it is cpu, cuda or cuda:N and this machine has that device, else ConfigError (called by every
-    command before its work starts)."""
-    if not DEVICE.fullmatch(name):
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                          f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
-    return name
 
 
 def _check_outputs(out: Path, logdir: Path | None) -> None:
@@ -138,18 +90,16 @@ def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
                    help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint "
                    "from training and validation)")
-    p.add_argument("--logdir", default=logdir_default, help=f"TensorBoard log directory (default {logdir_default})")
-    p.add_argument("--out", default=out_default, help=f"directory for results.csv/.md and loss_curves.png (default {out_default})")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common_options(p, out_default, "directory for results.csv/.md and loss_curves.png", logdir_default,
+            f"default {logdir_default}")
     p.add_argument("--repdyn", action="store_true",
                    help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="metatele", description="Learning to optimize with parameter-space symmetry (learned teleportation).")
+    p = Parser(prog="metatele", description="Learning to optimize with parameter-space symmetry (learned teleportation).")
     p.add_argument("--version", action="version", version=f"metatele {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     t = sub.add_parser("train", help="meta-train a learned optimizer")
     t.add_argument("--method", help=f"which learned method, one of {', '.join(LEARNED)} or one a --plugin registers "
@@ -158,14 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     t.add_argument("--quick", action="store_true", help="a tiny recipe that meta-trains in under a minute on 2 CPU "
                    f"cores (the config {QUICK_CONFIG.relative_to(QUICK_CONFIG.parents[2])})")
-    t.add_argument("--out", required=True, help="checkpoint directory, e.g. checkpoints/NAME")
+    common_options(t, None, "checkpoint directory, e.g. checkpoints/NAME", None, "default runs/NAME")
     start = t.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the training state in --out")
     start.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --out holds checkpoints (they are replaced at the first save)")
-    t.add_argument("--logdir", help="TensorBoard log directory (default runs/NAME)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import a module (name or .py file) that registers task families or learned methods "
                    "(repeatable); see metatele.tasks.registry and metatele.learned.base")
@@ -174,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoints", default=None, help="directory with <method>/model.safetensors (default: shipped)")
     c.add_argument("--task", choices=("regression", "classification"), default="regression",
                    help="task family (default regression: the paper's)")
-    c.add_argument("--widths", type=_widths, default=None,
+    c.add_argument("--widths", type=widths_arg, default=None,
                    help="network widths, e.g. 20,32,32,20 (default: 20,20,20; classification: 784,16,10,10)")
     c.add_argument("--n", type=positive_int, default=None,
                    help="regression samples per task (default min(20, smallest hidden-layer input width))")
@@ -189,16 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(e, "results/eval", "runs/eval")
 
     r = sub.add_parser("repdyn", help="fit the two-point representation-dynamics ODE (van Rossem & Saxe)",
-                       description="Runs on the CPU (there is no --device): each two-point network trains in its "
-                       "own single-threaded process, one per core.")
+                       description="Runs on the CPU (--device cpu only): each two-point network trains in its "
+                       "own process, --workers at once.")
     r.add_argument("--quick", action="store_true", help="small networks and few steps (< 60 s)")
     r.add_argument("--checkpoints", default=None, help="learned optimizers to probe (default: shipped)")
     r.add_argument("--tasks", type=task_count, default=8, help="teleport tasks probed per optimizer (default 8)")
-    r.add_argument("--out", default="results/repdyn", help="directory for figures and the table")
-    r.add_argument("--json", help="write the fits as JSON to this file")
-    r.add_argument("--workers", type=_int_in(0, MAX_WORKERS), default=0,
-                   help="networks trained at once, one process each (default 0: one per CPU core)")
-    r.add_argument("--no-progress", action="store_true")
+    common_options(r, "results/repdyn", "directory for figures and the table", "runs/repdyn",
+            "the recorded and fitted (H, Yd, w) series; default runs/repdyn")
+    r.add_argument("--json", type=location, help="write the fits as JSON to this file")
+    r.add_argument("--workers", type=int_in(0, MAX_WORKERS), default=0,
+                   help="networks trained at once, one process each with --threads threads (default 0: one per "
+                   "CPU core)")
 
     g = sub.add_parser("generalization", help="sharpness, orbit curvature and generalization; teleporting for it "
                        "(paper §5)", description="Correlates sharpness and orbit curvature of SGD minima with "
@@ -215,12 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teleport-epoch", type=positive_int, help="teleport before this epoch (default 20; quick 1)")
     g.add_argument("--seed-offset", type=nonneg_int, default=0,
                    help="use seeds (i + 1 + OFFSET)·54321 instead of (i + 1)·54321 (another seed split)")
-    g.add_argument("--out", default="results/generalization", help="output directory (default results/generalization)")
-    g.add_argument("--logdir", default="runs/generalization", help="TensorBoard directory (default runs/generalization)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    g.add_argument("--threads", type=_int_in(1, 1024), default=1,
-                   help="torch CPU threads (default 1: the networks are small, and on a shared 2-core machine one "
-                   "thread measured 3× faster than two)")
+    common_options(g, "results/generalization", "output directory", "runs/generalization", "default runs/generalization")
 
     o = sub.add_parser("optimizers", help="SGD, momentum, AdaGrad, RMSProp, Adam with and without teleport on real data",
                        description="The paper's §5 experiment on an nn.Sequential 784-16-10-10 (see "
@@ -233,11 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--arms", help=f"comma-separated subset of {','.join(optimizers_study.ARMS)} (must include none)")
     o.add_argument("--epochs", type=positive_int, help="epochs per run (default 40; quick 3)")
     o.add_argument("--seeds", type=positive_int, help="seeds per arm (default 5; quick 2)")
-    o.add_argument("--out", default="results/optimizers", help="directory for tables and figures")
-    o.add_argument("--logdir", default="runs/optimizers", help="TensorBoard log directory")
+    common_options(o, "results/optimizers", "directory for tables and figures", "runs/optimizers", "default runs/optimizers")
     o.add_argument("--overwrite", action="store_true", help="replace results already in --out/--logdir")
-    o.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    o.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -281,6 +221,7 @@ def _check_seeds(a: argparse.Namespace) -> None:
 def _run_eval(a: argparse.Namespace, family: TaskFamily, entries: Callable[[TaskFamily, str], list[compare.Entry]]) -> int:
     device = resolve_device(a.device)
     _check_outputs(Path(a.out), Path(a.logdir))
+    check_memory(family.widths, a.tasks, device)  # a mixture (no single shape) is left to the allocator's answer
     test = compare.test_tasks(family, a.first_seed, a.tasks, device)
     methods = entries(family, device)
     print(f"evaluating on task seeds {a.first_seed}..{a.first_seed + a.tasks - 1} (training seeds are "
@@ -333,8 +274,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_repdyn(a: argparse.Namespace) -> int:
+    if resolve_device(a.device) != "cpu":
+        raise ConfigError("repdyn runs on the CPU (each two-point network trains in its own process); use --device cpu")
     ckdir = Path(a.checkpoints) if a.checkpoints else checkpoints.pretrained_dir()
-    _check_outputs(Path(a.out), None)
+    _check_outputs(Path(a.out), Path(a.logdir))
     if a.json:
         check_output_file(Path(a.json), "--json")
         clean_stray_temps(Path(a.json).parent)
@@ -343,18 +286,18 @@ def cmd_repdyn(a: argparse.Namespace) -> int:
             raise ConfigError(f"checkpoint directory not found: {ckdir}")
         _warn_missing_checkpoints(ckdir)
     return repdyn_paper.main(quick=a.quick, out=Path(a.out), json_path=a.json, checkpoints_dir=ckdir,
-                             n_tasks=a.tasks, workers=a.workers, progress=not a.no_progress)
+                             n_tasks=a.tasks, workers=a.workers, threads=a.threads, logdir=Path(a.logdir),
+                             progress=not a.no_progress)
 
 
 def cmd_generalization(a: argparse.Namespace) -> int:
     base = generalization.QUICK if a.quick else generalization.FULL
     sizes = {"runs": a.runs, "epochs": a.epochs, "teleport_seeds": a.teleport_seeds, "teleport_epoch": a.teleport_epoch}
     plan = replace(base, **{k: v for k, v in sizes.items() if v is not None})
-    torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     _check_outputs(Path(a.out), Path(a.logdir))
     return generalization.main(a.dataset, plan, Path(a.out), Path(a.logdir), device,
-                               a.part or ("correlation", "teleport"), a.seed_offset)
+                               a.part or ("correlation", "teleport"), a.seed_offset, progress=not a.no_progress)
 
 
 def cmd_optimizers(a: argparse.Namespace) -> int:
@@ -366,16 +309,21 @@ def cmd_optimizers(a: argparse.Namespace) -> int:
                                  arms=split(a.arms), epochs=a.epochs, seeds=a.seeds, device=device)
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
+    "generalization": cmd_generalization, "optimizers": cmd_optimizers}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    threads = torch.get_num_threads()
     try:
         parser = build_parser()
         a = parser.parse_args(argv)
         if a.command is None:
             parser.print_help()
             return 0
-        handler = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "repdyn": cmd_repdyn,
-                   "generalization": cmd_generalization, "optimizers": cmd_optimizers}[a.command]
-        return handler(a)
+        torch.set_num_threads(a.threads)
+        return COMMANDS[a.command](a)
     except MetateleError as e:
         print(f"metatele: error: {str(e).replace(UNREGISTERED, f'{UNREGISTERED} with --plugin MODULE')}",
               file=sys.stderr)
@@ -385,11 +333,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metatele: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except (MemoryError, torch.OutOfMemoryError):
-        print("metatele: error: out of memory; use fewer --tasks or a smaller config", file=sys.stderr)
+        print(f"metatele: error: out of memory; {SMALLER}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's allocator failing (e.g. under ulimit -v); any other error is a bug: raise
+        reason = allocation_failure(e)
+        if reason is None:
+            raise
+        print(f"metatele: error: {reason}; {SMALLER}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metatele: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

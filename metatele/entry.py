@@ -25,6 +25,9 @@ def _exit_now(signum: int, frame: FrameType | None) -> None:
 
 
 signal.signal(signal.SIGINT, _exit_now)
+# OpenMP threads that spin while they wait make every torch op cost a scheduler time slice on a busy machine
+# (31× slower with 2 threads; docs/threads.md). Sleeping instead must be asked before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from metatele import cli  # noqa: E402  (deliberately after the handler: this import loads torch)
 

@@ -1,9 +1,10 @@
 """Graceful stopping: the first SIGINT or SIGTERM asks the running loop to stop after its current batch
-(it then saves); a second one aborts at once (KeyboardInterrupt). And worker processes that leave Ctrl-C to
-their parent (`sigint_ignored_by_children`)."""
+(it says so at once on stderr, then saves); a second one aborts at once (KeyboardInterrupt). And worker
+processes that leave Ctrl-C to their parent (`sigint_ignored_by_children`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ class StopFlag:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        os.write(2, b"metatele: stopping after the current batch (Ctrl-C again aborts at once)\n")
 
 
 @contextlib.contextmanager

@@ -186,6 +186,7 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: b
         except MetateleError as e:
             error = e
         if not comm.all_finite(error is None):
+            comm.failing_together()
             raise error or DistributedError("another rank refused to start (its message says why)")
         run_.progress, run_.rank = comm.sync(run_.model, run_.opt, run_.progress), comm.rank
         return _train(run_, out, comm, logdir, progress, max_batches)

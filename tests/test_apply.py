@@ -4,6 +4,8 @@ biases, a fixed-size one on the wrong shape is refused by name, and the divergen
 with a finite loss."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from metatele import step
 from metatele.learned.apply import DivergenceWarning, optimize_, sequential_task
 from metatele.learned.coordinatewise import SteepestTeleport
 from metatele.methods import AscentTeleport, LieTeleport, baseline
+from metatele.nn import TeleportWarning
 
 
 def _mlp(*widths: int, bias: bool = False) -> nn.Sequential:
@@ -136,3 +139,20 @@ def test_a_diverging_run_stops_and_keeps_the_last_weights_with_a_finite_loss():
             p.copy_(q)
     optimize_(twin, method, X, y, stop - 1, batch_size=64)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_teleports_that_cannot_act_are_counted_and_warned_once():
+    """Samples that are all multiples of one vector make every teleport batch rank 1: the steps only update, and one
+    TeleportWarning gives the count; on the original samples nothing is warned."""
+    model = _mlp(12, 16, 10, 4)
+    X, y = _data(64, 12, 4)
+    method = baseline("gd-teleport", lr=0.1, every=2, until=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TeleportWarning)
+        optimize_(model, method, X, y, 10, batch_size=64)
+    X = torch.rand(64, 1, generator=torch.Generator().manual_seed(3)) * X[:1]
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(TeleportWarning, match=r"5 of 5 teleports were skipped") as caught:
+        optimize_(model, method, X, y, 10, batch_size=64)
+    assert len([w for w in caught if w.category is TeleportWarning]) == 1
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))  # the updates still happened

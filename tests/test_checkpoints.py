@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_cases import Case, EVAL, TRAIN, crafted, ids, run_case, spec_set
 from safetensors.torch import save_file
 
 from metatele import checkpoints, cli, config, train
@@ -106,3 +107,52 @@ def test_header_length_with_low_byte_0x80_is_still_safetensors(tmp_path):
             assert meta["pad"] == "x" * pad and torch.equal(tensors["w"], torch.zeros(2))
             return
     raise AssertionError("no padding gave a header whose length starts with 0x80")
+
+
+# ---------------------------------------------------------------- checkpoint metadata is untrusted input (cli_cases)
+CASES = [
+    Case("metadata_hidden_200000_refused_before_allocation", ["eval", "--checkpoint", "ck", *EVAL], 2,
+         "hidden must be in [1, 4096], got 200000", setup=crafted(checkpoints.MODEL_FILE, spec_set(hidden=200000))),
+    Case("metadata_exact_no_is_not_true", ["eval", "--checkpoint", "ck", *EVAL], 2,
+         "exact must be true or false, got 'no'", setup=crafted(checkpoints.MODEL_FILE, spec_set(exact="no"))),
+    Case("metadata_width_float", ["eval", "--checkpoint", "ck", *EVAL], 2, "got 20.5",
+         setup=crafted(checkpoints.MODEL_FILE, spec_set(widths=[20.5, 20, 20]))),
+    Case("metadata_magnitude_string", ["eval", "--checkpoint", "ck", *EVAL], 2, "magnitude must be",
+         setup=crafted(checkpoints.MODEL_FILE, spec_set(magnitude="0.1"))),
+    Case("metadata_not_an_object", ["eval", "--checkpoint", "ck", *EVAL], 2, "not a JSON object",
+         setup=crafted(checkpoints.MODEL_FILE, raw_meta="[1, 2]")),
+    Case("metadata_nested_too_deeply", ["eval", "--checkpoint", "ck", *EVAL], 2, "unreadable metatele metadata",
+         setup=crafted(checkpoints.MODEL_FILE, raw_meta="[" * 100_000 + "]" * 100_000)),
+    Case("metadata_family_with_a_string_count", ["eval", "--checkpoint", "ck", *EVAL], 2, "invalid task family",
+         setup=crafted(checkpoints.MODEL_FILE, lambda m: m["family"].update(n="20"))),
+    Case("integer_weight_tensor_is_refused", ["eval", "--checkpoint", "ck", *EVAL], 2, "dtype torch.int64",
+         setup=crafted(checkpoints.MODEL_FILE, tensor_fn=lambda t: t.update({k: t[k].long() for k in list(t)[:1]}))),
+    Case("bool_weight_tensor_is_refused", ["eval", "--checkpoint", "ck", *EVAL], 2, "dtype torch.bool",
+         setup=crafted(checkpoints.MODEL_FILE, tensor_fn=lambda t: t.update({k: t[k] > 0 for k in list(t)[:1]}))),
+    Case("train_state_missing_a_key", ["train", "--out", "ck", "--resume", *TRAIN], 2, "metadata is invalid",
+         setup=crafted(checkpoints.STATE_FILE, lambda m: m.pop("batches_done"), src="partial")),
+    Case("train_state_negative_counter", ["train", "--out", "ck", "--resume", *TRAIN], 2,
+         "batches_done must be in [0, 2], got -1",
+         setup=crafted(checkpoints.STATE_FILE, lambda m: m.update(batches_done=-1), src="partial")),
+    Case("train_state_counter_beyond_the_run", ["train", "--out", "ck", "--resume", *TRAIN], 2,
+         "batches_done must be in [0, 2], got 7",
+         setup=crafted(checkpoints.STATE_FILE, lambda m: m.update(batches_done=7), src="partial")),
+    Case("train_state_counter_of_the_wrong_type", ["train", "--out", "ck", "--resume", *TRAIN], 2,
+         "batches_done must be an integer",
+         setup=crafted(checkpoints.STATE_FILE, lambda m: m.update(batches_done="1"), src="partial")),
+    Case("train_state_adam_shape_mismatch", ["train", "--out", "ck", "--resume", *TRAIN], 2, "has shape",
+         setup=crafted(checkpoints.STATE_FILE, src="partial", tensor_fn=lambda t: t.update(
+             {k: torch.zeros(3) for k in [k for k in t if k.endswith("exp_avg")][:1]}))),
+    Case("train_state_unexpected_tensor", ["train", "--out", "ck", "--resume", *TRAIN], 2, "unexpected tensor",
+         setup=crafted(checkpoints.STATE_FILE, src="partial",
+                       tensor_fn=lambda t: t.update({"adam.x.y": torch.zeros(1)}))),
+    Case("train_state_adam_settings_tampered", ["train", "--out", "ck", "--resume", *TRAIN], 2,
+         "adam_param_groups", setup=crafted(checkpoints.STATE_FILE, lambda m: m["adam_param_groups"][0].update(lr=5.0),
+                                            src="partial")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_row(case: Case, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+             ) -> None:
+    run_case(case, made, monkeypatch, capsys)

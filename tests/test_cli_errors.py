@@ -1,7 +1,11 @@
-"""Bad command-line values: one line naming the problem, exit code 2, no traceback."""
+"""Bad command-line values (ranges, types, choices, seeds, the limits of checks.py, option prefixes): one line
+naming the problem, exit code 2, no traceback, before any work."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from cli_cases import ARCH, Case, EVAL, TRAIN, ids, put, run_case, write
 from helpers import run_cli
 
 from metatele import cli
@@ -67,3 +71,59 @@ def test_train_refuses_to_overwrite_without_resume(capsys, tmp_path):
     one_line_error(capsys, ["train", "--out", out, "--no-progress", *TINY], "--resume")
     one_line_error(capsys, ["train", "--out", out, "--no-progress", "--resume", *TINY, "--set", "meta_lr=0.5"],
                    "config differs from the training state")
+
+
+# ---------------------------------------------------------------- the table (cli_cases)
+CASES = [
+    Case("seed_out_of_range_states_the_range", ARCH + ["--set", "seed=100"], 2, "seed must be in [0, 99]"),
+    Case("negative_seed_states_the_range", ARCH + ["--set", "seed=-1"], 2, "seed must be in [0, 99]"),
+    Case("trajectories_above_the_per_seed_stride", ARCH + ["--set", "trajectories=10000001"], 2,
+         "trajectories must be in [1, 10000000]"),
+    Case("first_seed_2_63_minus_1_is_accepted", ["eval", "--checkpoint", "ck", "--first-seed", str(2**63 - 1), "--tasks", "1", "--steps", "1",
+          "--no-progress", "--out", "res", "--logdir", "tb"], 0, "| lstm-update-tele |", setup=put("ck", "full")),
+    Case("first_seed_range_end_beyond_2_63_minus_1", ["eval", "--checkpoint", "ck", "--first-seed", str(2**63 - 1), *EVAL], 2, "2^63−1", setup=put("ck", "full")),
+    Case("first_seed_2_63_is_refused", ["compare", "--first-seed", str(2**63), *EVAL], 2,
+         f"expected an integer in [0, {2**63 - 1}]"),
+    Case("hidden_too_large", ARCH + ["--set", "hidden=200000"], 2, "hidden must be in [1, 4096]"),
+    Case("width_too_large", ARCH + ["--set", "widths=20,5000,20"], 2, "each of widths must be"),
+    Case("widths_whose_meta_optimizer_would_exhaust_memory", ARCH + ["--method", "lstm-update", "--set", "widths=784,4000,10"], 2, "above the limit of 1e+08"),
+    Case("too_many_layers", ARCH + ["--set", "widths=" + ",".join(["4"] * 20)], 2, "3 to 17 layer widths"),
+    Case("mixture_law_that_does_not_exist", ARCH + ["--set", "task=mixture", "--set", "laws=paper,bogus"], 2,
+         "unknown laws entry 'bogus'"),
+    Case("mixture_width_range_reversed", ARCH + ["--set", "task=mixture", "--set", "width_range=48,8"], 2,
+         "low ≤ high"),
+    Case("device_other_than_cpu_cuda_cuda_n", ARCH + ["--device", "gpu0"], 2,
+         "--device must be cpu, cuda or cuda:N"),
+    Case("device_cuda_with_a_bad_index", ["compare", "--device", "cuda:-1", *EVAL], 2,
+         "--device must be cpu, cuda or cuda:N"),
+    Case("float_for_an_int_in_widths_is_not_truncated", ARCH + ["--set", "widths=[20.7,20,20]"], 2,
+         "expects a list of int"),
+    Case("float_for_an_int_in_toml_is_not_truncated", ["train", "--out", "o", "--config", "c.toml", *TRAIN], 2,
+         "expects int, got 100.0", setup=write("c.toml", "steps = 100.0\n")),
+    Case("float_for_an_int_on_the_command_line", ["compare", "--tasks", "2.5", *EVAL[2:]], 2,
+         "expected an integer"),
+    Case("string_for_a_bool_in_toml", ["train", "--out", "o", "--config", "c.toml", *TRAIN], 2,
+         "expects bool, got 'no'", setup=write("c.toml", 'exact = "no"\n')),
+    Case("deeply_nested_toml", ["train", "--out", "o", "--config", "c.toml", *TRAIN], 2, "nested too deeply",
+         setup=write("c.toml", "steps = " + "[" * 100_000 + "]" * 100_000 + "\n")),
+    Case("teleport_with_more_samples_than_width_names_options", ARCH + ["--set", "widths=10,20,20", "--set", "n=20"], 2, "--set n=…"),
+    Case("classification_widths_that_do_not_fit_the_dataset", ARCH + ["--set", "task=classification", "--set", "dataset=digits", "--set", "widths=60,16,10"], 2,
+         "(--set widths=…)"),
+    Case("steps_not_a_multiple_of_unroll_names_options", ARCH + ["--set", "steps=25"], 2, "--set unroll=…"),
+    # values that used to escape as tracebacks, and prefixes of options (no abbreviations)
+    Case("optimizers_list_with_no_name", ["optimizers", "--quick", "--optimizers", ",", "--no-progress"], 2,
+         "no optimizer given; choose from: sgd"),
+    Case("seed_offset_whose_seeds_overflow_64_bits",
+         ["generalization", "--quick", "--seed-offset", str(2**63 - 1), "--no-progress"], 2,
+         "the seed offset must be at most"),
+    Case("prefix_of_an_option_is_not_that_option", ["compare", "--step", "5", *EVAL], 2,
+         "unrecognized arguments: --step 5"),
+    Case("prefix_of_a_train_option", ["train", "--out", "o", "--meth", "lstm-update", *TRAIN], 2,
+         "unrecognized arguments: --meth"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_row(case: Case, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+             ) -> None:
+    run_case(case, made, monkeypatch, capsys)

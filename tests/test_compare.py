@@ -9,11 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
+
+from pathlib import Path
 
 import pytest
 import torch
+from cli_cases import Case, EVAL, cheap_baselines, ids, put, run_case, warned_once
+from helpers import HANG, wait_for
 
 from metatele import checkpoints, cli, config, step, tasks, train
 from metatele.evaluation import report
@@ -88,25 +91,30 @@ def _free_port() -> int:
 def test_live_tensorboard_server_serves_runs_and_tags(compared):
     proc, base = _start_tensorboard(compared / "runs")
     try:
-        deadline, runs = time.time() + 90, []
-        while time.time() < deadline:
-            try:
-                runs = json.load(urllib.request.urlopen(f"{base}/data/runs", timeout=5))
-                if METHOD_RUNS <= set(runs):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        assert METHOD_RUNS <= set(runs), runs
-        tags = json.load(urllib.request.urlopen(f"{base}/data/plugin/scalars/tags", timeout=10))
+        assert _wait_for_runs(proc, base), "TensorBoard exited before listing every run"
+        runs = _get(f"{base}/data/runs")
+        tags = _get(f"{base}/data/plugin/scalars/tags")
         assert "eval/loss_mean" in tags["gd"] and "eval/log10_loss_mean" in tags["lstm-update-tele"]
         assert "." not in runs
-        q = urllib.request.urlopen(f"{base}/data/plugin/scalars/scalars?run=gd&tag=eval/loss_mean", timeout=10)
-        points = json.load(q)
+        points = _get(f"{base}/data/plugin/scalars/scalars?run=gd&tag=eval/loss_mean")
         assert len(points) == 13
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=HANG)
+
+
+def _get(url: str) -> object:
+    return json.load(urllib.request.urlopen(url, timeout=HANG))
+
+
+def _wait_for_runs(proc: subprocess.Popen, base: str) -> bool:
+    """Wait until the server answers and lists every method's run (the event), or exits (False)."""
+    def listed() -> bool:
+        try:
+            return METHOD_RUNS <= set(json.load(urllib.request.urlopen(f"{base}/data/runs", timeout=HANG)))
+        except OSError:  # not listening yet
+            return False
+    return wait_for(listed, proc, poll=0.5)
 
 
 def _start_tensorboard(logdir) -> tuple[subprocess.Popen, str]:
@@ -125,21 +133,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_tensorboard_page_in_headless_chromium_shows_every_method_run(compared, tmp_path):
     proc, base = _start_tensorboard(compared / "runs")
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:  # wait until the server has loaded every run
-            try:
-                if METHOD_RUNS <= set(json.load(urllib.request.urlopen(f"{base}/data/runs", timeout=5))):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
+        assert _wait_for_runs(proc, base), "TensorBoard exited before listing every run"
         dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
                               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
-                              "--dump-dom", f"{base}/#timeseries"], capture_output=True, text=True, timeout=120).stdout
+                              "--dump-dom", f"{base}/#timeseries"], capture_output=True, text=True, timeout=HANG).stdout
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=HANG)
     shown = set(re.findall(r'data-id="defaultExperimentId/([^"]*)"', dom))  # one row per run in the run selector
     assert METHOD_RUNS <= shown, (METHOD_RUNS - shown, len(dom))
     assert "." not in shown
@@ -159,3 +160,26 @@ def test_pretrained_checkpoints_beat_paper_gd_at_step_30(name):
     gd = step.rollout(baseline("gd"), task, 30).loss[30]
     assert torch.isfinite(learned).all()
     assert learned.mean() < gd.mean() and learned.median() < gd.median()
+
+
+# ---------------------------------------------------------------- compare's checkpoints and seeds (cli_cases)
+CASES = [
+    Case("compare_with_a_checkpoint_dir_without_checkpoints_warns", ["compare", "--checkpoints", "empty", *EVAL], 0, "holds no learned checkpoint",
+         setup=lambda tmp, ctx: (tmp / "empty").mkdir(), patch=cheap_baselines, check=warned_once),
+    Case("compare_with_a_learned_method_missing_warns", ["compare", "--checkpoints", "cks", *EVAL], 0,
+         "has no checkpoint for lstm-lr-tele, lstm-update, any-update",
+         setup=lambda tmp, ctx: shutil.copytree(ctx["made"]["full"], tmp / "cks" / "lstm-update-tele"),
+         patch=cheap_baselines, check=warned_once),
+    Case("compare_first_seed_in_the_baseline_tuning_range", ["compare", "--first-seed", "3000000010", *EVAL], 2,
+         "overlap the validation range"),
+    Case("eval_first_seed_in_the_baseline_tuning_range", ["eval", "--checkpoint", "ck", "--first-seed", "3999999999", *EVAL], 2, "overlap the validation range",
+         setup=put("ck", "full")),
+    Case("compare_first_seed_in_the_training_range", ["compare", "--first-seed", "5", *EVAL], 2,
+         "overlap the training range"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids(CASES))
+def test_row(case: Case, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+             ) -> None:
+    run_case(case, made, monkeypatch, capsys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import wait_for_write
+from helpers import HANG, wait_for_write
 from safetensors.torch import load_file, save_file
 
 from metatele import checkpoints, config, train
@@ -52,10 +53,10 @@ def _free_port() -> int:
 
 
 def _rank_env(rank: int, world: int, port: int) -> dict[str, str]:
-    """What torchrun sets for a worker (single node), plus one thread and a short collective timeout."""
+    """What torchrun sets for a worker (single node), plus one thread and a collective timeout that only guards against hangs."""
     return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "30"}
+            "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "300"}
 
 
 def _ranks(args: list[str], cwd: Path, world: int = 2) -> list[subprocess.Popen]:
@@ -104,7 +105,7 @@ def test_leaving_the_group_stops_its_threads_before_interpreter_shutdown(tmp_pat
     where they sometimes abort a rank that had finished (seen in CI: SIGABRT after a successful run)."""
     procs = _ranks(["-c", LEAVES], tmp_path)
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=HANG)
         assert p.returncode == 0, err[-3000:]
         threads = json.loads(out.strip().splitlines()[-1])  # the names of the threads left at the end
         assert not [t for t in threads if "gloo" in t], threads
@@ -118,7 +119,7 @@ def test_torchrun_two_gloo_ranks_equal_single_process(tmp_path):
     args = ["--set=" + f"{k}={v}" for k, v in SMALL.items()]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "metatele", "train", "--out", "two", "--logdir", "runs/two", "--no-progress", *args],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=HANG,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("done: 21/21 trajectories") == 1  # rank 0 alone reports
@@ -163,7 +164,7 @@ def test_two_ranks_equal_single_process_in_float64_on_the_teleporting_method(tmp
     script = "import json, sys; from test_distributed import float64_training as f; f(json.loads(sys.argv[1]), sys.argv[2])"
     procs = _ranks(["-c", script, json.dumps(PAPER64), str(tmp_path / "two")], TESTS)
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=HANG)
         assert p.returncode == 0, err[-3000:]
     one, *two = (load_file(tmp_path / d / f"rank{r}.safetensors") for d, r in (("one", 0), ("two", 0), ("two", 1)))
     assert _max_diff(*two) == 0  # the ranks hold the same bits
@@ -183,7 +184,7 @@ def test_resume_across_rank_counts_and_ranks_stay_bit_identical(tmp_path):
               "max_batches=1); save_file(run.model.state_dict(), f'{sys.argv[2]}/rank{run.rank}.safetensors')")
     procs = _ranks(["-c", script, json.dumps(SMALL), str(out)], tmp_path)  # batch 2 on two ranks
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=HANG)
         assert p.returncode == 0, err[-3000:]
     ranks = [load_file(out / f"rank{r}.safetensors") for r in range(2)]
     assert _max_diff(*ranks) == 0  # the ranks never drift apart
@@ -201,7 +202,7 @@ def test_sigterm_on_one_rank_stops_all_ranks_after_one_save(tmp_path):
     procs = _ranks(["-m", "metatele", "train", "--out", str(out), "--logdir", str(tmp_path / "runs"), *LONG], tmp_path)
     assert wait_for_write(out / checkpoints.STATE_FILE)  # both ranks are training
     procs[1].send_signal(signal.SIGTERM)  # the rank that does not write
-    results = [p.communicate(timeout=120) for p in procs]
+    results = [p.communicate(timeout=HANG) for p in procs]
     codes = [p.returncode for p in procs]
     assert codes[0] == codes[1] and codes[0] in (130, 143), results
     assert "interrupted; saved" in results[0][0] and results[1][0] == ""
@@ -219,10 +220,38 @@ def test_a_killed_rank_makes_the_others_exit_with_a_clear_message(tmp_path, kill
     procs[killed].kill()
     t0 = time.monotonic()
     survivor = procs[1 - killed]
-    _, err = survivor.communicate(timeout=90)  # the collective timeout is 30 s; a closed socket is seen at once
+    _, err = survivor.communicate(timeout=HANG)  # a closed socket is seen at once; the 300 s timeout guards hangs
     print(f"rank {1 - killed} exited {time.monotonic() - t0:.2f} s after rank {killed} was killed")
     procs[killed].wait()
     assert survivor.returncode == 2 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("metatele: error:")]
     assert len(lines) == 1 and f"rank {1 - killed} of 2: lost contact" in lines[0] and "--resume" in lines[0]
     train.restore(out / checkpoints.STATE_FILE)  # what was saved is intact
+
+
+@pytest.mark.slow
+def test_torchrun_with_more_ranks_than_the_batch_every_rank_exits_2_with_the_message(tmp_path):
+    """Every rank refuses with the same line and exit 2; none is killed by torchrun's SIGTERM (exit -15) when
+    the first one exits (torchrun itself then reports the failed children and exits 1)."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                        "-m", "metatele", "train", "--out", "o", "--no-progress", "--set", "trajectories=4",
+                        "--set", "batch=2", "--set", "steps=10", "--set", "hidden=8"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=HANG,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("metatele: error:")]
+    assert len(lines) == 3 and all("3 ranks need at least one trajectory each" in ln for ln in lines), r.stderr
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", r.stderr)
+    assert codes and set(codes) == {"2"}, r.stderr  # every rank's own exit, none killed
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_master_is_one_line_within_the_timeout(tmp_path):
+    """RANK/WORLD_SIZE set, nobody listening at MASTER_ADDR:MASTER_PORT: one line naming the address, exit 2
+    (no c10d socket messages)."""
+    port = _free_port()
+    env = {**_rank_env(1, 2, port), TIMEOUT_ENV: "2"}
+    r = subprocess.run([sys.executable, "-m", "metatele", "train", "--out", "o", "--no-progress", "--set",
+                        "trajectories=4", "--set", "batch=4"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=HANG, env=env)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()] and f"no master at 127.0.0.1:{port} after 2 s" in r.stderr

@@ -162,3 +162,22 @@ def test_train_quick_meta_trains_a_tiny_optimizer(tmp_path):
     assert len(history) == 4
     first, last = history[0]["log10_loss_mean_step20"], history[-1]["log10_loss_mean_step20"]
     assert last < first - 0.2, history
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_meta_gradient_is_finite_through_exactly_zero_gradients(method):
+    """The failure of higher #125 and torchopt #26: sqrt at 0 inside RMS or Adam-like features gives an
+    infinite derivative, and ∞·0 a NaN meta-gradient. Hidden unit 0 of each task is dead (its row of W1 and
+    column of W2 are zero), so its coordinates' gradients are exactly zero at the first step."""
+    model, task = small_setup(method)
+    for w in task.weights:
+        w.requires_grad_(False)
+    task.weights[0][:, 0, :] = 0.0
+    task.weights[1][:, :, 0] = 0.0
+    grads = task.loss_and_grad(task.weights, task.data(0))[1]
+    assert (grads[0][:, 0, :] == 0).all() and (grads[1][:, :, 0] == 0).all() and grads[0].abs().sum() > 0
+    model.zero_grad()
+    unrolled_meta_loss(model, task).backward()
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    assert named and all(torch.isfinite(g).all() for _, g in named), [n for n, g in named if not torch.isfinite(g).all()]
+    assert any(g.abs().sum() > 0 for _, g in named)

@@ -5,6 +5,7 @@ say what happened."""
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import io
 import warnings
@@ -445,3 +446,12 @@ def test_large_models_run_the_update_in_chunks_with_the_same_values(monkeypatch)
         chunked, _ = method.propose(w, g, method.init_state(w))
     for a, b in zip(whole.update, chunked.update):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_a_deleted_optimizer_leaves_no_hooks_on_the_model():
+    model = _mlp(6, 8, 3)
+    opt = LearnedOptimizer(model.parameters(), "any-update-tele", model=model)
+    assert model[0]._forward_pre_hooks and model[2]._forward_hooks
+    del opt
+    gc.collect()
+    assert not model[0]._forward_pre_hooks and not model[2]._forward_hooks

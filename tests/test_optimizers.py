@@ -121,7 +121,7 @@ def test_cli_quick_on_digits(tmp_path, capsys):
     args = ["optimizers", "--quick", "--dataset", "digits", "--optimizers", "sgd,adam", "--out", str(out),
             "--logdir", str(logdir), "--no-progress",
             "--arms", "none,teleport,teleport-reset,random,teleport-layer1,teleport-layer1-reset"]
-    r = run_cli(*args, timeout=300)
+    r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     arms = ["none", "teleport", "teleport-reset", "random", "teleport-layer1", "teleport-layer1-reset"]
     summary = (out / "summary.md").read_text()

@@ -32,6 +32,19 @@ def test_fixed_point_formula_matches_long_integration(state0):
     assert out[-1, 1] == pytest.approx(DS, rel=1e-5)
 
 
+def test_step_budget_is_deterministic_and_no_budget_finishes():
+    """The solver's budget is counted in steps, not seconds: a busy machine gives the same rows."""
+    t = np.concatenate([[0.0], np.geomspace(1, 2e5, 49)])
+    full = repdyn.integrate([0.3, 0.05, -0.05], t, ETA_H, ETA_Y, DX, DS, rtol=1e-11, atol=1e-14)
+    assert np.isfinite(full).all()
+    cut = [repdyn.integrate([0.3, 0.05, -0.05], t, ETA_H, ETA_Y, DX, DS, rtol=1e-11, atol=1e-14, max_steps=100)
+           for _ in range(2)]
+    np.testing.assert_array_equal(cut[0], cut[1])
+    done = np.isfinite(cut[0]).all(1)
+    assert 2 <= done.sum() < len(t) and not done[done.argmin():].any()  # a finite prefix, then NaN rows
+    np.testing.assert_array_equal(cut[0][done], full[done])
+
+
 def test_rich_and_lazy_limits():
     rich = repdyn.fixed_point(1e-6, 1e-10, ETA_H, ETA_Y, DX, DS)  # small init: H∞ ≈ A_low
     assert abs(rich.A_high) < 1e-3 * rich.A_low and rich.H_inf == pytest.approx(rich.A_low, rel=1e-3)

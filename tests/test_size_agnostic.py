@@ -15,6 +15,8 @@ SHAPES = [(20, 20, 20), (10, 10, 10), (20, 32, 32, 20), (30, 60, 10)]
 
 @pytest.mark.parametrize("method", ["any-update", "any-update-tele", "any-update-tele-bilinear"])
 def test_one_optimizer_many_shapes_and_a_shape_free_parameter_count(method):
+    """One untrained set of meta-parameters (its update starts at a nominal step relative to each tensor's
+    scale) optimizes every shape: after 5 steps each task's loss is below 0.9× its start."""
     counts = set()
     for widths in SHAPES[:3]:
         cfg = config.load(method=method, hidden=8, widths=list(widths), n=min(10, min(widths[:-2])), magnitude=0.05)
@@ -25,7 +27,8 @@ def test_one_optimizer_many_shapes_and_a_shape_free_parameter_count(method):
         task = RegressionFamily(widths, min(10, min(widths[:-2])), LAWS["normal-init"]).sample(
             range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + 3))
         traj = step.rollout(model, task, 5)
-        assert traj.loss.shape == (6, 3) and torch.isfinite(traj.loss).all()
+        assert traj.loss.shape == (6, 3)
+        assert (traj.loss[5] < 0.9 * traj.loss[0]).all(), (widths, traj.loss[5] / traj.loss[0])  # it optimizes
     digits = ClassificationFamily("digits", (64, 16, 10, 10)).sample(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + 2))
     assert torch.isfinite(step.rollout(model, digits, 3).loss).all()
 

@@ -8,7 +8,9 @@ Shapes: X (n, d0), one sample per row as nn.Linear takes it; y (n,) class indice
 targets for the squared loss. Everything is checked before any work, and a refused call leaves the model as it
 was. Divergence guard: a step whose loss or gradient is non-finite, or whose loss exceeds `DIVERGENCE_FACTOR` ×
 the lowest positive loss so far, stops the run; the model keeps the last weights with a finite loss, and a
-`DivergenceWarning` (the torch.optim interface's, `metatele.optim.guard`) says so.
+`DivergenceWarning` (the torch.optim interface's, `metatele.optim.guard`) says so. Teleports the method proposed
+but could not apply (a rank-deficient teleport batch: the step then only updates) are counted and warned once per
+run (`TeleportWarning`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from metatele.methods.base import Method
-from metatele.nn import SequentialTask
+from metatele.nn import SequentialTask, TeleportWarning, full_rank_rows
 from metatele.optim.guard import DivergenceWarning
 from metatele.step import Trajectory, inner_step
 from metatele.teleport.action import grad_norm_sq
@@ -62,6 +64,21 @@ def _diverged(loss: float, grad_norm_sq: float, lowest: float) -> str:
     return ""
 
 
+def _teleported(task: SequentialTask, weights: list[torch.Tensor], step: int) -> bool:
+    """Whether step `step`'s teleport could act: its teleport data gives every hidden layer an input of full column
+    rank. Checked at the weights after the step, which is the same answer (an invertible g keeps those ranks; a
+    skipped teleport left the weights as they were)."""
+    X = task.teleport_data(step).batch.X
+    return full_rank_rows(weights[:-1], X, task.activation, task.bias, X.shape[-1]) == X.shape[-1]
+
+
+def _warn_skipped(method: Method, skipped: int, teleports: int) -> None:
+    if skipped:
+        warnings.warn(f"{method.name}: {skipped} of {teleports} teleports were skipped (the step's teleport batch "
+                      "gave a hidden layer a rank-deficient input, so no exact action existed; those steps only "
+                      "updated)", TeleportWarning, stacklevel=3)
+
+
 def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Tensor, steps: int, *,
               loss: Literal["cross_entropy", "squared"] = "cross_entropy", batch_size: int | None = None,
               teleport_batch: int | None = None, seed: int = 0) -> Trajectory:
@@ -76,12 +93,16 @@ def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Te
     state = method.init_state(weights)
     losses, gns, secs = [], [], [0.0]
     lowest = math.inf
+    teleports = skipped = 0
     start = time.perf_counter()
     with torch.no_grad():
         for t in range(steps + 1):
             if t < steps:
                 res = inner_step(method, weights, state, task, t)
                 L, G = res.loss, res.grad_norm_sq
+                if res.proposal.teleport is not None:
+                    teleports += 1
+                    skipped += not _teleported(task, res.weights, t)
             else:
                 L, grads = task.loss_and_grad(weights, task.data(steps))
                 L, G = L.detach(), grad_norm_sq(grads)
@@ -94,10 +115,12 @@ def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Te
                 warnings.warn(f"{method.name} diverged at step {t}: {why}. Stopped; the model keeps its last weights "
                               f"with a finite loss {kept}", DivergenceWarning, stacklevel=2)
                 task.write_(last)
+                _warn_skipped(method, skipped, teleports)
                 return Trajectory(torch.stack(losses), torch.stack(gns), torch.tensor(secs))
             lowest, last = min(lowest, Lf) if Lf > 0 else lowest, weights
             if t < steps:
                 weights, state = [w.detach() for w in res.weights], res.state
                 secs.append(time.perf_counter() - start)
     task.write_(weights)
+    _warn_skipped(method, skipped, teleports)
     return Trajectory(torch.stack(losses), torch.stack(gns), torch.tensor(secs))

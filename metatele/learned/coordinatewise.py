@@ -32,7 +32,7 @@ from torch import nn
 
 from metatele import checks
 from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
-from metatele.learned.nets import TINY, gains, rms, scaled_linear
+from metatele.learned.nets import TINY, gains, rms, scaled_linear, sqrt0
 from metatele.methods.base import Proposal, Teleport, add_update, chain
 from metatele.methods.teleports import LieTeleport, decay_teleport, no_teleport, rescale_ascent
 from metatele.tasks.base import Symmetry, TaskBatch, TeleportData, has_bias
@@ -112,7 +112,7 @@ class CoordUpdate(nn.Module):
             rg, rw = rms(g), rms(w)
             corr1 = (1 - b1 ** count).clamp_min(TINY)
             corr2 = (1 - b2 ** count).clamp_min(TINY)
-            adam = (mo / _bcast(corr1, mo)) / ((s / _bcast(corr2, s)).sqrt() + _bcast(rg, s) * 1e-8)
+            adam = (mo / _bcast(corr1, mo)) / (sqrt0(s / _bcast(corr2, s)) + _bcast(rg, s) * 1e-8)
             first, last = _layer_flags(m, len(weights))
             per_tensor = torch.stack([((rg / r0).log10() / 5).clamp(-2, 2), (_flat(w).mean(1) / rw).clamp(-1, 1),
                                       (rw.log10() / 2).clamp(-2, 2), torch.full_like(rg, first),
@@ -210,7 +210,7 @@ class BilinearTeleNet(nn.Module):
         """(B, k, NEURON_FEATURES): per hidden neuron i, the RMS of row i of G_m, W_m and of column i of G_{m+1},
         W_{m+1} (each relative to its tensor's RMS) and the normalized gradient-weight correlations of both."""
         def rel_rms(x: torch.Tensor, dim: int) -> torch.Tensor:
-            return x.pow(2).mean(dim).sqrt() / _bcast(rms(x), x.pow(2).mean(dim))
+            return sqrt0(x.pow(2).mean(dim)) / _bcast(rms(x), x.pow(2).mean(dim))
 
         def corr(g: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
             return (g * w).mean(dim) / _bcast(rms(g) * rms(w), (g * w).mean(dim))

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PREPROCESSING", "UPDATE_FORMS", "GAIN_MAX", "LR_RANGE", "LR_INIT", "TINY", "rms", "gains", "preprocess",
+__all__ = ["PREPROCESSING", "UPDATE_FORMS", "GAIN_MAX", "LR_RANGE", "LR_INIT", "TINY", "sqrt0", "rms", "gains", "preprocess",
            "LSTMState", "StackedLSTM", "scaled_linear", "UpdateNet", "TeleNet", "learned_lr"]
 
 PREPROCESSING = ("logsign", "raw", "rms")
@@ -29,10 +29,16 @@ LOGSIGN_P = 10.0
 TINY = 1e-30  # the floor of `rms`: far below any gradient that matters, far above float32's smallest normal
 
 
+def sqrt0(x: torch.Tensor) -> torch.Tensor:
+    """√x (x ≥ 0) whose derivative at 0 is taken as 0, not ∞: the plain 1/(2√x) makes ∞·0 = NaN meta-gradients
+    where a gradient is exactly zero (higher #125, torchopt #26). Its value is √x exactly, subnormal x aside."""
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(x))
+
+
 def rms(x: torch.Tensor) -> torch.Tensor:
     """Root mean square over all but the task dimension, (B, ...) → (B,) (of a (B,) tensor: |x|), bounded below
     by TINY."""
-    return x.pow(2).reshape(x.shape[0], -1).mean(1).sqrt().clamp_min(TINY)
+    return sqrt0(x.pow(2).reshape(x.shape[0], -1).mean(1)).clamp_min(TINY)
 
 
 def gains(o: torch.Tensor) -> torch.Tensor:

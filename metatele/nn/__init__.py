@@ -19,8 +19,8 @@ from __future__ import annotations
 from metatele.nn.chains import ArchitectureError, Chain, chain_of, find_chains, inspect_mlp, to_sequential
 from metatele.nn.task import LOSSES, SequentialTask, check_inputs
 from metatele.nn.teleport import (DEFAULT_RTOL, MAX_HALVINGS, TeleportResult, TeleportWarning, exact_rows,
-                                  teleport_chain_)
+                                  full_rank_rows, teleport_chain_)
 
 __all__ = ["ArchitectureError", "Chain", "chain_of", "find_chains", "inspect_mlp", "to_sequential", "LOSSES",
            "SequentialTask", "check_inputs", "DEFAULT_RTOL", "MAX_HALVINGS", "TeleportResult", "TeleportWarning",
-           "exact_rows", "teleport_chain_"]
+           "exact_rows", "full_rank_rows", "teleport_chain_"]

@@ -24,11 +24,11 @@ import torch
 
 from metatele.errors import RankDeficientError
 from metatele.nn.chains import Chain
-from metatele.tasks.mlp import forward
+from metatele.tasks.mlp import LeakyReLU, forward
 from metatele.teleport.action import normalize, pinv_full_rank, teleport, with_ones
 
 __all__ = ["DEFAULT_RTOL", "MAX_HALVINGS", "OUTCOMES", "TeleportWarning", "TeleportResult", "exact_rows",
-           "teleport_chain_"]
+           "full_rank_rows", "teleport_chain_"]
 
 DEFAULT_RTOL = 1e-4  # largest relative change of the outputs on the exact rows that a teleport may cause
 MAX_HALVINGS = 4  # halvings of T tried before a teleport that breaks the tolerance is undone
@@ -84,19 +84,23 @@ class TeleportResult:
 
 def exact_rows(chain: Chain, X: torch.Tensor, layers: int | None = None) -> int:
     """How many leading samples of X (1, d0, n) the exact action on the first `layers` hidden layers (default all)
-    keeps, at the chain's current weights (0: none). That is n if n ≤ max_batch(layers) and every teleported layer's
-    input (with a row of ones for biases) has full column rank on them; otherwise min(n, max_batch), halved until
-    it does. (An invertible g keeps these ranks, so the answer holds for the teleported weights too.)"""
+    keeps at the chain's current weights: `full_rank_rows` of its teleported layers, up to `Chain.max_batch`."""
     j = chain.check_layers(layers)
-    W = [w.to(X) for w in chain.get_weights()[:j]]
-    n = min(X.shape[-1], chain.max_batch(j))
+    return full_rank_rows([w.to(X) for w in chain.get_weights()[:j]], X, chain.act, chain.bias, chain.max_batch(j))
+
+
+def full_rank_rows(weights: Sequence[torch.Tensor], X: torch.Tensor, act: LeakyReLU, bias: bool, limit: int) -> int:
+    """The number of leading samples of X (B, d0, n) on which the inputs of the layers `weights` (B, d_{m+1}, d_m
+    [+ 1]; the teleported ones) have full column rank for every task (0: none): min(n, limit) if they do, else
+    halved until they do. An invertible g keeps these ranks, so the answer holds for the teleported weights too."""
+    n = min(X.shape[-1], limit)
     while n > 0:
         h = X[..., :n]
         try:
-            for Wm in W:
-                hin = with_ones(h) if chain.bias else h
+            for W in weights:
+                hin = with_ones(h) if bias else h
                 pinv_full_rank(hin)
-                h = chain.act(torch.bmm(Wm, hin))
+                h = act(torch.bmm(W, hin))
             return n
         except RankDeficientError:
             n //= 2

@@ -25,6 +25,12 @@ import contextlib
 import datetime
 import importlib
 import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -99,6 +105,9 @@ class Solo:
         """Run fn(*args) on rank 0 while the other ranks wait."""
         fn(*args)
 
+    def failing_together(self) -> None:
+        """Called once all ranks agreed to stop with an error (each then prints its line and exits 2)."""
+
     def batch_callback(self, fn: Callable[[P, dict[str, float], int], None]
                        ) -> Callable[[P, dict[str, float], int], None]:
         """Wrap the trainer's after_batch(progress, stats, global batch size): rank 0 runs it on the batch
@@ -153,6 +162,12 @@ class Collective(Solo):
 
     def stop(self, flag: StopFlag) -> AgreedStop:
         return AgreedStop(self, flag)
+
+    def failing_together(self) -> None:
+        """Ignore SIGTERM from now on: torchrun sends it to every rank once the first one exits, and would kill
+        the others before they print the agreed line and exit 2."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def barrier(self, what: str) -> None:
         self.collective(what, dist.barrier)
@@ -239,6 +254,47 @@ def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def _wait_for_master(rank: int, world: int, timeout: datetime.timedelta) -> None:
+    """Return once MASTER_ADDR:MASTER_PORT accepts a connection; DistributedError (one line) if it does not
+    within `timeout` (a connection is attempted every 0.1 s: the master may start later than this rank)."""
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT", "29500")
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise DistributedError(
+                    f"rank {rank} of {world}: no master at {addr}:{port} after {timeout.total_seconds():g} s "
+                    f"({e.strerror or e}); start rank 0 (torchrun does), or check MASTER_ADDR/MASTER_PORT and "
+                    f"{TIMEOUT_ENV}") from None
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Hold what C++ code writes to file descriptor 2 during the block; replay it if the block succeeds, drop
+    it if it raises (the exception then says why in one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            raise
+        else:
+            os.dup2(saved, 2)
+            held.seek(0)
+            text = held.read()
+            if text:
+                os.write(2, text)
+        finally:
+            os.close(saved)
+
+
 @contextlib.contextmanager
 def from_env(device: str | torch.device = "cpu") -> Iterator[Solo]:
     """The communicator torchrun's environment asks for (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
@@ -265,11 +321,15 @@ def from_env(device: str | torch.device = "cpu") -> Iterator[Solo]:
         # on into interpreter shutdown, which now and then aborts a rank that had finished cleanly (SIGABRT,
         # "terminate called without an active exception"). Imported first, it leaves the group alone.
         importlib.import_module("torch._dynamo")
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        timeout = _timeout()
+        if rank != 0:  # rank 0 may be the one that listens; the others wait for it, but no longer than the timeout
+            _wait_for_master(rank, world, timeout)
         try:
-            dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=_timeout(),
-                                    device_id=device if cuda else None)
+            with _quiet_stderr():  # c10d's retry messages (a dozen lines) would bury the one line that says why
+                dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world, timeout=timeout,
+                                        device_id=device if cuda else None)
         except (RuntimeError, ValueError) as e:
-            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             raise DistributedError(f"rank {rank} of {world} cannot join the process group at {where} "
                                    f"({str(e).strip().splitlines()[0][:300]})") from None
     try:

@@ -22,6 +22,7 @@ from metatele.repdyn.figures import figures, tables
 from metatele.repdyn.fit import Fit, fit
 from metatele.repdyn.probe import Probe, RepdynRecorder, pair_constants
 from metatele.repdyn.theory import fixed_point
+from metatele.reporting.tensorboard import Point, write_run
 from metatele.signals import sigint_ignored_by_children
 from metatele.tasks import sample
 from metatele.tasks.seeds import EVAL_FIRST_SEED, VALID_FIRST_SEED
@@ -76,24 +77,19 @@ class PaperNet(nn.Module):
 
 def train_two_point(s: NetSpec, layers: list[int]) -> dict[int, np.ndarray]:
     """Full-batch GD on the two points; (T, 3) series of (H, Yd, w) per probed hidden layer (counted
-    from 1), recorded before each update. Runs single-threaded: with a batch of two points, intra-op
-    threads only add synchronization overhead (and stall badly when cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        net = PaperNet(s)
-        opt = torch.optim.SGD(net.parameters(), lr=s.lr)
-        probes = {k: Probe(Y_PAIR[1] - Y_PAIR[0]) for k in layers}
-        for _ in range(s.steps):
-            y, hs = net(X_PAIR)
-            for k, p in probes.items():
-                p.record(hs[k - 1], y)
-            loss = 0.5 * (y - Y_PAIR).pow(2).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    from 1), recorded before each update. Uses the caller's torch threads (`in_processes` gives each worker
+    --threads, default 1: with a batch of two points, more threads only add synchronization)."""
+    net = PaperNet(s)
+    opt = torch.optim.SGD(net.parameters(), lr=s.lr)
+    probes = {k: Probe(Y_PAIR[1] - Y_PAIR[0]) for k in layers}
+    for _ in range(s.steps):
+        y, hs = net(X_PAIR)
+        for k, p in probes.items():
+            p.record(hs[k - 1], y)
+        loss = 0.5 * (y - Y_PAIR).pow(2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return {k: p.series()[0] for k, p in probes.items()}
 
 
@@ -132,7 +128,8 @@ def fit_row(model: str, layer: int, data: np.ndarray, **extra: Any) -> dict[str,
     f = fit(data, DX, DS)
     fp = fixed_point(data[0, 0], data[0, 1], f.eta_h, f.eta_y, DX, DS)
     return {"model": model, "layer": layer, **_fit_fields(f), "H0": float(data[0, 0]), "H_end": float(data[-1, 0]),
-            "A_low": fp.A_low, "A_high": fp.A_high, "H_inf": fp.H_inf, **extra, "_data": data, "_pred": f.pred}
+            "A_low": fp.A_low, "A_high": fp.A_high, "H_inf": fp.H_inf, **extra, "_data": data, "_pred": f.pred,
+            "_t": f.t.round().astype(int)}
 
 
 def _net_job(group: str, spec: NetSpec, layers: list[int], main_layer: int) -> list[dict[str, Any]]:
@@ -156,11 +153,11 @@ def paper_jobs(plan: Plan) -> list[tuple[str, NetSpec, list[int], int]]:
                    for g in plan.gains if g != plan.variants[0]]
 
 
-def run_paper(plan: Plan, workers: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+def run_paper(plan: Plan, workers: int = 0, progress: bool = True, threads: int = 1) -> list[dict[str, Any]]:
     """(a) architectures at the main layer, (b) init-gain sweep, (c) fit quality by layer, each for
-    plan.seeds initialisations; one single-threaded process per network (workers=0: one per core)."""
+    plan.seeds initialisations; one process of `threads` threads per network (workers=0: one per core)."""
     jobs = paper_jobs(plan)
-    return [r for rs in in_processes(_net_job, jobs, workers, progress, "repdyn networks") for r in rs]
+    return [r for rs in in_processes(_net_job, jobs, workers, progress, "repdyn networks", threads) for r in rs]
 
 
 def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,8 +184,8 @@ def _task_fit(method: str, task: int, data: np.ndarray, Dx: float, Ds: float) ->
             **_fit_fields(fit(data, Dx, Ds))}
 
 
-def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, workers: int = 0, progress: bool = True
-                   ) -> list[dict[str, Any]]:
+def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, workers: int = 0, progress: bool = True,
+                   threads: int = 1) -> list[dict[str, Any]]:
     """Probe hidden layer 1 of the paper's teleport task (samples 0 and 1) under every compare method and
     fit the two-constant ODE per task (one row per task; `summarize` takes medians). Here the network
     trains on all 20 samples and has one hidden layer, so the two-point model is only an approximation."""
@@ -200,7 +197,7 @@ def run_optimizers(checkpoints_dir: Path | None, n_tasks: int, steps: int, worke
     jobs = [(res.name, b, res.records["repdyn"].values[b], float(Dx[b]), float(Ds[b]))
             for res in evaluate(entries, test, steps, progress=progress, recorders=[RepdynRecorder(layer=1)])
             for b in range(n_tasks) if np.isfinite(res.records["repdyn"].values[b]).all()]
-    return in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits")
+    return in_processes(_task_fit, jobs, workers, progress, "repdyn optimizer fits", threads)
 
 
 def _call(fn_job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
@@ -208,31 +205,48 @@ def _call(fn_job: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
     return fn(*job)
 
 
-def in_processes(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str
-                 ) -> list[Any]:
-    """[fn(*job) for job in jobs] in `workers` processes (0: one per core); train_two_point keeps each to one thread.
+def in_processes(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: int, progress: bool, desc: str,
+                 threads: int = 1) -> list[Any]:
+    """[fn(*job) for job in jobs] in `workers` processes (0: one per core) of `threads` torch threads each.
     The workers ignore Ctrl-C: this process turns it into one line, and leaving the pool terminates them."""
     workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
     with sigint_ignored_by_children():
-        pool = get_context("spawn").Pool(workers)
+        pool = get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(threads,))
     with pool:
         return list(tqdm(pool.imap(_call, [(fn, job) for job in jobs]), total=len(jobs), desc=desc,
                          disable=not progress))
 
 
+def write_tensorboard(rows: list[dict[str, Any]], logdir: Path) -> None:
+    """The recorded (H, Yd, w) series of each network and layer, and the fitted ODE on the fit's grid, as
+    TensorBoard scalars (one run per model, layer and seed; tags recorded/* and fit/*)."""
+    for r in rows:
+        if "_data" not in r:
+            continue
+        recorded = [Point(f"recorded/{key}", float(r["_data"][t, j]), t)
+                    for j, key in enumerate(("H", "Yd", "w")) for t in range(0, len(r["_data"]), 10)]
+        fitted = [Point(f"fit/{key}", float(r["_pred"][i, j]), int(t))
+                  for j, key in enumerate(("H", "Yd", "w")) for i, t in enumerate(r["_t"])]
+        write_run(logdir / f"{r['model']}_layer{r['layer']}_seed{r['seed']}", recorded + fitted)
+
+
 def main(quick: bool, out: Path, json_path: str | None, checkpoints_dir: Path | None, n_tasks: int = 8,
-         workers: int = 0, progress: bool = True) -> int:
+         workers: int = 0, progress: bool = True, threads: int = 1, logdir: Path | None = None) -> int:
+    """`metatele repdyn`: the paper's runs (and, unless quick, the optimizer probe) → out/repdyn.md, figures,
+    optionally JSON and TensorBoard series in `logdir`."""
     plan = QUICK if quick else FULL
-    rows = run_paper(plan, workers, progress)
+    rows = run_paper(plan, workers, progress, threads)
     if not quick:  # ~6 s per fitted task and method: part of the full run only
-        rows += run_optimizers(checkpoints_dir, n_tasks, 100, workers, progress)
+        rows += run_optimizers(checkpoints_dir, n_tasks, 100, workers, progress, threads)
     summary = aggregate_seeds(rows)
     text = tables(rows, summary)
     write_files(out, {"repdyn.md": text, **figures(rows, summary, plan)})
+    if logdir is not None:
+        write_tensorboard(rows, logdir)
     print(text, end="")
     if json_path:
         fits = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         atomic_write_text(json_path, json_text({"fits": fits, "summary": summary}, indent=1))
     print(f"wrote {out}/repdyn.md and figures fits_by_architecture.png, gain_sweep.png, r2_by_layer.png"
-          + (f"; {json_path}" if json_path else ""))
+          + (f"; {json_path}" if json_path else "") + (f"; TensorBoard: tensorboard --logdir {logdir}" if logdir else ""))
     return 0

@@ -11,7 +11,6 @@ This module integrates it and gives its fixed point, conserved quantity and the 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,23 +43,32 @@ def jacobian(state: np.ndarray, eta_h: float, eta_y: float, Dx: float, Ds: float
 
 
 def integrate(state0: Sequence[float], t: np.ndarray, eta_h: float, eta_y: float, Dx: float, Ds: float,
-              rtol: float = 1e-8, atol: float = 1e-12, method: str = "Radau", max_seconds: float = 2.0) -> np.ndarray:
+              rtol: float = 1e-8, atol: float = 1e-12, method: str = "Radau", max_steps: int | None = None
+              ) -> np.ndarray:
     """(H, Yd, w) at times t (len T) → (T, 3) with a stiff solve_ivp method (Radau by default; the fitter
     searches with LSODA, 2–7× faster per fit in experiments/repdyn/check_fitter.py); NaN rows where it
-    fails or takes over max_seconds."""
+    fails, or after `max_steps` solver steps if given (a budget in steps, not seconds, so that the result
+    does not depend on how busy the machine is)."""
     from scipy.integrate import solve_ivp
 
-    deadline = time.perf_counter() + max_seconds
+    steps, stop = 0, math.inf
 
-    def out_of_time(_t: float, _s: np.ndarray) -> float:
-        return deadline - time.perf_counter()
+    def out_of_steps(t_: float, _s: np.ndarray) -> float:
+        """Evaluated once per solver step: > 0 until the budget is spent, then stop − t (zero at the step that
+        spent it, so the solver's root search ends the solve there)."""
+        nonlocal steps, stop
+        steps += 1
+        if steps > max_steps and stop == math.inf:
+            stop = t_
+        return 1.0 if stop == math.inf else stop - t_
 
-    out_of_time.terminal = True  # type: ignore[attr-defined]
+    out_of_steps.terminal = True  # type: ignore[attr-defined]
     out = np.full((len(t), 3), np.nan)
     with np.errstate(all="ignore"):
         try:
             sol = solve_ivp(lambda _, s: rhs(s, eta_h, eta_y, Dx, Ds), (float(t[0]), float(t[-1])),
-                            np.asarray(state0, float), method=method, t_eval=t, rtol=rtol, atol=atol, events=out_of_time,
+                            np.asarray(state0, float), method=method, t_eval=t, rtol=rtol, atol=atol,
+                            events=None if max_steps is None else out_of_steps,
                             jac=lambda _, s: jacobian(s, eta_h, eta_y, Dx, Ds))
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError):  # the state left the domain (H → 0)
             return out

@@ -33,7 +33,8 @@ def run_measures(model: nn.Sequential, batches: list[tuple[torch.Tensor, torch.T
             "psi_exact": float(torch.stack(psi_x).mean())}
 
 
-def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) -> tuple[list[dict[str, Any]],
+def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0, progress: bool = True
+                      ) -> tuple[list[dict[str, Any]],
                                                                                              list[dict[str, Any]]]:
     """Train plan.runs × plan.seed_sets SGD runs and correlate their measures with generalization.
     Returns (per-run rows, correlation table rows)."""
@@ -41,7 +42,8 @@ def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 
     data, task, spe = setup(dataset, seeds, device)
     t0 = time.perf_counter()
     W = train(task, task.init_weights(), range(plan.epochs), spe)
-    log(f"[{dataset}] correlation: {len(seeds)} SGD runs × {plan.epochs} epochs in {time.perf_counter() - t0:.0f} s")
+    log(f"[{dataset}] correlation: {len(seeds)} SGD runs × {plan.epochs} epochs in {time.perf_counter() - t0:.0f} s",
+        progress)
     act = task.activation
     tr_loss, _ = split_metrics(W, data.X_train.to(device), data.y_train.to(device), act)
     va_loss, va_acc = split_metrics(W, data.X_val.to(device), data.y_val.to(device), act)
@@ -56,7 +58,7 @@ def correlation_study(dataset: str, plan: Plan, device: str, seed_offset: int = 
         row.update(run_measures(network(W, b, torch.float64), batches, plan) if finite
                    else {m: math.nan for m in MEASURES})
         rows.append(row)
-    log(f"[{dataset}] correlation: measures of {len(seeds)} runs in {time.perf_counter() - t0:.0f} s")
+    log(f"[{dataset}] correlation: measures of {len(seeds)} runs in {time.perf_counter() - t0:.0f} s", progress)
     return rows, correlation_table(rows, plan)
 
 

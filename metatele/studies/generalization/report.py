@@ -22,6 +22,7 @@ from metatele.reporting.tensorboard import Point, write_run
 from metatele.studies.generalization.correlation import correlation_study
 from metatele.studies.generalization.plan import GROUPS, MEASURES, TARGETS, VARIANTS, Plan, default_datasets
 from metatele.studies.generalization.teleport import teleport_study, teleport_table
+from metatele.tasks.seeds import MAX_SEED, PAPER_SEED_STRIDE
 
 __all__ = ["correlation_markdown", "teleport_markdown", "scatter_png", "teleport_png", "write_tensorboard", "main"]
 
@@ -123,7 +124,7 @@ def write_tensorboard(result: dict[str, Any], logdir: Path) -> None:
 
 
 def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Path, device: str = "cpu",
-         parts: Sequence[str] = ("correlation", "teleport"), seed_offset: int = 0) -> int:
+         parts: Sequence[str] = ("correlation", "teleport"), seed_offset: int = 0, progress: bool = True) -> int:
     """plan → run → rows for each dataset; write out/<dataset>/{runs.csv, correlation.csv, correlation.md,
     scatter.png, teleports.csv, teleport.csv, teleport.md, teleport.png, results.json} and TensorBoard runs."""
     names = list(dataset_names) if dataset_names else default_datasets()
@@ -133,6 +134,10 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
         raise ConfigError(f"a confidence interval over seeds needs at least 2 teleport seeds, got {plan.teleport_seeds}")
     if "teleport" in parts and not 1 <= plan.teleport_epoch < plan.epochs:
         raise ConfigError(f"the teleport epoch must be in 1..{plan.epochs - 1} (below --epochs), got {plan.teleport_epoch}")
+    largest = max(plan.runs * plan.seed_sets, plan.teleport_seeds)
+    if (largest + seed_offset) * PAPER_SEED_STRIDE + 1 > MAX_SEED:  # seeds (i + 1 + offset)·stride, and seed + 1
+        raise ConfigError(f"the seed offset must be at most {(MAX_SEED - 1) // PAPER_SEED_STRIDE - largest} for "
+                          f"{largest} runs (seeds stay below 2^63), got {seed_offset}")
     report = [f"# metatele generalization: {', '.join(names)}\n",
               f"plan: {json.dumps(asdict(plan))}; seed offset {seed_offset}; device {device}\n"]
     for name in names:
@@ -143,13 +148,13 @@ def main(dataset_names: Sequence[str] | None, plan: Plan, out: Path, logdir: Pat
         files: dict[str, str | bytes] = {}
         result: dict[str, Any] = {"dataset": name, "plan": asdict(plan), "seed_offset": seed_offset}
         if "correlation" in parts:
-            rows, table = correlation_study(name, plan, device, seed_offset)
+            rows, table = correlation_study(name, plan, device, seed_offset, progress)
             files.update({"runs.csv": csv_text(rows), "correlation.csv": csv_text(table),
                           "correlation.md": correlation_markdown(table), "scatter.png": scatter_png(rows)})
             result.update(runs=rows, correlation=table)
             report += [f"\n## {name}: correlation at the final SGD weights\n\n", correlation_markdown(table)]
         if "teleport" in parts:
-            tele = teleport_study(name, plan, device, seed_offset)
+            tele = teleport_study(name, plan, device, seed_offset, progress)
             rows = teleport_table(tele, plan)
             files.update({"teleports.csv": csv_text(tele["records"]), "teleport.csv": csv_text(rows),
                           "teleport.md": teleport_markdown(rows), "teleport.png": teleport_png(tele, plan)})

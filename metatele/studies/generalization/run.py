@@ -19,8 +19,10 @@ from metatele.tasks import ClassificationFamily, ClassificationTasks, LeakyReLU,
 __all__ = ["log", "split_metrics", "train", "network", "setup", "measure_batches"]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def log(msg: str, progress: bool = True) -> None:
+    """A progress line on stderr (hidden by --no-progress)."""
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def split_metrics(weights: Sequence[torch.Tensor], X: torch.Tensor, y: torch.Tensor, act: LeakyReLU

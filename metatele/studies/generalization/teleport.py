@@ -37,7 +37,8 @@ def _probe_measures(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor, plan
     return float(phi), float(psi)
 
 
-def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) -> dict[str, Any]:
+def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0, progress: bool = True
+                   ) -> dict[str, Any]:
     """Teleport once mid-training, every group and variant from the same weights; returns the per-teleport
     records and the per-epoch curves (val_loss, val_acc, train_loss: (arms, seeds, epochs) nested lists, arm 0
     being no teleport, then one per (group, variant) of GROUPS × VARIANTS[1:])."""
@@ -97,7 +98,7 @@ def teleport_study(dataset: str, plan: Plan, device: str, seed_offset: int = 0) 
     task_v = replace(task, order=task.order.repeat(V, 1), weights=Wv, seeds=task.seeds * V)
     train(task_v, Wv, range(plan.teleport_epoch, plan.epochs), spe, record)
     log(f"[{dataset}] teleport: {S} seeds × {V} arms, {plan.epochs} epochs; the {S * (V - 1)} teleports took "
-         f"{t2 - t1:.0f} s, training {time.perf_counter() - t0 - (t2 - t1):.0f} s")
+         f"{t2 - t1:.0f} s, training {time.perf_counter() - t0 - (t2 - t1):.0f} s", progress)
     return {"dataset": dataset, "seeds": seeds, "arms": [list(a) for a in arms], "records": records,
             "curves": {k: v.tolist() for k, v in curves.items()}}
 

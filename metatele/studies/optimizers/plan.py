@@ -76,6 +76,8 @@ class StudyConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if not self.optimizers:
+            raise ConfigError(f"no optimizer given; choose from: {', '.join(OPTIMIZERS)}")
         bad = [o for o in self.optimizers if o not in OPTIMIZERS] + [a for a in self.arms if a not in ARMS]
         if bad:
             raise ConfigError(f"unknown optimizer or arm {bad}; optimizers: {', '.join(OPTIMIZERS)}; "

@@ -22,6 +22,7 @@ from metatele.studies.optimizers.plan import ARMS, OPTIMIZERS, QUICK, StudyConfi
 from metatele.studies.optimizers.rows import (METRICS, at_times, curve_rows, difference_rows, report_epochs,
                                               seed_rows, stack, teleport_log_rows, teleport_rows)
 from metatele.studies.optimizers.run import StudyResult, clock_name, run_study
+from metatele.tasks.seeds import PAPER_SEED_STRIDE
 
 __all__ = ["OUTPUT_FILES", "markdown", "plot", "write_tensorboard", "write_outputs", "main"]
 
@@ -35,7 +36,7 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
     widths = "-".join(str(w) for w in (d.n_features, *cfg.hidden, d.n_classes))
     lines = [f"# Optimizers with and without teleport: {cfg.dataset}", "",
              f"Bias-free MLP {widths}, LeakyReLU(0.1), cross-entropy, mini-batch {cfg.batch_size}, {E} epochs, "
-             f"{cfg.seeds} seeds ((r+1)·54321), train {d.X_train.shape[0]} / validation {d.X_val.shape[0]} samples. "
+             f"{cfg.seeds} seeds ((r+1)·{PAPER_SEED_STRIDE}), train {d.X_train.shape[0]} / validation {d.X_val.shape[0]} samples. "
              f"Means with 95% Student-t CIs over seeds; differences are paired by seed. Training loss: whole "
              f"training split at the end of the epoch. Time: training only (teleports included, evaluation "
              f"excluded), {torch.get_num_threads()} thread(s), device {cfg.device}, in {clock_name(cfg.device)} "
@@ -189,7 +190,7 @@ def write_outputs(res: StudyResult, out: Path, logdir: Path | None) -> str:
 
 
 def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False, progress: bool = True,
-         threads: int = 1, **overrides: Any) -> int:
+         **overrides: Any) -> int:
     """`metatele optimizers`: plan → run → rows. Write OUTPUT_FILES in `out`, all or none (summary.md, the CSV
     tables: per-epoch statistics, paired differences, teleport summary, lr tuning, every run's curves, every
     teleport; the two figures) and TensorBoard runs in `logdir`.
@@ -198,7 +199,6 @@ def main(*, quick: bool, out: Path, logdir: Path | None, overwrite: bool = False
     cfg = StudyConfig(**kw)
     stale = _check_outputs(cfg, out, logdir, overwrite)
     datasets.load(cfg.dataset)  # fail early, with the install hint, before any training
-    torch.set_num_threads(threads)
     res = run_study(cfg, progress)
     for r in stale:
         shutil.rmtree(r)

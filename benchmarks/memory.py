@@ -1,0 +1,77 @@
+"""Memory stays flat in long meta-training (the leak users of torchopt #218 and higher #6, #37 report).
+
+Meta-trains a small config for 2,000 trajectories through `train.run` (held-out evaluation, TensorBoard logging
+and checkpoints included) and prints the peak resident set size (VmHWM) reached by 200, 1,000 and 2,000
+trajectories, and the growth from 200 to 2,000. Run it in a fresh process: the peak is process-wide.
+
+    python benchmarks/memory.py [--method lstm-update-tele] [--trajectories 2000] [--at 200 1000 2000]
+        [--json FILE] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metatele import config, train
+from metatele.outer import trainer
+
+SMALL = {"hidden": 16, "batch": 8, "steps": 20, "unroll": 10, "eval_every": 25, "eval_tasks": 4, "ckpt_every": 25}
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far (Linux VmHWM), MiB."""
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) / 1024
+
+
+def measure(method: str, trajectories: int, at: list[int], overrides: list[str]) -> dict[str, Any]:
+    """Meta-train `trajectories` trajectories of the SMALL config; the peak RSS when each count in `at` is
+    reached (counted after the batch that reaches it)."""
+    cfg = config.load(None, [f"{k}={v}" for k, v in SMALL.items()] + [f"method={method}",
+                                                                       f"trajectories={trajectories}", *overrides])
+    seen, peaks, real = [0], {}, trainer.train_batch
+
+    def counting(method_: Any, opt: Any, task: Any, *args: Any, **kw: Any) -> dict[str, float]:
+        stats = real(method_, opt, task, *args, **kw)
+        seen[0] += len(task.seeds)
+        for n in at:
+            if n not in peaks and seen[0] >= n:
+                peaks[n] = peak_rss_mib()
+        return stats
+
+    trainer.train_batch = counting
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            train.run(cfg, Path(d) / "o", logdir=Path(d) / "runs", progress=False)
+    finally:
+        trainer.train_batch = real
+    first, last = peaks[min(at)], peaks[max(at)]
+    return {"method": method, "trajectories": trajectories, "config": {**SMALL, "overrides": overrides},
+            "threads": torch.get_num_threads(), "peak_rss_mib": {str(k): round(v, 1) for k, v in peaks.items()},
+            "growth": last / first - 1}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--method", default="lstm-update-tele")
+    p.add_argument("--trajectories", type=int, default=2000)
+    p.add_argument("--at", type=int, nargs="+", default=[200, 1000, 2000])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", help="also write the result as JSON here")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    r = measure(a.method, a.trajectories, a.at, a.set)
+    for n, v in r["peak_rss_mib"].items():
+        print(f"{a.method}: peak RSS after {n:>5} trajectories: {v:8.1f} MiB")
+    print(f"{a.method}: growth from {min(a.at)} to {max(a.at)} trajectories: {100 * r['growth']:+.2f}%")
+    if a.json:
+        Path(a.json).write_text(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

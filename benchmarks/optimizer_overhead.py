@@ -77,7 +77,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = args.device
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; "
-          f"sgemm peak {sgemm_peak(device=device):.1f} GFLOP/s; batch {BATCH}, {args.steps} steps × {args.rounds} rounds")
+          f"sgemm peak {sgemm_peak(device=device):.1f} GFLOP/s; batch {BATCH}, "
+          f"{args.steps} steps × {args.rounds} rounds")
     g = torch.Generator().manual_seed(0)
     print("| shape | optimizer | ms / training step, wall (CPU) | ms / optimizer step, wall (CPU) | optimizer step vs "
           "Adam's (CPU) | training step vs no teleport (CPU) |")

@@ -15,7 +15,8 @@ import torch
 
 from metatele import checkpoints, config, train
 from metatele._version import __version__
-from metatele.errors import UNREGISTERED, CheckpointError, ConfigError, MetateleError, TrainStateExistsError
+from metatele.errors import (UNREGISTERED, CheckpointError, ConfigError, DistributedError, MetateleError,
+                             TrainStateExistsError)
 from metatele.io import check_output_dir, check_output_file, clean_stray_temps
 from metatele.bench import suite as bench_suite
 from metatele.evaluation import compare, report
@@ -219,6 +220,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                           "another --out)") from None
     except ConfigError as e:
         raise _option_hint(e) from None
+    except DistributedError as e:
+        raise DistributedError(f"{e} (--resume, with the same --out)") from None
     state = "interrupted; saved" if run.interrupted else "done"
     if run.rank == 0:  # in a distributed run, one summary
         print(f"{state}: {run.trajectories_seen}/{cfg.trainer.trajectories} trajectories, {run.progress.skipped_windows} "

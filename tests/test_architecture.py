@@ -156,3 +156,21 @@ def test_teleport_ablation_is_a_recomposition():
 def test_classification_family_refuses_inexact_teleport_batch():
     with pytest.raises(ValueError, match="teleport_batch"):
         ClassificationFamily("digits", DIGITS, batch_size=20, teleport_batch=17)
+
+
+def _definitions(predicate) -> list[str]:
+    """Where in the package an AST node satisfies `predicate` (as "path:line", relative to metatele/)."""
+    return [f"{f.relative_to(PKG)}:{node.lineno}" for f in sorted(PKG.rglob("*.py"))
+            for node in ast.walk(ast.parse(f.read_text())) if predicate(node)]
+
+
+def test_one_evaluate_one_tensorboard_writer_one_seed_policy():
+    """Issue 24: one `evaluate` (evaluation/compare.py), one TensorBoard writer for reports
+    (reporting/tensorboard.py; the training log has its own), the studies' seed stride only in tasks/seeds.py."""
+    evaluates = _definitions(lambda n: isinstance(n, ast.FunctionDef) and n.name == "evaluate")
+    assert [e.split(":")[0] for e in evaluates] == ["evaluation/compare.py"], evaluates
+    writers = _definitions(lambda n: isinstance(n, ast.ImportFrom) and n.module == "torch.utils.tensorboard")
+    assert {w.split(":")[0] for w in writers} - {"learned/log.py", "outer/log.py"} == {"reporting/tensorboard.py"}
+    strides = _definitions(lambda n: isinstance(n, ast.Constant) and n.value == 54321)
+    assert [s.split(":")[0] for s in strides] == ["tasks/seeds.py"], strides
+

@@ -5,6 +5,7 @@ say what happened."""
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import io
 import warnings
@@ -168,10 +169,13 @@ def test_lr_scheduler_and_param_groups_scale_the_update():
         _train(m, o, [(x, y)])
     sched.step()
     assert opts[1].param_groups[0]["lr"] == 0.25
+    w1 = [p.detach().clone() for p in models[0].parameters()]  # both models are here after the same first step
+    assert all(torch.equal(a, b) for a, b in zip(models[1].parameters(), w1))
     for m, o in zip(models, opts):
         _train(m, o, [(x, y)])
-    d_first = [a.detach() - b for a, b in zip(models[1].parameters(), w0)]
-    assert any(d.abs().max() > 0 for d in d_first)
+    for a, b, w in zip(models[0].parameters(), models[1].parameters(), w1):
+        torch.testing.assert_close(b - w, 0.25 * (a - w))  # the scheduled lr scales the second step
+    assert any(not torch.equal(a, b) for a, b in zip(models[0].parameters(), w0))
     # a group with lr 0 keeps its parameters
     model = _mlp(6, 8, 3)
     frozen = model[0].weight.detach().clone()
@@ -445,3 +449,12 @@ def test_large_models_run_the_update_in_chunks_with_the_same_values(monkeypatch)
         chunked, _ = method.propose(w, g, method.init_state(w))
     for a, b in zip(whole.update, chunked.update):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_a_deleted_optimizer_leaves_no_hooks_on_the_model():
+    model = _mlp(6, 8, 3)
+    opt = LearnedOptimizer(model.parameters(), "any-update-tele", model=model)
+    assert model[0]._forward_pre_hooks and model[2]._forward_hooks
+    del opt
+    gc.collect()
+    assert not model[0]._forward_pre_hooks and not model[2]._forward_hooks

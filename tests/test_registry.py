@@ -171,7 +171,7 @@ def test_a_run_builds_its_family_and_spec_once_and_checks_each_location_once(tmp
 
     monkeypatch.setattr(config, "family_from_config", counting("family", config.family_from_config))
     monkeypatch.setattr(LSTMSpec, "check", counting("spec", LSTMSpec.check))
-    monkeypatch.setattr(train.io_safety, "check_output_dir", counting("location", train.io_safety.check_output_dir))
+    monkeypatch.setattr(train, "check_output_dir", counting("location", train.check_output_dir))
     from metatele import cli
     argv = ["train", "--no-progress", "--method", "lstm-update", "--out", str(tmp_path / "o"), "--logdir",
             str(tmp_path / "r"), "--set", "trajectories=4", "--set", "batch=2", "--set", "steps=10", "--set",

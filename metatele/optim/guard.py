@@ -43,7 +43,8 @@ class DivergenceGuard:
             reason = "a gradient holds NaN or inf"
         elif (loss is not None and self.max_loss_ratio is not None and 0 < self.running_min < math.inf
               and loss > self.max_loss_ratio * self.running_min):
-            reason = f"the loss {loss:.4g} is above {self.max_loss_ratio:g} × its running minimum {self.running_min:.4g}"
+            reason = (f"the loss {loss:.4g} is above {self.max_loss_ratio:g} × its running minimum "
+                      f"{self.running_min:.4g}")
         if reason:
             self.skipped += 1
             self.last_reason = reason

@@ -54,7 +54,8 @@ def load_method(method: str | os.PathLike[str] | Method, device: torch.device) -
                          "nor an existing checkpoint path")
     if isinstance(method, Method):
         return method.to(device) if isinstance(method, nn.Module) else method
-    raise TypeError(f"method must be a shipped name, a checkpoint path or a metatele Method, got {type(method).__name__}")
+    raise TypeError("method must be a shipped name, a checkpoint path or a metatele Method, got "
+                    f"{type(method).__name__}")
 
 
 def _update_only(method: Method) -> Method:
@@ -170,6 +171,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._layout()
         self._ready = True
 
+    def __del__(self) -> None:
+        if getattr(self, "_teleporter", None) is not None:
+            self._teleporter.remove()  # the capture hooks on the model's chains
+
     @property
     def method(self) -> Method:
         """The method that updates the parameters outside teleporting chains (its teleport switched off)."""
@@ -203,13 +208,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
                           "update runs (pass model=model, and chains= for chains outside an nn.Sequential)",
                           TeleportWarning, stacklevel=3)
             return []
-        found = [chain_of(model, c, slope) for c in names] if names is not None else find_chains(model)  # type: ignore[arg-type]
+        if names is None:
+            found = find_chains(model)
+        else:
+            found = [chain_of(model, c, slope) for c in names]  # type: ignore[arg-type]
         group_of = {p: i for i, g in enumerate(self.param_groups) for p in g["params"] if p.requires_grad}
         usable, notes = [], []
         for c in found:
             groups = {group_of.get(p) for p in _chain_params(c)}
             if None in groups or len(groups) != 1:
-                notes.append(f"{'/'.join(c.names)} (its parameters are {'not all optimized' if None in groups else 'in several param groups'})")
+                why = "not all optimized" if None in groups else "in several param groups"
+                notes.append(f"{'/'.join(c.names)} (its parameters are {why})")
             elif self._widths and (c.bias or c.widths != self._widths):
                 notes.append(f"{'/'.join(c.names)} (not the {'-'.join(map(str, self._widths))} bias-free shape "
                              f"{self.method_name} was trained for)")
@@ -220,7 +229,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                           if p in group_of and p not in in_chain})
         if modules or notes:
             warnings.warn(f"{self.method_name}: teleport is off for {', '.join(modules + notes)} (teleport needs a "
-                          "Linear, (LeakyReLU, Linear)+ chain); they get the update only", TeleportWarning, stacklevel=3)
+                          "Linear, (LeakyReLU, Linear)+ chain); they get the update only", TeleportWarning,
+                          stacklevel=3)
         return usable
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -259,7 +269,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if got != want:
             raise ValueError(f"{self.method_name} is a fixed-size optimizer trained for the bias-free "
                              f"{'-'.join(map(str, widths))} MLP (weight shapes {want}); these parameters have shapes "
-                             f"{got}. Use a size-agnostic one ({', '.join(n for n in shipped_names() if n.startswith('any'))})")
+                             f"{got}. Use a size-agnostic one "
+                             f"({', '.join(n for n in shipped_names() if n.startswith('any'))})")
 
     def _views(self, seg: _Segment) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The segment as a batch of one task, in float32: a chain's augmented weights and gradients
@@ -357,7 +368,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.guard.load_state_dict(learned["guard"])
         self.steps_taken = int(learned["steps"])
         if self._teleporter is not None:
-            self._teleporter.counts = Counter({str(k): int(v) for k, v in dict(learned.get("teleport_counts", {})).items()})
+            counts = dict(learned.get("teleport_counts", {}))
+            self._teleporter.counts = Counter({str(k): int(v) for k, v in counts.items()})
             self._teleporter.arm(self.steps_taken)
 
     def _restore(self, seg: _Segment, leaves: list[torch.Tensor]) -> Any:

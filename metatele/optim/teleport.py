@@ -13,9 +13,9 @@ is the teleport batch and the objective:
 - Objective. The exact action keeps the chain's outputs on the exact rows, so everything after the chain, and
   hence dZ, is unchanged along the orbit there. The model's loss as a function of the chain's weights near the
   orbit is therefore, for gradients, ⟨dZ, Z(W)⟩ on those rows (`ChainTask`), and ‖∇L‖² and its steepest-ascent
-  direction need neither the targets nor the loss function. With `"step"`, dZ is the one at the step's start (the
-  update has moved the weights since), so the direction is first-order accurate in the update; the action stays
-  exact either way.
+  direction need neither the targets nor the loss function. With `"step"`, dZ is the one at the step's start
+  (the update has moved the weights since), so the direction is first-order accurate in the update; the action
+  stays exact either way.
 
 Every teleport is recorded (`TeleportRecord`); one that is undone, skipped or exact only on a sub-batch is counted
 and warned once per optimizer.
@@ -144,7 +144,8 @@ class ChainTeleporter:
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError(f"teleport_every must be an integer ≥ 0 (0: never), got {every!r}")
         if not (batch == "step" or callable(batch)):
-            raise ValueError(f"teleport_batch must be 'step' or a callable returning the loss on a batch, got {batch!r}")
+            raise ValueError("teleport_batch must be 'step' or a callable returning the loss on a batch, got "
+                             f"{batch!r}")
         self.every, self.sampler = every, None if batch == "step" else batch
         self.captures = {c.names: Capture(c) for c in chains}
         self.counts: Counter[str] = Counter()

@@ -144,8 +144,8 @@ class Collective(Solo):
             reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise DistributedError(
                 f"rank {self.rank} of {self.world}: lost contact with the other ranks while {what} ({reason}). "
-                "Another rank probably died or hung; see its output. The training state last saved in --out is "
-                "intact: relaunch with --resume") from None
+                "Another rank probably died or hung; see its output. The training state last saved in the output "
+                "directory is intact: relaunch, resuming from it") from None
 
     def all_reduce_grads(self, params: Sequence[torch.Tensor], weight: float) -> None:
         grads = [p.grad for p in params if p.grad is not None]

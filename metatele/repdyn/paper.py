@@ -22,6 +22,7 @@ from metatele.repdyn.figures import figures, tables
 from metatele.repdyn.fit import Fit, fit
 from metatele.repdyn.probe import Probe, RepdynRecorder, pair_constants
 from metatele.repdyn.theory import fixed_point
+from metatele.reporting.tensorboard import Point, write_run
 from metatele.signals import sigint_ignored_by_children
 from metatele.tasks import sample
 from metatele.tasks.seeds import EVAL_FIRST_SEED, VALID_FIRST_SEED
@@ -219,19 +220,14 @@ def in_processes(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], workers: i
 def write_tensorboard(rows: list[dict[str, Any]], logdir: Path) -> None:
     """The recorded (H, Yd, w) series of each network and layer, and the fitted ODE on the fit's grid, as
     TensorBoard scalars (one run per model, layer and seed; tags recorded/* and fit/*)."""
-    from torch.utils.tensorboard import SummaryWriter  # loads TensorBoard's writer only when logging
-
     for r in rows:
         if "_data" not in r:
             continue
-        with SummaryWriter(str(logdir / f"{r['model']}_layer{r['layer']}_seed{r['seed']}")) as w:
-            for name, series, steps in (("recorded", r["_data"], range(0, len(r["_data"]), 10)),
-                                        ("fit", r["_pred"], r["_t"])):
-                for j, key in enumerate(("H", "Yd", "w")):
-                    for i, t in enumerate(steps):
-                        v = float(series[t if name == "recorded" else i, j])
-                        if math.isfinite(v):
-                            w.add_scalar(f"{name}/{key}", v, int(t))
+        recorded = [Point(f"recorded/{key}", float(r["_data"][t, j]), t)
+                    for j, key in enumerate(("H", "Yd", "w")) for t in range(0, len(r["_data"]), 10)]
+        fitted = [Point(f"fit/{key}", float(r["_pred"][i, j]), int(t))
+                  for j, key in enumerate(("H", "Yd", "w")) for i, t in enumerate(r["_t"])]
+        write_run(logdir / f"{r['model']}_layer{r['layer']}_seed{r['seed']}", recorded + fitted)
 
 
 def main(quick: bool, out: Path, json_path: str | None, checkpoints_dir: Path | None, n_tasks: int = 8,

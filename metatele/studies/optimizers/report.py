@@ -22,6 +22,7 @@ from metatele.studies.optimizers.plan import ARMS, OPTIMIZERS, QUICK, StudyConfi
 from metatele.studies.optimizers.rows import (METRICS, at_times, curve_rows, difference_rows, report_epochs,
                                               seed_rows, stack, teleport_log_rows, teleport_rows)
 from metatele.studies.optimizers.run import StudyResult, clock_name, run_study
+from metatele.tasks.seeds import PAPER_SEED_STRIDE
 
 __all__ = ["OUTPUT_FILES", "markdown", "plot", "write_tensorboard", "write_outputs", "main"]
 
@@ -35,7 +36,7 @@ def markdown(res: StudyResult, curves: list[dict[str, Any]], diffs: list[dict[st
     widths = "-".join(str(w) for w in (d.n_features, *cfg.hidden, d.n_classes))
     lines = [f"# Optimizers with and without teleport: {cfg.dataset}", "",
              f"Bias-free MLP {widths}, LeakyReLU(0.1), cross-entropy, mini-batch {cfg.batch_size}, {E} epochs, "
-             f"{cfg.seeds} seeds ((r+1)·54321), train {d.X_train.shape[0]} / validation {d.X_val.shape[0]} samples. "
+             f"{cfg.seeds} seeds ((r+1)·{PAPER_SEED_STRIDE}), train {d.X_train.shape[0]} / validation {d.X_val.shape[0]} samples. "
              f"Means with 95% Student-t CIs over seeds; differences are paired by seed. Training loss: whole "
              f"training split at the end of the epoch. Time: training only (teleports included, evaluation "
              f"excluded), {torch.get_num_threads()} thread(s), device {cfg.device}, in {clock_name(cfg.device)} "

@@ -34,6 +34,7 @@ from torch import nn
 from metatele import checks
 from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
 from metatele.learned.coordinatewise import LayerGate
+from metatele.learned.nets import rms, sqrt0
 from metatele.methods.base import Proposal, add_update
 from metatele.tasks.base import Symmetry
 from metatele.teleport.action import teleport
@@ -60,11 +61,6 @@ TINY = 1e-30
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) → (B, 1, …, 1) broadcastable against `like`."""
     return x.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    """RMS over all but the task dimension, (B, …) → (B,)."""
-    return x.pow(2).flatten(1).mean(1).sqrt()
 
 
 def progress_features(t: torch.Tensor, horizon: float) -> torch.Tensor:
@@ -162,9 +158,9 @@ class AdafacUpdate:
         B = w.shape[0]
         m_hat = mom[0] / _bcast(1 - B1 ** count, g)
         v_hat = nu / _bcast(1 - B2 ** count, g)
-        adam = m_hat / (v_hat.sqrt() + EPS)
+        adam = m_hat / (sqrt0(v_hat) + EPS)
         rs_v = (nu + TINY).rsqrt()
-        chans = [g, w, *mom, nu.sqrt(), *(m * rs_v for m in mom), rs_v, adam]
+        chans = [g, w, *mom, sqrt0(nu), *(m * rs_v for m in mom), rs_v, adam]
         fac, rrow, rcol = [], [], []
         for r, c in zip(rows, cols):
             if w.dim() >= 3:
@@ -179,7 +175,7 @@ class AdafacUpdate:
         chans += [g * f for f in fac] + rrow + rcol + [m * f for m, f in zip(mom, fac)]
         x = _normalize(torch.stack([ch.reshape(B, -1) for ch in chans], dim=-1))
         x = x.clamp(-10, 10)
-        per_task = torch.cat([((_rms(g) + TINY) / (g0 + TINY)).log10().div(5).clamp(-2, 2)[:, None],
+        per_task = torch.cat([((rms(g) + TINY) / (g0 + TINY)).log10().div(5).clamp(-2, 2)[:, None],
                               progress_features(count - 1, self.horizon)], dim=1)
         x = torch.cat([x, per_task[:, None, :].expand(B, x.shape[1], per_task.shape[1])], dim=-1)
         return x, adam
@@ -188,7 +184,7 @@ class AdafacUpdate:
                 weights: Sequence[torch.Tensor]) -> tuple[Proposal, AdafacState]:
         count = state.count + 1
         first = state.count == 0
-        g0 = [torch.where(first, _rms(g).detach(), r) for g, r in zip(grads, state.g0)]
+        g0 = [torch.where(first, rms(g).detach(), r) for g, r in zip(grads, state.g0)]
         mom = [[b * m + (1 - b) * g for b, m in zip(DECAYS, ms)] for ms, g in zip(state.mom, grads)]
         nu = [B2 * v + (1 - B2) * g * g for v, g in zip(state.nu, grads)]
         rows, cols = [], []
@@ -264,7 +260,7 @@ class SteepestGate:
         lstm, g0, t = state
         if len(weights) < 2 or any(w.dim() != 3 for w in weights):  # no hidden layer to act on
             return prop, (lstm, g0, t + 1)
-        g0 = [torch.where(r == 0, _rms(g).detach(), r) for g, r in zip(grads, g0)]
+        g0 = [torch.where(r == 0, rms(g).detach(), r) for g, r in zip(grads, g0)]
         if t % self.every:
             return prop, (lstm, g0, t + 1)
         gate, _, lstm = self.gate(self.gate.features(weights, grads, g0), lstm)

@@ -5,9 +5,10 @@
 
 The shipped checkpoints were trained with `--minutes 60` (both runs at once, one thread each, on the shared 2-core
 machine), which reached 121 batches (adafac) and 93 batches (adafac-tele). A wall-clock budget depends on the machine;
-to reproduce them exactly, give the batch count instead (training is deterministic in --seed):
+to reproduce them, give the batch count instead (nothing in the loop reads the clock but the budget check; this
+exact re-run has not been done yet):
 `metatrain.py experiments/bench/adafac --batches 121` and `metatrain.py experiments/bench/adafac-tele --teleport
---batches 93` (validation selects the same batch: 60 and 20, see each folder's summary.json).
+--batches 93` (the shipped ones were selected on validation at batches 60 and 20: each folder's summary.json).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What a learned optimizer costs in a user's own training loop: ms per whole training step (zero_grad, forward,
 backward, optimizer step) and ms per optimizer step alone, for torch.optim.Adam, `LearnedOptimizer` without
-teleport and `LearnedOptimizer` teleporting every k steps, on 64-32-10 and 784-256-256-10 MLPs (with biases,
+teleport and `LearnedOptimizer` teleporting every k steps (the round-2 `any-update(-tele)` and the Adam-nominal
+`adafac(-tele)`), on 64-32-10 and 784-256-256-10 MLPs (with biases,
 LeakyReLU) at batch 128, with random data of the right shape. The configurations are interleaved in rounds and
 each figure is the median over rounds, so that a busy machine slows them alike; ratios are taken within one run,
 on this process's CPU time (wall-clock is shown too; on a shared machine it includes waiting for a core).
@@ -42,6 +43,9 @@ def optimizers(every: int) -> dict[str, Callable[[nn.Module], torch.optim.Optimi
         "any-update": lambda m: LearnedOptimizer(m.parameters(), "any-update", lr=0.3),
         f"any-update-tele, teleport every {every}": lambda m: LearnedOptimizer(
             m.parameters(), "any-update-tele", lr=0.3, model=m, teleport_every=every),
+        "adafac": lambda m: LearnedOptimizer(m.parameters(), "adafac"),
+        f"adafac-tele, teleport every {every}": lambda m: LearnedOptimizer(
+            m.parameters(), "adafac-tele", model=m, teleport_every=every),
     }
 
 

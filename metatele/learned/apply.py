@@ -24,7 +24,7 @@ from torch import nn
 
 from metatele.methods.base import Method
 from metatele.nn import SequentialTask, TeleportWarning, full_rank_rows
-from metatele.optim.guard import DivergenceWarning
+from metatele.optim.guard import DivergenceWarning, divergence_reason
 from metatele.step import Trajectory, inner_step
 from metatele.teleport.action import grad_norm_sq
 
@@ -50,18 +50,6 @@ def _check_method_fits(method: Method, task: SequentialTask) -> None:
         got = f"{list(task.widths)}{' with biases' if task.bias else ''}"
         raise ValueError(f"{method.name} is a fixed-size learned optimizer trained for bias-free widths "
                          f"{list(trained)}; this model is {got}. Use a size-agnostic one (any-*) for other shapes")
-
-
-def _diverged(loss: float, grad_norm_sq: float, lowest: float) -> str:
-    """Why a step with this loss and ‖∇L‖² counts as diverged ('' if it does not); lowest: the lowest positive loss
-    so far (inf if none)."""
-    if not math.isfinite(loss):
-        return f"the loss became {loss:g}"
-    if not math.isfinite(grad_norm_sq):
-        return f"the gradient became {grad_norm_sq:g}"
-    if lowest < math.inf and loss > DIVERGENCE_FACTOR * lowest:
-        return f"the loss {loss:.3g} exceeded {DIVERGENCE_FACTOR:g} × its lowest value {lowest:.3g}"
-    return ""
 
 
 def _teleported(task: SequentialTask, weights: list[torch.Tensor], step: int) -> bool:
@@ -109,7 +97,7 @@ def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Te
             losses.append(L)
             gns.append(G)
             Lf, Gf = float(L[0]), float(G[0])
-            why = _diverged(Lf, Gf, lowest)
+            why = divergence_reason(Lf, math.isfinite(Gf), lowest, DIVERGENCE_FACTOR)
             if why:
                 kept = f"(loss {float(losses[-2][0]):.4g} on step {t - 1}'s batch)" if t else "(its initial ones)"
                 warnings.warn(f"{method.name} diverged at step {t}: {why}. Stopped; the model keeps its last weights "

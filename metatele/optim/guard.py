@@ -9,11 +9,25 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["DivergenceWarning", "DivergenceGuard"]
+__all__ = ["DivergenceWarning", "DivergenceGuard", "divergence_reason"]
 
 
 class DivergenceWarning(RuntimeWarning):
     """A learned optimizer skipped a step and rolled back (non-finite or exploding loss or gradient)."""
+
+
+def divergence_reason(loss: float | None, grads_finite: bool, running_min: float, max_loss_ratio: float | None
+                      ) -> str:
+    """The one divergence criterion (this guard's and `metatele.learned.apply.optimize_`'s): why a step with this loss
+    (None: unknown) counts as diverged, '' if it does not. running_min: the lowest positive accepted loss (inf: none)."""
+    if loss is not None and not math.isfinite(loss):
+        return f"the loss is {loss}"
+    if not grads_finite:
+        return "a gradient holds NaN or inf"
+    if (loss is not None and max_loss_ratio is not None and 0 < running_min < math.inf
+            and loss > max_loss_ratio * running_min):
+        return f"the loss {loss:.4g} is above {max_loss_ratio:g} × its running minimum {running_min:.4g}"
+    return ""
 
 
 class DivergenceGuard:
@@ -36,15 +50,8 @@ class DivergenceGuard:
 
     def check(self, loss: float | None, grads: Sequence[torch.Tensor]) -> str:
         """'' if the step may update, else why not (and the step is counted as skipped)."""
-        reason = ""
-        if loss is not None and not math.isfinite(loss):
-            reason = f"the loss is {loss}"
-        elif grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            reason = "a gradient holds NaN or inf"
-        elif (loss is not None and self.max_loss_ratio is not None and 0 < self.running_min < math.inf
-              and loss > self.max_loss_ratio * self.running_min):
-            reason = (f"the loss {loss:.4g} is above {self.max_loss_ratio:g} × its running minimum "
-                      f"{self.running_min:.4g}")
+        finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        reason = divergence_reason(loss, finite, self.running_min, self.max_loss_ratio)
         if reason:
             self.skipped += 1
             self.last_reason = reason

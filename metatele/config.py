@@ -62,6 +62,7 @@ class ConfigKeys:
     gate: bool = False            # learned gate scaling the magnitude per step
     gate_bias: float = 2.0        # the gate starts at sigmoid(gate_bias): 2 → 0.88 (open), −2 → 0.12
     teleport_decay: float = 0.0   # > 0: teleport magnitude × exp(−t / teleport_decay) at inner step t
+    progress: bool = False        # the LSTMs also read progress features of t/T (T: the run's length)
     preprocessing: str = "raw"    # measured better than "logsign" (experiments/README.md)
     out_scale: float = 0.1        # m1 update = out_scale · head(h) (update_form "direct")
     update_form: str = "direct"   # m1: "direct" (the paper), "residual" or "gain" (metatele.learned.nets.UpdateNet)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from metatele.methods.base import Method, Proposal
+from metatele.methods.base import Method, Proposal, set_horizon
 from metatele.tasks.base import TaskBatch
 from metatele.teleport.action import grad_norm_sq
 
@@ -79,7 +79,9 @@ def rollout(method: Method, task: TaskBatch, steps: int,
 
     callback(t, weights) is called before each step and at the end (e.g. a representation probe).
     Diverged tasks (non-finite loss) keep their non-finite values; statistics must mask them.
+    A method with progress features is told that the run takes `steps` steps (`set_horizon`).
     """
+    set_horizon(method, max(steps, 1))
     weights = task.init_weights()
     state = method.init_state(weights)
     losses, gns, secs = [], [], [0.0]

@@ -13,11 +13,12 @@ from metatele.bench.metatrain import Scaled
 from metatele.bench.problems import Problem
 from metatele.errors import CheckpointError
 from metatele.learned import build
-from metatele.learned.adafac import (N_INPUTS, PROGRESS_CENTRES, AdafacOptimizer, AdafacSpec, AdafacUpdate,
+from metatele.learned.nets import PROGRESS_CENTRES
+from metatele.learned.adafac import (N_INPUTS, AdafacOptimizer, AdafacSpec, AdafacUpdate,
                                      GatedSteepestTeleport)
 from metatele.outer.trainer import meta_loss, unroll_window
 from metatele.optim import LearnedOptimizer
-from metatele.methods.base import Proposal
+from metatele.methods.base import Horizon, Proposal
 from metatele.step import inner_step
 from metatele.tasks.base import Symmetry
 
@@ -82,7 +83,7 @@ def test_progress_features_reach_the_net():
     _, g = task.loss_and_grad(w, task.data(0))
     ups = []
     for T in (5.0, 5000.0):
-        rule = AdafacUpdate(opt.net, T)
+        rule = AdafacUpdate(opt.net, Horizon(T))
         _, state = rule.propose(Proposal(), g, rule.init(w), weights=w)  # step 0: t/T = 0 at any horizon
         prop, _ = rule.propose(Proposal(), g, state, weights=w)          # step 1: t/T = 1/T
         ups.append(prop.update)

@@ -20,10 +20,11 @@ METHODS = tuple(LEARNED)
 SMALL = (4, 4, 3)
 
 
-def small_setup(method: str, exact: bool = True, preprocessing: str = "logsign", gate: bool = False):
+def small_setup(method: str, exact: bool = True, preprocessing: str = "logsign", gate: bool = False,
+                progress: bool = False):
     torch.manual_seed(1)
     keys = dict(widths=SMALL, hidden=5, preprocessing=preprocessing, magnitude=0.1, exact=exact, gate=gate,
-                out_scale=0.01)
+                out_scale=0.01, progress=progress)
     model = build(LEARNED[method].spec.from_config(method, keys)).double()
     task = tasks.sample([5, 6], widths=SMALL, n=4, dtype=torch.float64)
     for w in task.weights:
@@ -36,10 +37,12 @@ def unrolled_meta_loss(model, task, kind="log"):
     return meta_loss(win.losses, kind)
 
 
-@pytest.mark.parametrize("method,exact,prep,gate", [(m, True, "logsign", False) for m in METHODS]
-                         + [("lstm-update-tele", False, "raw", True), ("lstm-lr-tele", True, "raw", False)])
-def test_meta_gradient_matches_finite_differences(method, exact, prep, gate):
-    model, task = small_setup(method, exact, prep, gate)
+@pytest.mark.parametrize("method,exact,prep,gate,progress", [(m, True, "logsign", False, False) for m in METHODS]
+                         + [("lstm-update-tele", False, "raw", True, False), ("lstm-lr-tele", True, "raw", False, False),
+                            ("lstm-update-tele", True, "rms", True, True), ("lstm-lr-tele", True, "raw", False, True)])
+def test_meta_gradient_matches_finite_differences(method, exact, prep, gate, progress):
+    model, task = small_setup(method, exact, prep, gate, progress)
+    model.horizon = 7  # with progress features: t/T crosses several centres within the 3-step window
     params = list(model.parameters())
     model.zero_grad()
     unrolled_meta_loss(model, task).backward()

@@ -31,7 +31,7 @@ from metatele.bench.problems import REPORT_FIRST_SEED
 from metatele.bench.run import SEEDS, run_suite
 from metatele.evaluation.stats import summarize
 from metatele.learned import build
-from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
+from metatele.learned.adafac import AdafacSpec
 from metatele.step import rollout
 
 HERE = Path(__file__).resolve().parent
@@ -47,13 +47,6 @@ torch.set_num_threads(1)
 ck = Path(a.checkpoints)
 adafac = checkpoints.load_model(ck / "adafac" / checkpoints.MODEL_FILE)
 tele = checkpoints.load_model(ck / "adafac-tele" / checkpoints.MODEL_FILE)
-blind: set[str] = set()
-
-
-def horizon(method: object, problem: object) -> None:
-    method.horizon = 1e12 if method.name in blind else float(problem.steps)
-
-
 problems = [q for q in suite(a.quick) if q.split in ("train", "heldout")]
 heldout = [q for q in problems if q.split == "heldout"]
 # the ablation and the 10× run use the held-out problems of at most 128 units per layer and 64 inputs (the CPU budget)
@@ -65,7 +58,7 @@ if a.part in ("main", "all"):
     t = time.perf_counter()
     untrained = build(AdafacSpec("adafac"))
     untrained.label = "adafac-untrained"
-    runs = run_suite(problems, [adafac, tele, untrained], prepare=horizon, cache=cache)
+    runs = run_suite(problems, [adafac, tele, untrained], cache=cache)
     report(runs, HERE / f"results{tag}", Path("runs") / f"bench{tag}")
     print(f"main: {time.perf_counter() - t:.0f} s")
 
@@ -77,11 +70,11 @@ if a.part in ("ablation", "all"):
         no_fan.net.fan_power.zero_()
     no_progress = copy.deepcopy(adafac)
     no_progress.label = "adafac-no-progress"
-    blind.add(no_progress.name)
+    no_progress.clock.steps, no_progress.clock.pinned = 1e12, True  # t/T ≈ 0 at every step
     tele_off = build(replace(tele.spec, method="adafac"))
     tele_off.label = "adafac-tele-no-teleport"
     tele_off.net.load_state_dict(tele.net.state_dict())
-    runs = run_suite(small, [adafac, no_fan, no_progress, tele, tele_off], prepare=horizon, cache=cache)
+    runs = run_suite(small, [adafac, no_fan, no_progress, tele, tele_off], cache=cache)
     report(runs, HERE / f"ablation{tag}", None)
     print(f"ablation: {time.perf_counter() - t:.0f} s")
 
@@ -92,7 +85,6 @@ if a.part in ("long", "all"):
         task = q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS))
         for m in (adafac, tele):
             steps = LONG_FACTOR * (q.steps if a.quick else META_HORIZON)
-            m.horizon = float(steps)
             loss = rollout(m, task, steps).loss
             finite = torch.isfinite(loss).all(0)
             above = loss.nan_to_num(float("inf")).amax(0) > loss[0]
@@ -111,8 +103,6 @@ if a.part in ("paper", "all") and not a.quick:
     task = q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS))
     rows = []
     for m in (checkpoints.load_pretrained("lstm-update-tele"), tele, adafac):
-        if isinstance(m, AdafacOptimizer):
-            m.horizon = float(q.steps)
         final = rollout(m, task, q.steps).loss[-1]
         rows.append({"method": m.name, "steps": q.steps,
                      **{k: v for k, v in summarize(final).items() if k.startswith("geo") or k == "n_nonfinite"}})

@@ -5,7 +5,7 @@
 # Usage: bash experiments/horizon/ablation.sh OUTDIR   (from the repository root)
 set -euo pipefail
 out=${1:-ablation}
-cfg=experiments/pretrained/lstm-update-tele.toml
+cfg=experiments/pretrained-v2/lstm-update-tele.toml
 common=(--config "$cfg" --set trajectories=600 --no-progress)
 declare -A variants=(
   [recipe]=""

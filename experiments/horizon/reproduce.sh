@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's "Results" section (issue 14): retrain the three shipped checkpoints with the long-horizon
+# Reproduce round 2's results (issue 14; now the history row of docs/results.md): retrain the three shipped checkpoints with the long-horizon
 # recipe (2000 trajectories each; 24-39 min each on the 2-core machine, run three at a time), then compare them, and
 # the round-1 checkpoints, with the tuned baselines on 64 unseen tasks for 1000 steps, on the paper's law and on
 # the unseen normal-init law. The ablation table is experiments/horizon/ablation.sh.
@@ -9,7 +9,7 @@ out=${1:-horizon}
 mkdir -p "$out"
 if [ "${2:-}" != "--skip-training" ]; then
   for m in lstm-update-tele lstm-update lstm-lr-tele; do
-    OMP_NUM_THREADS=1 metatele train --config "experiments/pretrained/$m.toml" --out "$out/checkpoints/$m" \
+    OMP_NUM_THREADS=1 metatele train --config "experiments/pretrained-v2/$m.toml" --out "$out/checkpoints/$m" \
       --logdir "$out/runs/train-$m" --no-progress > "$out/train-$m.log" 2>&1 &
   done
   wait

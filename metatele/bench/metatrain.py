@@ -105,7 +105,6 @@ def validation_score(method: AdafacOptimizer, problems: Sequence[Problem], seeds
     """Mean over problems of the mean log10 final loss on the selection seeds; +inf if any run diverged."""
     scores = []
     for p in problems:
-        method.horizon = float(p.steps)
         loss = rollout(method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
         if not bool((torch.isfinite(loss).all(0) & (loss[-1] <= loss[0])).all()):
             return math.inf
@@ -139,7 +138,6 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
             n = len(task.init_weights())
             task = Scaled(task, [_log_uniform(gen, 0.1, 10.0, (cfg.batch,)) for _ in range(n)],
                           _log_uniform(gen, 1e-3, 1e3, (cfg.batch,)))
-        method.horizon = float(T)
         stats = train_batch(method, opt, task, cfg.settings, T)
         b += 1
         row = {"batch": b, "minutes": (time.time() - start) / 60, "problem": problem.name, "steps": T,

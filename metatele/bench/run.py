@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,22 +93,18 @@ def baselines(problem: Problem, task: object, seeds: int, tune_seeds: int, devic
 
 
 def run_problem(problem: Problem, learned: Sequence[Method], seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS,
-                device: str | torch.device = "cpu", prepare: Callable[[Method, Problem], None] | None = None,
-                cache: Path | None = None) -> ProblemRun:
-    """Tune and run every baseline (or read them from `cache`), then every learned method (prepare(method,
-    problem) is called first, e.g. to give it the horizon)."""
+                device: str | torch.device = "cpu", cache: Path | None = None) -> ProblemRun:
+    """Tune and run every baseline (or read them from `cache`), then every learned method for the problem's
+    horizon (which `rollout` tells methods with progress features)."""
     task = problem.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + seeds), device=device)
     trajs, lrs = baselines(problem, task, seeds, tune_seeds, device, cache)
     for method in learned:
-        if prepare is not None:
-            prepare(method, problem)
         trajs[method.name] = rollout(method, task, problem.steps)
     return ProblemRun(problem, trajs, lrs)
 
 
 def run_suite(problems: Sequence[Problem], learned: Sequence[Method], seeds: int = SEEDS,
               tune_seeds: int = TUNE_SEEDS, device: str | torch.device = "cpu", progress: bool = True,
-              prepare: Callable[[Method, Problem], None] | None = None, cache: Path | None = None
-              ) -> list[ProblemRun]:
-    return [run_problem(p, learned, seeds, tune_seeds, device, prepare, cache)
+              cache: Path | None = None) -> list[ProblemRun]:
+    return [run_problem(p, learned, seeds, tune_seeds, device, cache)
             for p in tqdm(problems, desc="bench", unit="problem", disable=not progress)]

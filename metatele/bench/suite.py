@@ -8,11 +8,10 @@ from pathlib import Path
 import torch
 
 from metatele import checkpoints
-from metatele.bench.problems import Problem, suite
+from metatele.bench.problems import suite
 from metatele.bench.report import report
 from metatele.bench.run import SEEDS, TUNE_SEEDS, run_suite
 from metatele.errors import ConfigError
-from metatele.learned.adafac import AdafacOptimizer
 from metatele.methods.base import Method
 
 __all__ = ["SHIPPED", "SEEDS", "TUNE_SEEDS", "resolve", "main"]
@@ -44,18 +43,13 @@ def resolve(specs: Sequence[str] | None, device: str | torch.device = "cpu") -> 
     return out
 
 
-def _horizon(method: object, problem: Problem) -> None:
-    if isinstance(method, AdafacOptimizer):
-        method.horizon = float(problem.steps)
-
-
 def main(*, quick: bool, learned: Sequence[str] | None, out: Path, logdir: Path | None, split: str = "all",
          seeds: int = SEEDS, tune_seeds: int = TUNE_SEEDS, device: str = "cpu", progress: bool = True,
          cache: Path | None = None) -> int:
     methods = resolve(learned, device)
     problems = [p for p in suite(quick) if split == "all" or p.split == split]
     start = time.perf_counter()
-    runs = run_suite(problems, methods, seeds, tune_seeds, device, progress, prepare=_horizon, cache=cache)
+    runs = run_suite(problems, methods, seeds, tune_seeds, device, progress, cache=cache)
     _, agg = report(runs, out, logdir)
     for a in agg:
         print(f"{a['split']:8s} {a['method']:14s} IQM speedup {a['iqm_speedup']:.2f} "

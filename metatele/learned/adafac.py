@@ -18,7 +18,7 @@ g, p, momenta at β ∈ {0.9, 0.99, 0.999}, √v (β 0.999), m·v^{-1/2} (×3), 
 row/column factors at the three decays (g·v̂^{-1/2} ×3, row^{-1/2} ×3, column^{-1/2} ×3; for vectors v̂ = v of
 that decay), m·v̂^{-1/2} (×3) — 23 channels; then per tensor log10(rms g / rms g_0)/5, and VeLO's progress
 features tanh(10(t/T − c)), c ∈ {.03, .1, .2, .4, .6, .8, .9, 1, 1.1}, which are not normalized. T is the run's
-horizon (`horizon`); DEFAULT_HORIZON when unknown.
+horizon (the method's `clock`, `metatele.methods.set_horizon`); metatele.methods.DEFAULT_HORIZON when unknown.
 Shapes: weights[m], grads[m] (B, ...) with a leading task dimension B.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ from torch import nn
 from metatele import checks
 from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
 from metatele.learned.coordinatewise import LayerGate
-from metatele.learned.nets import rms, sqrt0
-from metatele.methods.base import Proposal, add_update
+from metatele.learned.nets import PROGRESS_CENTRES, progress_features, rms, sqrt0
+from metatele.methods.base import Horizon, Proposal, add_update
 from metatele.tasks.base import Symmetry
 from metatele.teleport.action import teleport
 from metatele.teleport.ascent import steepest_direction
@@ -43,16 +43,13 @@ from metatele.teleport.ascent import steepest_direction
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
 
-__all__ = ["NOMINAL_LR", "DEFAULT_HORIZON", "FAN_REF", "ELEMENT_FEATURES", "PROGRESS_CENTRES", "N_INPUTS",
-           "AdafacSpec", "AdafacNet", "AdafacState", "AdafacUpdate", "GatedSteepestTeleport", "SteepestGate",
-           "AdafacOptimizer", "progress_features"]
+__all__ = ["NOMINAL_LR", "FAN_REF", "ELEMENT_FEATURES", "N_INPUTS", "AdafacSpec", "AdafacNet", "AdafacState",
+           "AdafacUpdate", "GatedSteepestTeleport", "SteepestGate", "AdafacOptimizer"]
 
 NOMINAL_LR = 1e-3         # the untrained rule is Adam at this lr (torch.optim.Adam's default)
-DEFAULT_HORIZON = 1000    # T for the progress features when the run's length is not given
 FAN_REF = 32              # fan-in at which the μP factor is 1
 B1, B2, EPS = 0.9, 0.999, 1e-8
 DECAYS = (0.9, 0.99, 0.999)
-PROGRESS_CENTRES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 ELEMENT_FEATURES = 23
 N_INPUTS = ELEMENT_FEATURES + 1 + len(PROGRESS_CENTRES)
 TINY = 1e-30
@@ -61,12 +58,6 @@ TINY = 1e-30
 def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) → (B, 1, …, 1) broadcastable against `like`."""
     return x.view(-1, *([1] * (like.dim() - 1)))
-
-
-def progress_features(t: torch.Tensor, horizon: float) -> torch.Tensor:
-    """(B,) step counts → (B, 9): tanh(10(t/T − c)) for VeLO's centres c."""
-    c = torch.tensor(PROGRESS_CENTRES, dtype=t.dtype, device=t.device)
-    return torch.tanh(10 * (t[:, None] / horizon - c))
 
 
 @dataclass(frozen=True)
@@ -136,10 +127,10 @@ def _fan_in(w: torch.Tensor) -> int | None:
 
 @dataclass
 class AdafacUpdate:
-    """The update rule (a `metatele.methods.Transform`); `horizon` is T of the progress features."""
+    """The update rule (a `metatele.methods.Transform`); `clock` holds T of the progress features."""
 
     net: AdafacNet
-    horizon: float = DEFAULT_HORIZON
+    clock: Horizon = field(default_factory=Horizon)
 
     def init(self, weights: Sequence[torch.Tensor]) -> AdafacState:
         w0 = weights[0]
@@ -176,7 +167,7 @@ class AdafacUpdate:
         x = _normalize(torch.stack([ch.reshape(B, -1) for ch in chans], dim=-1))
         x = x.clamp(-10, 10)
         per_task = torch.cat([((rms(g) + TINY) / (g0 + TINY)).log10().div(5).clamp(-2, 2)[:, None],
-                              progress_features(count - 1, self.horizon)], dim=1)
+                              progress_features(count - 1, self.clock.steps)], dim=1)
         x = torch.cat([x, per_task[:, None, :].expand(B, x.shape[1], per_task.shape[1])], dim=-1)
         return x, adam
 
@@ -278,7 +269,7 @@ class AdafacOptimizer(MetaOptimizer):
     def __init__(self, spec: AdafacSpec, *, teleport: bool) -> None:
         super().__init__(spec)
         self.net = AdafacNet(spec.hidden, spec.mix)
-        self.rule = AdafacUpdate(self.net)
+        self.rule = AdafacUpdate(self.net, self.clock)
         self.label: str | None = None
         policy = None
         if teleport:
@@ -289,14 +280,6 @@ class AdafacOptimizer(MetaOptimizer):
     @property
     def name(self) -> str:
         return self.label or self.spec.method
-
-    @property
-    def horizon(self) -> float:
-        return self.rule.horizon
-
-    @horizon.setter
-    def horizon(self, value: float) -> None:
-        self.rule.horizon = float(value)
 
 
 register_learned("adafac", AdafacOptimizer, AdafacSpec, teleport=False)

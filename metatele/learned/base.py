@@ -33,14 +33,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from metatele import checks
 from metatele.errors import UNREGISTERED
-from metatele.methods.base import Composed, Proposal, Transform, chain
+from metatele.methods.base import Composed, Horizon, Proposal, Transform, chain
 
 __all__ = ["LearnedSpec", "MetaOptimizer", "LearnedEntry", "LEARNED", "register_learned", "spec_from_dict",
            "build", "parameter_count", "FORMAT1_NEUTRAL"]
@@ -71,6 +71,7 @@ class LearnedSpec:
     a meta-optimizer above checks.MAX_META_PARAMETERS parameters is refused."""
 
     method: str
+    added_fields: ClassVar[tuple[str, ...]] = ()  # fields a family gained after its checkpoints were first written
 
     def __post_init__(self) -> None:
         entry = LEARNED.get(self.method) if isinstance(self.method, str) else None
@@ -93,8 +94,10 @@ class LearnedSpec:
         return ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON description (checkpoint metadata); `spec_from_dict` rebuilds the spec."""
-        own = {f.name: _json(getattr(self, f.name)) for f in fields(self)}
+        """JSON description (checkpoint metadata); `spec_from_dict` rebuilds the spec. A field of `added_fields`
+        is left out while it holds its default, so that a spec without the newer feature is stored as before."""
+        own = {f.name: _json(getattr(self, f.name)) for f in fields(self)
+               if f.name not in self.added_fields or getattr(self, f.name) != f.default}
         if set(own) <= set(FORMAT1_ORDER):  # the format-1 layout (see FORMAT1_NEUTRAL)
             return {k: own.get(k, FORMAT1_NEUTRAL.get(k)) for k in FORMAT1_ORDER if k in own or k in FORMAT1_NEUTRAL}
         return own
@@ -107,11 +110,14 @@ class LearnedSpec:
 
 class MetaOptimizer(nn.Module):
     """Base of every learned family: meta-parameters (`nn.Module`) and the `Composed` method made of the
-    transforms that use them (the `Method` protocol). Subclasses build their nets, then call `compose`."""
+    transforms that use them (the `Method` protocol). Subclasses build their nets, then call `compose`.
+    `clock` holds T, the length of the coming run, for transforms with progress features (give them this
+    object); `metatele.methods.set_horizon` and the `horizon` property set it."""
 
     def __init__(self, spec: LearnedSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.clock = Horizon()
         self.metadata: dict[str, Any] = {}  # a loaded checkpoint's metadata (metatele.checkpoints)
         self.composed: Composed | None = None
         self.update_rule: Transform | None = None
@@ -120,11 +126,21 @@ class MetaOptimizer(nn.Module):
     def compose(self, update: Transform | None = None, teleport: Transform | None = None) -> None:
         """Make the method chain(update, teleport): an update rule and a teleport policy, either optional."""
         self.update_rule, self.teleports = update, teleport is not None
-        self.composed = Composed(self.spec.method, chain(*[t for t in (update, teleport) if t is not None]))
+        self.composed = Composed(self.spec.method, chain(*[t for t in (update, teleport) if t is not None]),
+                                 clock=self.clock)
 
     @property
     def name(self) -> str:
         return self.spec.method
+
+    @property
+    def horizon(self) -> float:
+        """T of the progress features for the next runs (`metatele.methods.DEFAULT_HORIZON` unless set)."""
+        return self.clock.steps
+
+    @horizon.setter
+    def horizon(self, value: float) -> None:
+        self.clock.steps = float(value)
 
     def init_state(self, weights: Sequence[torch.Tensor]) -> Any:
         return self.composed.init_state(weights)
@@ -137,7 +153,7 @@ class MetaOptimizer(nn.Module):
         """The same learned update with the teleport switched off (an ablation; shares the nets)."""
         if self.update_rule is None:
             raise ValueError(f"{self.name} has no learned update to keep")
-        return Composed(f"{self.name} (teleport off)", self.update_rule)
+        return Composed(f"{self.name} (teleport off)", self.update_rule, clock=self.clock)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@
   keeps the sign of every coordinate of the gradient).
 - m2 `TeleNet` (LSTM(tele)) for one hidden layer of width k: [vec ∇W_m, vec ∇W_{m+1}] → T (B, k, k),
   an optional gate logit and an optional step-size logit (LSTM(lr,tele)).
+Both may also read `n_extra` features per task after the gradients (the progress features `progress_features`).
 Every tensor has a leading trajectory dimension B.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PREPROCESSING", "UPDATE_FORMS", "GAIN_MAX", "LR_RANGE", "LR_INIT", "TINY", "sqrt0", "rms", "gains", "preprocess",
-           "LSTMState", "StackedLSTM", "scaled_linear", "UpdateNet", "TeleNet", "learned_lr"]
+__all__ = ["PREPROCESSING", "UPDATE_FORMS", "GAIN_MAX", "LR_RANGE", "LR_INIT", "TINY", "PROGRESS_CENTRES", "sqrt0", "rms",
+           "gains", "preprocess", "progress_features", "LSTMState", "StackedLSTM", "scaled_linear", "UpdateNet",
+           "TeleNet", "learned_lr"]
 
 PREPROCESSING = ("logsign", "raw", "rms")
 UPDATE_FORMS = ("direct", "residual", "gain")
@@ -27,6 +29,7 @@ LR_RANGE = (1e-7, 5e-3)
 LR_INIT = 1e-4  # the step size an untrained step-size head starts from
 LOGSIGN_P = 10.0
 TINY = 1e-30  # the floor of `rms`: far below any gradient that matters, far above float32's smallest normal
+PROGRESS_CENTRES = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)  # VeLO's (learned_optimization hyper_v2)
 
 
 def sqrt0(x: torch.Tensor) -> torch.Tensor:
@@ -61,8 +64,21 @@ def preprocess(g: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.cat([first, second], dim=-1)
 
 
+def progress_features(t: torch.Tensor, horizon: float) -> torch.Tensor:
+    """(B,) steps taken → (B, len(PROGRESS_CENTRES)): VeLO's training-progress features tanh(10(t/T − c)) for a
+    run of T = `horizon` steps."""
+    c = torch.tensor(PROGRESS_CENTRES, dtype=t.dtype, device=t.device)
+    return torch.tanh(10 * (t[:, None] / horizon - c))
+
+
 def input_size(n_grads: int, kind: str) -> int:
     return {"logsign": 2 * n_grads, "rms": n_grads + 1}.get(kind, n_grads)
+
+
+def _inputs(g: torch.Tensor, kind: str, extra: torch.Tensor | None) -> torch.Tensor:
+    """An LSTM's input: the preprocessed gradients (B, P) → (B, input_size), then the extra features (B, E)."""
+    x = preprocess(g, kind)
+    return x if extra is None else torch.cat([x, extra.to(x.dtype)], dim=1)
 
 
 LSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -100,47 +116,63 @@ class UpdateNet(nn.Module):
     """m1: (B, P) gradients → (B, P) update. form "direct": u = out_scale · head(LSTM(pre(g)));
     form "residual": u = e^{log_lr}·g + e^{log_scale}·rms(g)·tanh(head(LSTM(pre(g)))), head initialized at zero
     and log_lr = log_scale = log(nominal_lr) at initialization; form "gain": u = e^{log_lr}·g ⊙
-    GAIN_MAX^tanh(head(LSTM(pre(g)))), head initialized at zero."""
+    GAIN_MAX^tanh(head(LSTM(pre(g)))), head initialized at zero.
+    With n_extra features (progress), the LSTM also reads them, and a zero-initialized linear `schedule` of them
+    adds s (B,) to the log step size (e^{log_lr + s}, e^{log_scale + s}, or out_scale·e^s): a learned step-size
+    schedule over the run, which the LSTM's many gradient inputs would otherwise drown."""
 
     def __init__(self, n_params: int, size: int, preprocessing: str, out_scale: float, form: str = "direct",
-                 nominal_lr: float = 3e-4) -> None:
+                 nominal_lr: float = 3e-4, n_extra: int = 0) -> None:
         super().__init__()
         self.preprocessing, self.out_scale, self.form = preprocessing, out_scale, form
-        self.lstm = StackedLSTM(input_size(n_params, preprocessing), size)
+        self.lstm = StackedLSTM(input_size(n_params, preprocessing) + n_extra, size)
         self.head = scaled_linear(size, n_params, scale=1.0 if form == "direct" else 0.0)
+        self.schedule = scaled_linear(n_extra, 1, scale=0.0) if n_extra else None
         if form != "direct":
             self.log_lr = nn.Parameter(torch.tensor(math.log(nominal_lr)))
         if form == "residual":
             self.log_scale = nn.Parameter(torch.tensor(math.log(nominal_lr)))
 
-    def forward(self, g: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
-        h, state = self.lstm(preprocess(g, self.preprocessing), state)
+    def forward(self, g: torch.Tensor, state: LSTMState, extra: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, LSTMState]:
+        h, state = self.lstm(_inputs(g, self.preprocessing, extra), state)
+        if self.schedule is None or extra is None:
+            s = torch.zeros((), dtype=g.dtype, device=g.device)
+        else:
+            s = self.schedule(extra.to(g.dtype))  # (B, 1)
         if self.form == "residual":
-            return self.log_lr.exp() * g + self.log_scale.exp() * rms(g)[:, None] * torch.tanh(self.head(h)), state
+            return ((self.log_lr + s).exp() * g + (self.log_scale + s).exp() * rms(g)[:, None] * torch.tanh(self.head(h)),
+                    state)
         if self.form == "gain":
-            return self.log_lr.exp() * g * gains(self.head(h)), state
-        return self.out_scale * self.head(h), state
+            return (self.log_lr + s).exp() * g * gains(self.head(h)), state
+        return self.out_scale * s.exp() * self.head(h), state
 
 
 class TeleNet(nn.Module):
     """m2 for one hidden layer of width k: (B, P_pair) gradients → T (B, k, k), an optional gate
-    in (0, 1) per task (B,), starting near sigmoid(gate_bias), and an optional step-size logit (B,)."""
+    in (0, 1) per task (B,), starting near sigmoid(gate_bias), and an optional step-size logit (B,).
+    With n_extra features (progress), the LSTM also reads them, and a zero-initialized linear `schedule` of them
+    shifts the gate's and the step size's logits (a learned teleport and step-size schedule over the run)."""
 
     def __init__(self, n_in: int, k: int, size: int, preprocessing: str, gate: bool, step_size: bool,
-                 gate_bias: float = 2.0) -> None:
+                 gate_bias: float = 2.0, n_extra: int = 0) -> None:
         super().__init__()
         self.k, self.preprocessing, self.gate_bias = k, preprocessing, gate_bias
-        self.lstm = StackedLSTM(input_size(n_in, preprocessing), size)
+        self.lstm = StackedLSTM(input_size(n_in, preprocessing) + n_extra, size)
         self.head = nn.Linear(size, k * k)
         self.gate = scaled_linear(size, 1) if gate else None
         self.lr = scaled_linear(size, 1) if step_size else None
+        heads = int(gate) + int(step_size)
+        self.schedule = scaled_linear(n_extra, heads, scale=0.0) if n_extra and heads else None
 
-    def forward(self, g: torch.Tensor, state: LSTMState
+    def forward(self, g: torch.Tensor, state: LSTMState, extra: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, LSTMState]:
-        h, state = self.lstm(preprocess(g, self.preprocessing), state)
+        h, state = self.lstm(_inputs(g, self.preprocessing, extra), state)
         T = self.head(h).view(-1, self.k, self.k)
-        gate = torch.sigmoid(self.gate(h)[:, 0] + self.gate_bias) if self.gate is not None else None
-        lr = self.lr(h)[:, 0] if self.lr is not None else None
+        shift = (self.schedule(extra.to(h.dtype)) if self.schedule is not None and extra is not None
+                 else h.new_zeros(h.shape[0], 2))
+        gate = torch.sigmoid(self.gate(h)[:, 0] + self.gate_bias + shift[:, 0]) if self.gate is not None else None
+        lr = self.lr(h)[:, 0] + shift[:, -1] if self.lr is not None else None
         return T, gate, lr, state
 
 

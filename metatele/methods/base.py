@@ -18,7 +18,10 @@ import torch
 if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch
 
-__all__ = ["Proposal", "Teleport", "Transform", "Method", "Composed", "chain", "identity", "add_update"]
+__all__ = ["Proposal", "Teleport", "Transform", "Method", "Composed", "chain", "identity", "add_update",
+           "DEFAULT_HORIZON", "Horizon", "set_horizon"]
+
+DEFAULT_HORIZON = 1000  # T of a run whose length is not given (the longest horizon the learned methods train on)
 
 Tensors = list[torch.Tensor]
 
@@ -112,12 +115,34 @@ def chain(*transforms: Transform) -> Transform:
 
 
 @dataclass
+class Horizon:
+    """T, the number of steps of the run a method is making, for transforms that read it (a learned method's
+    progress features). A method's transforms share one Horizon; `set_horizon` sets it before a run, unless
+    `pinned` (an ablation that hides the run's length from the method)."""
+
+    steps: float = DEFAULT_HORIZON
+    pinned: bool = False
+
+
+def set_horizon(method: Method, steps: float) -> None:
+    """Tell `method` that its next run takes `steps` steps (a method without a `clock` Horizon, or with a pinned
+    one, ignores it)."""
+    clock = getattr(method, "clock", None)
+    if isinstance(clock, Horizon) and not clock.pinned:
+        if not steps >= 1:
+            raise ValueError(f"a run's horizon must be ≥ 1 step, got {steps!r}")
+        clock.steps = float(steps)
+
+
+@dataclass
 class Composed:
-    """A named method made of one transform (usually `chain(update rule, teleport policy)`)."""
+    """A named method made of one transform (usually `chain(update rule, teleport policy)`); `clock`, the
+    Horizon its transforms read, if any."""
 
     name: str
     transform: Transform
     hparams: dict[str, Any] = field(default_factory=dict)
+    clock: Horizon | None = None
 
     def init_state(self, weights: Sequence[torch.Tensor]) -> Any:
         return self.transform.init(weights)

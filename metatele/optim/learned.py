@@ -30,7 +30,7 @@ from torch import nn
 
 from metatele import checkpoints
 from metatele.checkpoints import shipped_names
-from metatele.methods.base import Method
+from metatele.methods.base import DEFAULT_HORIZON, Method, set_horizon
 from metatele.nn import Chain, TeleportWarning, chain_of, find_chains
 from metatele.optim.guard import DivergenceGuard
 from metatele.optim.teleport import ChainTeleporter, Sampler, TeleportRecord
@@ -136,16 +136,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
     chain found in the model's nn.Sequentials); teleport_every, teleport at steps 0, k, 2k, … (0: never);
     teleport_batch, "step" (the current step's batch, captured by hooks) or a callable returning the loss on a
     batch of its choice. Parameters without a gradient at a step keep their values; a step that the guard refuses
-    does not advance the method's state.
+    does not advance the method's state. total_steps: how many steps the run will take, T of a method with progress
+    features (lstm-* trained with progress, adafac*); None: `metatele.methods.DEFAULT_HORIZON`. Past T the features
+    saturate (the method behaves as at the end of a run).
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
                  method: str | os.PathLike[str] | Method = "any-update", *, lr: float = 1.0,
                  max_loss_ratio: float | None = 1e3, model: nn.Module | None = None,
                  chains: Sequence[Sequence[str]] | None = None, negative_slope: float | None = None,
-                 teleport_every: int = 1, teleport_batch: str | Sampler = "step") -> None:
+                 teleport_every: int = 1, teleport_batch: str | Sampler = "step", total_steps: int | None = None
+                 ) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0.0 <= lr < float("inf"):
             raise ValueError(f"lr must be a finite number ≥ 0, got {lr!r}")
+        if total_steps is not None and (not isinstance(total_steps, int) or isinstance(total_steps, bool)
+                                        or total_steps < 1):
+            raise ValueError(f"total_steps must be a whole number ≥ 1 (or None), got {total_steps!r}")
         if chains is not None and (model is None or negative_slope is None):
             raise ValueError("naming chains needs model= and negative_slope= (the LeakyReLU slope between them)")
         self._segments: list[_Segment] = []
@@ -156,6 +162,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"all parameters must be on one device, got {sorted(map(str, devices))}")
         device = devices.pop()
         self._full = load_method(method, device)
+        set_horizon(self._full, DEFAULT_HORIZON if total_steps is None else total_steps)
         self.method_name: str = str(getattr(self._full, "name", type(self._full).__name__))
         self._update = _update_only(self._full)
         self._widths = _fixed_widths(self._full)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from metatele.methods.base import Method
+from metatele.methods.base import Method, set_horizon
 from metatele.outer.distributed import SOLO, Reducer
 from metatele.outer.settings import TrainerSettings
 from metatele.step import inner_step
@@ -143,6 +143,8 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
     meta-gradient with the other ranks' (this rank's weight: its trajectory count); the default does nothing.
     on_window() is called after each window's meta-update (a progress bar)."""
     params = list(method.parameters())
+    steps = steps or settings.steps
+    set_horizon(method, steps)  # T of progress features: this batch's trajectory length
     weights = task.init_weights()
     state = method.init_state(weights)
     alive = cap = None
@@ -151,7 +153,7 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         alive = torch.isfinite(cap)
     stats: dict[str, list[float]] = {"meta_loss": [], "grad_norm": []}
     skipped = 0
-    for start in range(0, steps or settings.steps, settings.unroll):
+    for start in range(0, steps, settings.unroll):
         win = unroll_window(method, task, weights, state, start, settings.unroll, settings.second_order, alive, cap)
         for k, v in win.info.items():
             stats.setdefault(k, []).extend(v)

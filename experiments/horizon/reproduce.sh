@@ -14,8 +14,12 @@ if [ "${2:-}" != "--skip-training" ]; then
   done
   wait
   ckpt="$out/checkpoints"
-else
-  ckpt=checkpoints
+else  # the round-2 checkpoints, from git history (round 3 replaced the shipped ones)
+  ckpt="$out/v2"
+  for m in lstm-update-tele lstm-update lstm-lr-tele; do
+    mkdir -p "$ckpt/$m"
+    git show "d2a3e1c:checkpoints/$m/model.safetensors" > "$ckpt/$m/model.safetensors"
+  done
 fi
 # the round-1 checkpoints, from git history
 mkdir -p "$out/v1"

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from metatele import checkpoints, config, step, tasks, train
 from metatele.evaluation.compare import Entry, evaluate
 from metatele.learned import build
+from metatele.learned.apply import optimize_
 from metatele.learned.lstm import LSTMSpec
 from metatele.learned.nets import PROGRESS_CENTRES, progress_features
 from metatele.methods import DEFAULT_HORIZON, set_horizon
@@ -89,8 +90,8 @@ def test_without_progress_the_horizon_changes_nothing():
 
 
 def test_every_front_end_tells_the_method_its_horizon():
-    """rollout(…, steps), evaluate (compare/eval --steps), the trainer (the batch's trajectory length) and
-    LearnedOptimizer(total_steps=…) set T; a pinned horizon is left alone."""
+    """rollout(…, steps), evaluate (compare/eval --steps), the trainer (the batch's trajectory length), optimize_
+    (a user's nn.Sequential) and LearnedOptimizer(total_steps=…) set T; a pinned horizon is left alone."""
     model = _randomized(LSTMSpec("lstm-update", widths=WIDTHS, hidden=6, preprocessing="rms", progress=True))
     task = _task()
     step.rollout(model, task, 7)
@@ -102,8 +103,11 @@ def test_every_front_end_tells_the_method_its_horizon():
     run = train.build(cfg)
     train_batch(run.model, run.opt, cfg.family.sample([1, 2]), cfg.trainer, 10)
     assert run.model.horizon == 10
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.LeakyReLU(0.1), torch.nn.Linear(4, 3, bias=False))
+    optimize_(net, model.float(), torch.rand(4, 4), torch.rand(4, 3), 11, loss="squared")
+    assert model.horizon == 11
     params = [torch.nn.Parameter(w[0].float().clone()) for w in task.init_weights()]
-    opt = LearnedOptimizer(params, model.float(), total_steps=42)
+    opt = LearnedOptimizer(params, model, total_steps=42)
     assert model.horizon == 42
     LearnedOptimizer(params, model)
     assert model.horizon == DEFAULT_HORIZON

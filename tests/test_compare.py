@@ -19,7 +19,7 @@ from cli_cases import Case, EVAL, cheap_baselines, ids, put, run_case, warned_on
 from helpers import HANG, wait_for
 
 from metatele import checkpoints, cli, config, step, tasks, train
-from metatele.evaluation import report
+from metatele.evaluation import compare, report
 from metatele.methods import baseline
 from metatele.tasks import seeds
 
@@ -183,3 +183,46 @@ CASES = [
 def test_row(case: Case, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
              ) -> None:
     run_case(case, made, monkeypatch, capsys)
+
+
+# ---------------------------------------------------------------- batched lr tuning
+class _Untileable:
+    """A task batch that offers no `tile` (a user's own TaskBatch): tuned one lr at a time."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name):
+        if name == "tile":
+            raise AttributeError(name)
+        return getattr(self._task, name)
+
+
+@pytest.mark.parametrize("kind", ["gd", "adam", "gd-teleport"])
+def test_batched_tuning_is_the_one_lr_at_a_time_search(kind, monkeypatch):
+    """The whole grid as one batch runs each task as its own rollout at that lr does, to the bit (a diverging lr
+    included), so the tuned lr is the same; also in chunks of the grid, and without `tile`."""
+    valid = tasks.RegressionFamily((5, 4, 3), 3).sample(range(seeds.VALID_FIRST_SEED, seeds.VALID_FIRST_SEED + 3))
+    grid = (1e-3, 1e-2, 0.1, 10.0)
+    make = lambda lr: baseline(kind, lr=lr)  # noqa: E731
+    alone = [step.rollout(make(lr), valid, 12).loss for lr in grid]
+    lrs = torch.tensor(grid).repeat_interleave(3)
+    together = step.rollout(make(lrs), valid.tile(len(grid)), 12).loss
+    torch.testing.assert_close(together, torch.cat(alone, dim=1), rtol=0, atol=0, equal_nan=True)
+    assert torch.isfinite(alone[0][-1]).all() and (kind == "adam" or not torch.isfinite(alone[-1][-1]).any())  # GD at 10 diverges
+    best = min((compare._score(L[-1]), lr) for L, lr in zip(alone, grid))[1]
+    batches = []
+    monkeypatch.setattr(compare, "rollout", lambda m, task, n: batches.append(len(task.seeds)) or step.rollout(m, task, n))
+    assert compare.tune(make, grid, valid, 12) == best and batches == [12]
+    assert compare.tune(make, grid, _Untileable(valid), 12) == best and batches[1:] == [3] * 4
+    monkeypatch.setattr(compare, "GRID_BATCH_WEIGHTS", 3 * (20 + 12) * 3)  # three lrs' copies per rollout
+    assert compare.tune(make, grid, valid, 12) == best and batches[5:] == [9, 3]
+
+
+def test_batched_tuning_on_classification():
+    valid = tasks.ClassificationFamily("digits", (64, 8, 10), batch_size=5).sample(range(seeds.VALID_FIRST_SEED,
+                                                                                        seeds.VALID_FIRST_SEED + 2))
+    grid = (1e-2, 1.0)
+    alone = [step.rollout(baseline("adam", lr=lr), valid, 6).loss for lr in grid]
+    together = step.rollout(baseline("adam", lr=torch.tensor(grid).repeat_interleave(2)), valid.tile(2), 6).loss
+    assert torch.equal(together, torch.cat(alone, dim=1))

@@ -46,3 +46,17 @@ def test_gradients_match_finite_differences():
         dn = [w - E if j == m else w for j, w in enumerate(b.weights)]
         fd = (b.loss(up, b.data(0)) - b.loss(dn, b.data(0))) / (2 * h)
         assert torch.allclose(fd, grads[m][:, 1, 2], rtol=1e-6)
+
+
+def test_tile_repeats_the_tasks_in_order():
+    for fam, seeds in ((tasks.RegressionFamily((5, 4, 3), 3), [1, 2]),
+                       (tasks.ClassificationFamily("digits", (64, 8, 10)), [3, 4])):
+        once, twice = fam.sample(seeds), fam.sample(seeds * 2)
+        tiled = once.tile(2)
+        assert tiled.seeds == twice.seeds
+        for a, b in zip(tiled.init_weights(), twice.init_weights()):
+            assert torch.equal(a, b)
+        for step in (0, 7):
+            got, want = tiled.data(step), twice.data(step)
+            assert torch.equal(got.X, want.X) and torch.equal(got.Y, want.Y)
+            assert torch.equal(tiled.teleport_data(step).batch.X, twice.teleport_data(step).batch.X)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import trim_mean
 
 from metatele.bench.run import SPEEDUP_FACTOR, ProblemRun
 from metatele.evaluation.stats import BOOTSTRAP_RESAMPLES, summarize
@@ -47,6 +46,8 @@ def log_ratio(final: torch.Tensor, adam_final: torch.Tensor, cap: float = 10.0) 
 
 def iqm(values: np.ndarray) -> float:
     """Interquartile mean: the mean of the middle 50%."""
+    from scipy.stats import trim_mean  # scipy.stats takes ~2 s to import: not on every `metatele` command's path
+
     return float(trim_mean(np.asarray(values, float), 0.25))
 
 

@@ -26,11 +26,12 @@ from metatele.step import Trajectory, rollout
 from metatele.tasks.base import TaskBatch, TaskFamily
 from metatele.tasks.seeds import MAX_SEED, TRAIN_SEEDS, VALID_RANGE, overlaps_training, overlaps_validation
 
-__all__ = ["GD_GRID", "ADAM_GRID", "Entry", "Result", "Record", "Callback", "Recorder", "tune", "baselines", "learned_paths", "learned", "evaluate",
+__all__ = ["GD_GRID", "ADAM_GRID", "GRID_BATCH_WEIGHTS", "Entry", "Result", "Record", "Callback", "Recorder", "tune", "baselines", "learned_paths", "learned", "evaluate",
            "check_test_seeds", "test_tasks"]
 
 GD_GRID = tuple(10 ** (k / 2) for k in range(-12, 3))       # 1e-6 … 10: wide enough for every task family
 ADAM_GRID = tuple(10 ** (k / 2) for k in range(-8, 2))      # 1e-4 … 3.2
+GRID_BATCH_WEIGHTS = 1 << 24  # weights (all tasks, all lrs) in one of `tune`'s batched rollouts: 64 MiB in float32
 
 
 @dataclass
@@ -71,16 +72,33 @@ class Result:
     records: dict[str, Record] = field(default_factory=dict)
 
 
-def _score(traj: Trajectory) -> float:
-    """Tuning score: mean log10 final loss; +inf if any task diverged."""
-    final = traj.loss[-1]
+def _score(final: torch.Tensor) -> float:
+    """Tuning score of one lr's final losses (B,): mean log10 final loss; +inf if any task diverged."""
     return float(final.clamp_min(1e-300).log10().mean()) if torch.isfinite(final).all() else math.inf
 
 
-def tune(make: Callable[[float], Method], grid: Sequence[float], valid: TaskBatch, steps: int) -> float:
-    """The lr from `grid` with the best validation score for method `make(lr)`."""
-    scores = [(_score(rollout(make(lr), valid, steps)), lr) for lr in grid]
-    return min(scores)[1]
+def tune(make: Callable[[float | torch.Tensor], Method], grid: Sequence[float], valid: TaskBatch, steps: int
+         ) -> float:
+    """The lr from `grid` with the best validation score for method `make(lr)`.
+
+    Where `valid` (B tasks) can be tiled (`TaskBatch.tile`), the grid runs as one batch: `valid` tiled once per lr,
+    copy j with lr grid[j] (`make` then gets a per-task lr (copies·B,)), in rollouts of at most GRID_BATCH_WEIGHTS
+    weights. A task's run there is the one that a rollout of make(grid[j]) on `valid` alone gives (bit for bit
+    on the CPU: tests/test_compare.py), so the lr chosen is the same; it costs one rollout's Python overhead
+    instead of len(grid)."""
+    w0 = valid.init_weights()[0]
+    B = w0.shape[0]
+    if not hasattr(valid, "tile"):
+        finals = [rollout(make(lr), valid, steps).loss[-1] for lr in grid]
+    else:
+        per_copy = sum(w.numel() for w in valid.init_weights())
+        chunk = max(1, min(len(grid), GRID_BATCH_WEIGHTS // per_copy))
+        finals = []
+        for i in range(0, len(grid), chunk):
+            lrs = grid[i:i + chunk]
+            lr = torch.tensor(lrs, dtype=w0.dtype, device=w0.device).repeat_interleave(B)
+            finals += rollout(make(lr), valid.tile(len(lrs)), steps).loss[-1].split(B)
+    return min((_score(f), lr) for f, lr in zip(finals, grid))[1]
 
 
 def baselines(valid: TaskBatch, steps: int) -> list[Entry]:

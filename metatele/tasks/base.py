@@ -3,6 +3,8 @@
 A task batch holds B independent MLP training problems of one shape. It gives its initial weights,
 the data each inner step trains on, the loss and its gradient on that data, and which parameter-space
 symmetry it supports. `metatele.step` and the meta-trainer see tasks only through this protocol.
+A batch may also offer `tile(copies)`, the same B tasks copies times over (copies·B tasks, task j·B + i is
+task i), with which `metatele.evaluation.compare.tune` runs a whole lr grid as one batch (the families' batches do).
 Shapes: weights[m] (B, d_{m+1}, d_m); data X (B, d0, n); losses (B,).
 """
 from __future__ import annotations

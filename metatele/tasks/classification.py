@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -83,6 +83,12 @@ class ClassificationTasks:
         return ClassificationTasks(self.inputs.to(device), self.labels.to(device), self.order.to(device),
                                    [w.to(device) for w in self.weights], self.seeds, self.batch_size,
                                    self.teleport_batch, self.activation, self.symmetry)
+
+    def tile(self, copies: int) -> ClassificationTasks:
+        """The B tasks `copies` times over (copies·B tasks; task j·B + i is task i), sharing the dataset."""
+        return replace(self, order=self.order.repeat(copies, 1),
+                       weights=[w.repeat(copies, *([1] * (w.dim() - 1))) for w in self.weights],
+                       seeds=self.seeds * copies)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,12 @@ class RegressionTasks:
         return RegressionTasks(self.X.to(device), self.Y.to(device), [w.to(device) for w in self.weights],
                                self.seeds, self.activation)
 
+    def tile(self, copies: int) -> RegressionTasks:
+        """The B tasks `copies` times over (copies·B tasks; task j·B + i is task i), sharing the cached X⁺ if any."""
+        rep = lambda x: x.repeat(copies, *([1] * (x.dim() - 1)))  # noqa: E731
+        return RegressionTasks(rep(self.X), rep(self.Y), [rep(w) for w in self.weights], self.seeds * copies,
+                               self.activation, None if self._pinv is None else rep(self._pinv))
+
 
 @dataclass(frozen=True)
 class RegressionFamily:

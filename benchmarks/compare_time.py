@@ -8,7 +8,7 @@ on a busy machine the wall time also counts the waits for a core), the load aver
 thread. Times are for this machine and this moment: compare them as ratios within one run.
 
     python benchmarks/compare_time.py [--device cuda] [--cases defaults steps1000 wide] [--checkpoints DIR]
-        [--threads 1]
+        [--threads 1] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -59,9 +59,12 @@ sys.exit(code)
 """
 
 
-def run_case(args: list[str], device: str, threads: int, checkpoints: str | None) -> dict[str, object]:
-    """One compare in a fresh process: wall and CPU seconds, the split, and each method's rollout seconds."""
-    with tempfile.TemporaryDirectory() as tmp:
+def run_case(args: list[str], device: str, threads: int, checkpoints: str | None, keep: Path | None
+             ) -> dict[str, object]:
+    """One compare in a fresh process: wall and CPU seconds, the split, and each method's rollout seconds. Its
+    output goes to a temporary folder, or to `keep` (a new folder) if given."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = str(keep) if keep is not None else scratch
         argv = ["compare", *args, "--no-progress", "--device", device, "--threads", str(threads),
                 "--out", f"{tmp}/out", "--logdir", f"{tmp}/runs"]
         if checkpoints:
@@ -87,6 +90,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", choices=tuple(CASES), default=list(CASES), help="which commands to time")
     p.add_argument("--checkpoints", help="compare's --checkpoints (default: the shipped ones)")
     p.add_argument("--threads", type=int, default=1, help="compare's --threads (default 1, compare's default)")
+    p.add_argument("--keep", type=Path, help="keep each case's results and TensorBoard runs in KEEP/<case>/{out,runs}")
     a = p.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {a.device}: CUDA is not available here")
@@ -97,7 +101,7 @@ def main() -> None:
     results = {}
     for name in a.cases:
         args, target = CASES[name]
-        res = results[name] = run_case(args, a.device, a.threads, a.checkpoints)
+        res = results[name] = run_case(args, a.device, a.threads, a.checkpoints, a.keep / name if a.keep else None)
         split = dict(res["split"])
         evaluation = split.pop("evaluation", 0.0)
         rest = res["wall"] - sum(split.values()) - evaluation

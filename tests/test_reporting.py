@@ -113,3 +113,37 @@ def test_compare_on_digits_writes_no_nan_or_inf(tmp_path, capsys):
     md = (tmp_path / "res" / "results.md").read_text()
     assert not NONFINITE.search(csv_text) and not NONFINITE.search(md)
     assert re.search(r"— \(4 non-finite\)", md)  # the case really arose
+
+
+def test_tensorboard_records_are_summary_writers(tmp_path):
+    """write_run's event file holds the events torch's SummaryWriter writes for the same calls (byte for byte
+    where both are given the wall time), with the CRCs of tensorboard's own reader (it checks them)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader, RawEventFileLoader
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_crc
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    from metatele.reporting.tensorboard import masked_crc32c
+
+    rng = np.random.default_rng(0)
+    records = [b"", b"a", bytes(8)] + [rng.bytes(int(n)) for n in rng.integers(0, 300, 500)]
+    assert masked_crc32c(records).tolist() == [reference_crc(r) for r in records]
+    points = [Point(f"eval/t{k}", 1.0 + s * 0.37 - k if (s + k) % 7 else math.nan, s, 1.7e9 + s / 8)
+              for s in range(60) for k in range(3)] + [Point("us/x", 1e-30, 123456789, 1.7e9)]
+    hp = ({"method": "m", "lr": 0.1, "flag": True, "shape": (2, 3)}, {"final": 1.5})
+    finite = sum(math.isfinite(p.value) for p in points)
+    assert write_run(tmp_path / "new", points, hparams=hp, layout=report.LAYOUT) == len(points) - finite > 0
+    with SummaryWriter(str(tmp_path / "old")) as w:
+        for p in points:
+            if math.isfinite(p.value):
+                w.add_scalar(p.tag, p.value, p.step, walltime=p.walltime)
+        for summary in hparams_summaries({k: v if k != "shape" else "(2, 3)" for k, v in hp[0].items()}, hp[1]):
+            w.file_writer.add_summary(summary)
+        w.add_custom_scalars(report.LAYOUT)
+    (new,), (old,) = (tmp_path / "new").iterdir(), (tmp_path / "old").iterdir()
+    raw_new, raw_old = list(RawEventFileLoader(str(new)).Load()), list(RawEventFileLoader(str(old)).Load())
+    assert len(raw_new) == len(raw_old) == 1 + finite + 3 + 1 and raw_new[1:1 + finite] == raw_old[1:1 + finite]
+    events_new, events_old = list(EventFileLoader(str(new)).Load()), list(EventFileLoader(str(old)).Load())
+    for e in events_new + events_old:
+        e.wall_time = 0.0  # SummaryWriter stamps the header, hparams and layout events with the time of writing
+    assert events_new == events_old

@@ -64,3 +64,17 @@ def test_geometric_interval_covers_the_true_geometric_mean_95_percent_of_the_tim
         s = stats.summarize(loss)
         covered += s["geo_ci95_low"] <= 10**-1.0 <= s["geo_ci95_high"]
     assert 0.91 <= covered / 400 <= 0.99, covered
+
+
+def test_summarize_steps_is_summarize_at_every_step():
+    """The batched per-step statistics (TensorBoard's curves) are `summarize`'s to the bit, also at steps with
+    diverged tasks and at a step where every task diverged."""
+    g = torch.Generator().manual_seed(0)
+    for B in (1, 2, 7, 64):
+        loss = torch.rand(40, B, generator=g) * 10 ** (8 * torch.rand(40, B, generator=g) - 4)
+        loss[5, 0], loss[9, -1], loss[12] = math.inf, math.nan, math.nan
+        got = stats.summarize_steps(loss)
+        for s in range(40):
+            want = stats.summarize(loss[s], intervals=False)
+            for k in stats.STEP_KEYS:
+                assert got[k][s] == want[k] or (math.isnan(got[k][s]) and math.isnan(want[k])), (B, s, k)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from metatele.evaluation.compare import Result
-from metatele.evaluation.stats import divergence, report_steps, steps_to_reach, summarize
+from metatele.evaluation.stats import divergence, report_steps, steps_to_reach, summarize, summarize_steps
 from metatele.io import csv_text, write_files
 from metatele.reporting import UNDEFINED, ci, fmt
 from metatele.reporting.plotting import png_bytes, pyplot
@@ -91,9 +91,14 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _log10_mean(x: torch.Tensor) -> float:
-    x = x[torch.isfinite(x)].double()
-    return float(x.clamp_min(1e-300).log10().mean()) if x.numel() else math.nan
+def _log10_means(x: torch.Tensor) -> np.ndarray:
+    """Per row of x (steps+1, B): the mean log10 of its finite entries (NaN if none), (steps+1,)."""
+    x = x.double().cpu()
+    out = x.clamp_min(1e-300).log10().mean(1).numpy().copy()
+    for s in (~torch.isfinite(x).all(1)).nonzero().flatten().tolist():
+        row = x[s][torch.isfinite(x[s])]
+        out[s] = float(row.clamp_min(1e-300).log10().mean()) if row.numel() else math.nan
+    return out
 
 
 def write_tensorboard(results: list[Result], logdir: Path) -> int:
@@ -104,16 +109,18 @@ def write_tensorboard(results: list[Result], logdir: Path) -> int:
     skipped = 0
     for i, r in enumerate(results):
         points = []
+        st = summarize_steps(r.traj.loss)
+        grad = _log10_means(r.traj.grad_norm_sq)
+        seconds = r.traj.seconds.tolist()
         for s in range(r.traj.loss.shape[0]):
-            st = summarize(r.traj.loss[s], intervals=False)
-            vals = {"loss_mean": st["loss_mean"], "log10_loss_mean": st["log10_loss_mean"],
-                    **{f"log10_loss_{q}": math.log10(st[f"loss_{q}"]) if st[f"loss_{q}"] > 0 else math.nan
+            vals = {"loss_mean": st["loss_mean"][s], "log10_loss_mean": st["log10_loss_mean"][s],
+                    **{f"log10_loss_{q}": math.log10(st[f"loss_{q}"][s]) if st[f"loss_{q}"][s] > 0 else math.nan
                        for q in ("median", "q10", "q90")},
-                    "log10_grad_norm_sq": _log10_mean(r.traj.grad_norm_sq[s])}
-            wall = base + float(r.traj.seconds[s])  # walltime = elapsed run time: "relative" = seconds of optimization
+                    "log10_grad_norm_sq": grad[s]}
+            wall = base + seconds[s]  # walltime = elapsed run time: "relative" = seconds of optimization
             for tag in TB_TAGS:
-                points += [Point(f"eval/{tag}", vals[tag], s, wall),
-                           Point(f"eval_vs_time_us/{tag}", vals[tag], round(float(r.traj.seconds[s]) * 1e6), wall)]
+                points += [Point(f"eval/{tag}", float(vals[tag]), s, wall),
+                           Point(f"eval_vs_time_us/{tag}", float(vals[tag]), round(seconds[s] * 1e6), wall)]
             for name, rec in r.records.items():  # median over tasks of each recorded channel
                 points += [Point(f"{name}/{ch}_median", float(np.nanmedian(rec.values[:, s, k])), s, wall)
                            for k, ch in enumerate(rec.channels)]

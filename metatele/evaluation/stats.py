@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["summarize", "t_interval", "mean_ci", "bootstrap_mean_ci", "divergence", "report_steps", "steps_to_reach",
+__all__ = ["summarize", "summarize_steps", "t_interval", "mean_ci", "bootstrap_mean_ci", "divergence", "report_steps", "steps_to_reach",
            "CORRELATIONS", "correlation", "correlation_ci"]
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -99,6 +99,24 @@ def summarize(loss: torch.Tensor, intervals: bool = True) -> dict[str, float]:
         _, lo, hi = t_interval(logs.numpy())
         out.update(geo_ci95_low=_pow10(lo), geo_ci95_high=_pow10(hi))
         out["loss_ci95_low"], out["loss_ci95_high"] = bootstrap_mean_ci(L.numpy())
+    return out
+
+
+STEP_KEYS = ("loss_mean", "loss_median", "loss_q10", "loss_q90", "log10_loss_mean")
+
+
+def summarize_steps(loss: torch.Tensor) -> dict[str, np.ndarray]:
+    """`summarize(loss[s], intervals=False)`'s STEP_KEYS for every step s of loss (steps+1, B) at once, each an
+    array (steps+1,) of the same values: the steps where every task is finite in a few batched ops (the same to
+    the bit: tests/test_statistics.py), the others through `summarize`."""
+    L = loss.double().cpu()
+    q = torch.quantile(L, torch.tensor([0.1, 0.5, 0.9], dtype=L.dtype), dim=1)
+    cols = (L.mean(1), q[1], q[0], q[2], L.clamp_min(1e-300).log10().mean(1))
+    out = {k: v.numpy().copy() for k, v in zip(STEP_KEYS, cols)}
+    for s in (~torch.isfinite(L).all(1)).nonzero().flatten().tolist():
+        st = summarize(loss[s], intervals=False)
+        for k in STEP_KEYS:
+            out[k][s] = st[k]
     return out
 
 

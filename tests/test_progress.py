@@ -11,12 +11,14 @@ from safetensors import safe_open
 from metatele import checkpoints, config, step, tasks, train
 from metatele.evaluation.compare import Entry, evaluate
 from metatele.learned import build
+from metatele.learned.apply import optimize_
 from metatele.learned.lstm import LSTMSpec
 from metatele.learned.nets import PROGRESS_CENTRES, progress_features
 from metatele.methods import DEFAULT_HORIZON, set_horizon
 from metatele.methods.base import Proposal
 from metatele.optim import LearnedOptimizer
-from metatele.outer.trainer import train_batch
+from metatele.outer.trainer import meta_train, train_batch
+from metatele.tasks.seeds import EVAL_FIRST_SEED, train_seeds
 
 WIDTHS = (4, 4, 3)
 
@@ -88,8 +90,8 @@ def test_without_progress_the_horizon_changes_nothing():
 
 
 def test_every_front_end_tells_the_method_its_horizon():
-    """rollout(…, steps), evaluate (compare/eval --steps), the trainer (the batch's trajectory length) and
-    LearnedOptimizer(total_steps=…) set T; a pinned horizon is left alone."""
+    """rollout(…, steps), evaluate (compare/eval --steps), the trainer (the batch's trajectory length), optimize_
+    (a user's nn.Sequential) and LearnedOptimizer(total_steps=…) set T; a pinned horizon is left alone."""
     model = _randomized(LSTMSpec("lstm-update", widths=WIDTHS, hidden=6, preprocessing="rms", progress=True))
     task = _task()
     step.rollout(model, task, 7)
@@ -101,8 +103,11 @@ def test_every_front_end_tells_the_method_its_horizon():
     run = train.build(cfg)
     train_batch(run.model, run.opt, cfg.family.sample([1, 2]), cfg.trainer, 10)
     assert run.model.horizon == 10
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.LeakyReLU(0.1), torch.nn.Linear(4, 3, bias=False))
+    optimize_(net, model.float(), torch.rand(4, 4), torch.rand(4, 3), 11, loss="squared")
+    assert model.horizon == 11
     params = [torch.nn.Parameter(w[0].float().clone()) for w in task.init_weights()]
-    opt = LearnedOptimizer(params, model.float(), total_steps=42)
+    opt = LearnedOptimizer(params, model, total_steps=42)
     assert model.horizon == 42
     LearnedOptimizer(params, model)
     assert model.horizon == DEFAULT_HORIZON
@@ -152,3 +157,25 @@ def test_round2_checkpoint_without_progress_loads_and_runs_unchanged(tmp_path):
     with_progress = build(LSTMSpec("lstm-update-tele", widths=WIDTHS, hidden=6, progress=True))
     checkpoints.save_model(tmp_path / "new.safetensors", with_progress)
     assert checkpoints.load_model(tmp_path / "new.safetensors").spec.progress is True
+
+
+@pytest.mark.slow
+def test_tiny_horizon_aware_config_beats_its_blind_twin_at_its_short_horizon():
+    """The same tiny lstm-update config (centred law, trajectories of 10..100 steps, 320 of them) meta-trained with
+    and without progress features: on unseen tasks, the horizon-aware one is lower at the short T = 10, told T.
+    (Measured gaps in log10 loss at T = 10 over seeds 0, 1, 2: 0.13, 0.18, 0.25.)"""
+    final = {}
+    for progress in (False, True):
+        cfg = config.load(method="lstm-update", law="centred", hidden=16, steps=100, min_steps=10, unroll=10, batch=8,
+                          trajectories=320, meta_lr=3e-3, preprocessing="rms", update_form="gain", loss_cap=100.0,
+                          eval_every=0, ckpt_every=0, progress=progress)
+        torch.manual_seed(0)
+        run = train.build(cfg)
+        meta_train(cfg.trainer, run.model, run.opt, run.progress, after_batch=lambda *a: None, stop=lambda: False,
+                   sample=lambda first, count: cfg.family.sample(train_seeds(cfg.trainer.seed, first, count)))
+        unseen = cfg.family.sample(range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + 32))
+        with torch.no_grad():
+            loss = step.rollout(run.model, unseen, 10).loss
+        assert torch.isfinite(loss).all()
+        final[progress] = float(loss[10].log10().mean())
+    assert final[True] < final[False] - 0.05, final

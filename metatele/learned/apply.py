@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from metatele.methods.base import Method
+from metatele.methods.base import Method, set_horizon
 from metatele.nn import SequentialTask, TeleportWarning, full_rank_rows
 from metatele.optim.guard import DivergenceWarning, divergence_reason
 from metatele.step import Trajectory, inner_step
@@ -77,6 +77,7 @@ def optimize_(model: nn.Sequential, method: Method, X: torch.Tensor, y: torch.Te
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     task = sequential_task(model, X, y, loss=loss, batch_size=batch_size, teleport_batch=teleport_batch, seed=seed)
     _check_method_fits(method, task)
+    set_horizon(method, max(steps, 1))  # T of a method with progress features
     weights = last = task.init_weights()
     state = method.init_state(weights)
     losses, gns, secs = [], [], [0.0]

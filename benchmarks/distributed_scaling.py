@@ -11,6 +11,10 @@ the measured compute time per window at B/P trajectories per rank, it estimates 
     t_comm(p) = 2(p−1)/p · S / BW + 2 · 2(p−1) · α      (S = 4 (n_params + 1) bytes; gradient + finite flag)
     efficiency = t_compute / (t_compute + t_comm)       (no overlap of communication with compute)
 
+CPU only, by design: it compares CPU processes (gloo) with CPU threads, so it has no --device option; GPU ranks
+(nccl, one device each) are what `torchrun ... metatele train --device cuda` runs, and are untested here (no GPU
+was lent).
+
     python benchmarks/distributed_scaling.py [--ranks 2] [--batches 32 64] [--windows 3] [--repeats 3]
 """
 from __future__ import annotations
@@ -120,7 +124,9 @@ def ring_seconds(p: int, nbytes: float, alpha: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="Distributed meta-training on one machine: P processes × 1 thread against "
+                                 "1 process × P threads. CPU only: it compares CPU processes (gloo) with CPU threads, "
+                                 "so it has no --device option.")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--windows", type=int, default=3)

@@ -5,12 +5,13 @@ Prints traj-steps/s for each method at B = 1, 16, 64, 256 (full meta-update per 
 (counted from the LSTM/linear matmuls of the meta-optimizer, forward + backward = ×3) and the share of an sgemm
 peak measured on this machine in the same run.
 
+`--device cuda` (or cuda:N) runs it on a GPU; that path is untested (no GPU was lent).
+
     python benchmarks/meta_train_throughput.py [--methods lstm-update-tele lstm-update lstm-lr-tele]
         [--batches 1 16 64 256] [--windows 3] [--set key=value] [--device cpu]
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from metatele import config, train
+from metatele.options import Parser, device_arg
 from metatele.outer.trainer import train_batch
 from metatele.tasks import RegressionFamily
 from metatele.tasks.seeds import train_seeds
@@ -72,12 +74,12 @@ def measure(method: str, B: int, windows: int, overrides: list[str], device: str
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = Parser(prog="meta_train_throughput.py", description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", choices=list(SHIPPED), default=list(SHIPPED))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--set", action="append", default=[], help="config override key=value (all methods)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a = p.parse_args()
     peak = sgemm_peak(device=a.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; sgemm peak {peak:.1f} GFLOP/s")

@@ -7,6 +7,8 @@ each figure is the median over rounds, so that a busy machine slows them alike; 
 on this process's CPU time (wall-clock is shown too; on a shared machine it includes waiting for a core).
 The machine's sgemm peak is printed beside.
 
+`--device cuda` (or cuda:N) runs it on a GPU; that path is untested (no GPU was lent).
+
     python benchmarks/optimizer_overhead.py [--device cuda] [--steps 30] [--rounds 5] [--threads 1] [--every 10]
 
 Targets (issue 25): the update without teleport ≤ 3× Adam's optimizer step; teleport every 10 steps adds ≤ 50% to
@@ -14,7 +16,6 @@ a whole training step.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from torch import nn
 
 from meta_train_throughput import sgemm_peak
 from metatele.optim import LearnedOptimizer
+from metatele.options import Parser, device_arg
 
 SHAPES = {"64-32-10": (64, 32, 10), "784-256-256-10": (784, 256, 256, 10)}
 BATCH = 128
@@ -71,8 +73,9 @@ def run(model: nn.Module, opt: torch.optim.Optimizer, data: list[tuple[torch.Ten
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
+    ap = Parser(prog="optimizer_overhead.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda or cuda:N (default cpu; on CUDA read the wall-clock figures: CPU time is the host's)")
     ap.add_argument("--steps", type=int, default=30, help="training steps per round and configuration")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)

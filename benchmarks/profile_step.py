@@ -3,11 +3,12 @@ one evaluation step, split into m1, m2, the group action, the task's loss and gr
 the rest. Components are timed by wrapping the functions that implement them (CPU ops are synchronous; on CUDA
 every wrapper synchronizes first), so the split adds a little overhead of its own.
 
+`--device cuda` (or cuda:N) runs it on a GPU; that path is untested (no GPU was lent).
+
     python benchmarks/profile_step.py [--method lstm-update-tele | --config FILE] [--batches 32 256] [--windows 3] [--device cpu]
 """
 from __future__ import annotations
 
-import argparse
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import torch
 
 from metatele import config, train
 from metatele.learned import nets
+from metatele.options import Parser, device_arg
 from metatele.outer.trainer import train_batch
 from metatele.methods import teleports
 from metatele.step import rollout
@@ -89,12 +91,12 @@ def profile(path: str | None, method: str, B: int, windows: int, device: str, ov
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = Parser(prog="profile_step.py", description=__doc__.splitlines()[0])
     p.add_argument("--method", default="lstm-update-tele", help="its default config (ignored with --config)")
     p.add_argument("--config", help="TOML config to profile (e.g. experiments/pretrained-v1/lstm-update-tele.toml)")
     p.add_argument("--batches", type=int, nargs="+", default=[32, 256])
     p.add_argument("--windows", type=int, default=3)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--set", action="append", default=[], help="config override key=value")
     a = p.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {a.config or a.method}, device {a.device}")

@@ -5,11 +5,12 @@ times the steepest-ascent direction alone (`metatele.teleport.ascent.steepest_di
 step (differentiable, second order) of both methods. Measurements alternate between the methods, so that load
 from other processes hits both alike; each figure is the median over rounds. The sgemm peak is printed beside.
 
+`--device cuda` (or cuda:N) runs it on a GPU; that path is untested (no GPU was lent).
+
     python benchmarks/teleport_step.py [--widths 20,20,20 64,64,64] [--tasks 64] [--rounds 7] [--device cpu]
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 from meta_train_throughput import sgemm_peak
 
 from metatele import checkpoints
+from metatele.options import Parser, device_arg
 from metatele.step import inner_step
 from metatele.tasks import PAPER_N, RegressionFamily
 from metatele.teleport.ascent import steepest_direction
@@ -75,12 +77,12 @@ def measure(widths: tuple[int, ...], B: int, rounds: int, reps: int, device: str
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = Parser(prog="teleport_step.py", description=__doc__.splitlines()[0])
     p.add_argument("--widths", nargs="+", default=["20,20,20", "64,64,64"])
     p.add_argument("--tasks", type=int, default=64)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=3, help="calls per timed round")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a = p.parse_args()
     peak = sgemm_peak(device=a.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}, "

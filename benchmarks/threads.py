@@ -8,6 +8,9 @@ evaluation and their mean time (torch.profiler, 1 thread): tens of microseconds 
 for a descheduled partner thread (a scheduler time slice, milliseconds) costs far more than the op itself. Prints
 seconds and ratios measured in one run, and the sgemm peak of one thread.
 
+CPU only, by design: it measures torch's CPU threads against CPU hogs, so it has no --device option (a GPU run's
+kernels do not use these threads).
+
     python benchmarks/threads.py [--repeats 3] [--hogs 0 2]
 """
 from __future__ import annotations
@@ -57,7 +60,8 @@ def run(code: str, env: dict[str, str]) -> object:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] + " CPU only: it measures torch's CPU threads, "
+                                "so it has no --device option.", allow_abbrev=False)
     p.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported")
     p.add_argument("--hogs", type=int, nargs="+", help="numbers of CPU hogs to measure under (default 0 and one per core)")
     a = p.parse_args()

@@ -5,12 +5,13 @@ evaluation runs at the first batch boundary after every `--eval-every` meta-upda
 Prints the wall time, the traj-steps, the meta-updates and the final held-out figure, with the machine's sgemm peak.
 Several configs run one after the other in one invocation, so that their times compare on the same machine.
 
+`--device cuda` (or cuda:N) runs it on a GPU; that path is untested (no GPU was lent).
+
     python benchmarks/time_to_quality.py --config experiments/pretrained-v1/lstm-update-tele.toml \
         --config experiments/speed/lstm-update-tele-fast.toml [--target 4.5] [--max-minutes 30 [--max-minutes 10]]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -18,6 +19,7 @@ import torch
 from meta_train_throughput import sgemm_peak
 
 from metatele import config, train
+from metatele.options import Parser, device_arg
 from metatele.outer.trainer import Progress, meta_train
 from metatele.step import rollout
 from metatele.tasks.seeds import VALID_FIRST_SEED, train_seeds
@@ -56,7 +58,7 @@ def time_to_quality(cfg: config.TrainConfig, target: float, valid_tasks: int, ev
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = Parser(prog="time_to_quality.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", action="append", required=True, help="TOML config (repeatable: run one after the other)")
     p.add_argument("--set", action="append", default=[], help="override for every config, key=value")
     p.add_argument("--target", type=float, help="held-out mean loss at step 100 (default: 4.5 for lstm-update-tele, "
@@ -65,7 +67,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=100, help="meta-updates between held-out evaluations")
     p.add_argument("--max-minutes", type=float, action="append",
                    help="give up after this long (default 30; once for all configs, or once per config in order)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a = p.parse_args()
     peak = sgemm_peak(device=a.device)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {a.device}; "

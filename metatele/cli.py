@@ -19,7 +19,7 @@ from metatele.errors import (UNREGISTERED, CheckpointError, ConfigError, Distrib
                              TrainStateExistsError)
 from metatele.io import check_output_dir, check_output_file, clean_stray_temps
 from metatele.bench import suite as bench_suite
-from metatele.evaluation import compare, report
+from metatele.evaluation import compare, report, tuned_lrs
 from metatele.learned import LEARNED
 from metatele.repdyn import paper as repdyn_paper
 from metatele.repdyn.probe import RepdynRecorder
@@ -85,13 +85,13 @@ def _warn_missing_checkpoints(ckdir: Path) -> None:
         _warn(f"{ckdir} has no checkpoint for {', '.join(missing)}; skipped")
 
 
-def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str) -> None:
+def _eval_args(p: argparse.ArgumentParser, out_default: str, logdir_default: str, out_help: str = "") -> None:
     p.add_argument("--tasks", type=task_count, default=64, help=f"number of unseen tasks, 1..{MAX_TASKS} (default 64)")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps per task (default 100)")
     p.add_argument("--first-seed", type=nonneg_int, default=EVAL_FIRST_SEED,
                    help=f"first task seed; tasks are S..S+tasks-1 ≤ 2^63−1 (default {EVAL_FIRST_SEED}, disjoint "
                    "from training and validation)")
-    common_options(p, out_default, "directory for results.csv/.md and loss_curves.png", logdir_default,
+    common_options(p, out_default, f"directory for results.csv/.md and loss_curves.png{out_help}", logdir_default,
             f"default {logdir_default}")
     p.add_argument("--repdyn", action="store_true",
                    help="also log the two-point representation dynamics (H, Yd, w; hidden layer 1, samples 0 and 1)")
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regression samples per task (default min(20, smallest hidden-layer input width))")
     c.add_argument("--law", choices=tuple(LAWS), default="paper", help="regression law of the tasks (default paper)")
     c.add_argument("--dataset", choices=DATASETS, default="mnist5k", help="classification dataset (default mnist5k)")
-    _eval_args(c, "results/compare", "runs/compare")
+    _eval_args(c, "results/compare", "runs/compare", f", and {tuned_lrs.FILE}: the baselines' tuned learning rates, "
+               "reused when the same problem, horizon and grid are compared again")
 
     e = sub.add_parser("eval", help="evaluate one checkpoint on unseen tasks (of the family it was trained on)")
     e.add_argument("--checkpoint", required=True, help="a model.safetensors or a checkpoint directory")
@@ -273,7 +274,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if skipped:
             print(f"metatele: warning: skipped {', '.join(skipped)}: they only run on the shape they were trained for",
                   file=sys.stderr)
-        return compare.baselines(valid, a.steps) + found
+        cache = tuned_lrs.TunedLRs(Path(a.out) / tuned_lrs.FILE, tuned_lrs.problem_key(family, valid), warn=_warn)
+        tuned = compare.baselines(valid, a.steps, cache)
+        if cache.reused:
+            print(f"reused tuned learning rates from {cache.path} ({', '.join(cache.reused)})", file=sys.stderr)
+        return tuned + found
 
     return _run_eval(a, family, entries)
 

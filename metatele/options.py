@@ -15,7 +15,7 @@ from metatele.errors import ConfigError
 from metatele.tasks.seeds import MAX_SEED
 
 __all__ = ["MAX_TASKS", "MAX_THREADS", "DEFAULT_THREADS", "SMALLER", "Parser", "int_in", "positive_int", "nonneg_int",
-           "task_count", "widths_arg", "location", "resolve_device", "check_memory", "common_options",
+           "task_count", "widths_arg", "location", "resolve_device", "device_arg", "check_memory", "common_options",
            "allocation_failure"]
 
 MAX_TASKS = 10**4      # evaluation tasks per run (--tasks)
@@ -86,6 +86,13 @@ def resolve_device(name: str) -> str:
                           f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
     return name
 
+
+def device_arg(text: str) -> str:
+    """An argparse type for a --device option (the benchmarks'): `resolve_device`, its refusal as a usage error."""
+    try:
+        return resolve_device(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def check_memory(widths: Sequence[int], tasks: int, device: str) -> None:

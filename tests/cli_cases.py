@@ -189,7 +189,7 @@ def poison_batch_2(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> No
 
 def cheap_baselines(mp: pytest.MonkeyPatch, tmp: Path, ctx: dict[str, Any]) -> None:
     """compare without its lr grid search (not what these rows test): GD at the paper's lr only."""
-    mp.setattr(compare, "baselines", lambda valid, steps: [compare.Entry(baseline("gd"), {"lr": 3e-4})])
+    mp.setattr(compare, "baselines", lambda valid, steps, cache=None: [compare.Entry(baseline("gd"), {"lr": 3e-4})])
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

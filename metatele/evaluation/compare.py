@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from metatele import checkpoints
 from metatele.errors import ConfigError, SeedOverlapError
+from metatele.evaluation.tuned_lrs import TunedLRs
 from metatele.learned import LEARNED
 from metatele.methods.base import Method
 from metatele.methods.registry import PAPER_GD_LR, baseline
@@ -101,14 +102,19 @@ def tune(make: Callable[[float | torch.Tensor], Method], grid: Sequence[float], 
     return min((_score(f), lr) for f, lr in zip(finals, grid))[1]
 
 
-def baselines(valid: TaskBatch, steps: int) -> list[Entry]:
+def baselines(valid: TaskBatch, steps: int, cache: TunedLRs | None = None) -> list[Entry]:
     """GD at the paper's lr; GD, Adam and GD with gradient-ascent teleport (the paper's schedule: after steps 0,
-    10, …, 40), each with the lr tuned on `valid` for `steps` steps. GD's teleport needs its own lr: a teleport
-    to a steeper point also raises the curvature, and GD at the largest lr that is stable without teleport
-    (tuned GD's) then overshoots."""
-    gd_lr = tune(lambda lr: baseline("gd", lr=lr), GD_GRID, valid, steps)
-    adam_lr = tune(lambda lr: baseline("adam", lr=lr), ADAM_GRID, valid, steps)
-    ga_lr = tune(lambda lr: baseline("gd-teleport", lr=lr), GD_GRID, valid, steps)
+    10, …, 40), each with the lr tuned on `valid` for `steps` steps, or taken from `cache` (built for `valid`'s
+    problem) where it holds that baseline, grid and horizon. GD's teleport needs its own lr: a teleport to a
+    steeper point also raises the curvature, and GD at the largest lr that is stable without teleport (tuned
+    GD's) then overshoots."""
+    def tuned(kind: str, grid: Sequence[float]) -> float:
+        make = lambda lr: baseline(kind, lr=lr)  # noqa: E731
+        if cache is None:
+            return tune(make, grid, valid, steps)
+        return cache.lr(make(grid[0]), grid, steps, lambda: tune(make, grid, valid, steps))
+
+    gd_lr, adam_lr, ga_lr = tuned("gd", GD_GRID), tuned("adam", ADAM_GRID), tuned("gd-teleport", GD_GRID)
     ga = baseline("gd-teleport", lr=ga_lr)
     return [
         Entry(baseline("gd"), {"lr": PAPER_GD_LR}),

@@ -19,7 +19,7 @@ from metatele.tasks.seeds import VALID_FIRST_SEED
 
 FAMILY = RegressionFamily((20, 20, 20), 20)
 KINDS = ["gd", "adam", "gd-teleport"]
-TUNE_ROLLOUTS = len(compare.GD_GRID) * 2 + len(compare.ADAM_GRID)  # one rollout per lr of each baseline's grid
+TUNE_ROLLOUTS = len(KINDS)  # one batched rollout per baseline's whole lr grid (`compare.tune`)
 
 
 @pytest.fixture

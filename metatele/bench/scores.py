@@ -46,7 +46,7 @@ def log_ratio(final: torch.Tensor, adam_final: torch.Tensor, cap: float = 10.0) 
 
 def iqm(values: np.ndarray) -> float:
     """Interquartile mean: the mean of the middle 50%."""
-    from scipy.stats import trim_mean  # scipy.stats takes ~2 s to import: not on every `metatele` command's path
+    from scipy.stats import trim_mean  # scipy.stats takes 1–2 s to import: not on every `metatele` command's path
 
     return float(trim_mean(np.asarray(values, float), 0.25))
 

@@ -206,8 +206,10 @@ def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
         state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
     groups = meta.get("adam_param_groups")
     fresh = json.loads(json.dumps(opt.state_dict()["param_groups"]))  # what the stored config implies
+    # every setting but the lr, which the meta-lr schedule moves (and sets again before each batch)
     if not (isinstance(groups, list) and len(groups) == len(fresh) and all(
-            isinstance(g, dict) and "params" in g and all(g[k] == f[k] for k in g.keys() & f.keys())
+            isinstance(g, dict) and "params" in g and all(g[k] == f[k] for k in (g.keys() & f.keys()) - {"lr"})
+            and isinstance(g.get("lr"), float) and math.isfinite(g["lr"]) and g["lr"] >= 0
             for g, f in zip(groups, fresh))):
         raise CheckpointError(f"{path}: the optimizer's settings (adam_param_groups) do not match its config")
     try:

@@ -121,9 +121,14 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, method):
     assert torch.equal(a.loss, b.loss)
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("recipe", [{}, dict(meta_lr_final=0.1, min_steps=10, progress=True, preprocessing="rms",
+                                            update_form="gain", loss_cap=100.0, gate=True, teleport_decay=50.0)],
+                         ids=["plain", "shipped-recipe"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, recipe):
+    """Also with the shipped recipe's levers: a decaying meta-lr (the stored Adam lr is then not the config's),
+    sampled horizons and progress features."""
     kw = dict(method="lstm-update-tele", hidden=16, trajectories=40, batch=8, steps=20, unroll=10,
-              eval_every=2, ckpt_every=1)
+              eval_every=2, ckpt_every=1, **recipe)
     cfg = config.load(**kw)
     full = train.run(cfg, tmp_path / "full", progress=False)
     part = train.run(cfg, tmp_path / "part", progress=False, max_batches=2)

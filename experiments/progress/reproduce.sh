@@ -1,49 +1,58 @@
 #!/usr/bin/env bash
-# Issue 29 (round 3): reproduce every table of docs/results.md's "horizon-aware" section.
-#  1. meta-train the three shipped LSTMs with the round-3 recipe (experiments/pretrained/*.toml: round 2's recipe
-#     plus progress features and the paper/normal-init law mixture) and the two ablation cells
-#     (experiments/progress/{progress-only,mixture-only}.toml); the fourth cell, neither lever, is round 2's shipped
-#     lstm-update-tele (same recipe and budget), taken from git history. Two trainings at a time, one thread each.
+# Issue 29 (round 3): reproduce every table of docs/results.md's "Round 3" section.
+#  1. meta-train (2,000 trajectories each, round 2's recipe and budget, two trainings at a time, one thread each):
+#     the shipped lstm-update and lstm-lr-tele (experiments/pretrained/: + progress features + the paper/normal-init
+#     law mixture), and four lstm-update-tele ablation cells: progress only, mixture only, both, both with the gate
+#     closed at the start (experiments/progress/*.toml). The fifth cell, neither lever, is round 2's lstm-update-tele,
+#     which is still the shipped one (experiments/pretrained/lstm-update-tele.toml = experiments/pretrained-v2/).
 #  2. `metatele compare` at --steps 100 and 1000 on the paper's law (every shipped method), and on the held-out laws
-#     centred and teacher at --steps 100 and 300 (the three LSTMs and the tuned baselines);
+#     centred and teacher at --steps 100 and 300 (the three shipped LSTMs, then the tele cells "both" and "mixture only"
+#     in place of the shipped lstm-update-tele);
 #  3. the ablation (evaluate.py ablation) and the 10×-horizon runs (evaluate.py long).
 # Usage: bash experiments/progress/reproduce.sh OUT [--skip-training]   (from the repository root; with
-# --skip-training the shipped checkpoints are compared and the ablation cells are read from OUT/train)
+# --skip-training the shipped checkpoints are used and the ablation cells are read from OUT/train)
 set -euo pipefail
 out=${1:-progress}
-mkdir -p "$out/train" "$out/lstm"
+mkdir -p "$out/train"
 train() {  # NAME CONFIG
   OMP_NUM_THREADS=1 metatele train --config "$2" --out "$out/train/$1" --logdir "$out/runs/train-$1" --no-progress \
     > "$out/train/$1.log" 2>&1
 }
 if [ "${2:-}" != "--skip-training" ]; then
-  (train lstm-update-tele experiments/pretrained/lstm-update-tele.toml
-   train mixture-only experiments/progress/mixture-only.toml) &
   (train lstm-update experiments/pretrained/lstm-update.toml
-   train lstm-lr-tele experiments/pretrained/lstm-lr-tele.toml
-   train progress-only experiments/progress/progress-only.toml) &
+   train progress-only experiments/progress/progress-only.toml
+   train both experiments/progress/both.toml) &
+  (train lstm-lr-tele experiments/pretrained/lstm-lr-tele.toml
+   train mixture-only experiments/progress/mixture-only.toml
+   train gate-closed experiments/progress/gate-closed.toml) &
   wait
-  ckpt="$out/train"
-else
-  ckpt=checkpoints
 fi
-mkdir -p "$out/round2" "$out/all"
-cp -r checkpoints/. "$out/all/"  # every shipped method, with the three LSTMs from $ckpt
-git show "d2a3e1c:checkpoints/lstm-update-tele/model.safetensors" > "$out/round2/model.safetensors"
-for m in lstm-update-tele lstm-update lstm-lr-tele; do
-  mkdir -p "$out/lstm/$m" && cp "$ckpt/$m/model.safetensors" "$out/lstm/$m/" && cp "$ckpt/$m/model.safetensors" "$out/all/$m/"
-done
+# every shipped method, with the newly trained lstm-update and lstm-lr-tele
+mkdir -p "$out/all"
+cp -r checkpoints/. "$out/all/"
+if [ "${2:-}" != "--skip-training" ]; then
+  for m in lstm-update lstm-lr-tele; do cp "$out/train/$m/model.safetensors" "$out/all/$m/"; done
+fi
 for steps in 100 1000; do
   metatele compare --checkpoints "$out/all" --tasks 64 --steps "$steps" --first-seed 7777000000 --no-progress \
     --out "$out/compare-paper-$steps" --logdir "$out/runs/compare-paper-$steps"
 done
-for law in centred teacher; do
-  for steps in 100 300; do
-    metatele compare --checkpoints "$out/lstm" --law "$law" --tasks 64 --steps "$steps" --first-seed 7777000000 \
-      --no-progress --out "$out/compare-$law-$steps" --logdir "$out/runs/compare-$law-$steps"
+for set in shipped both mixture-only; do
+  mkdir -p "$out/lstm-$set"
+  for m in lstm-update lstm-lr-tele lstm-update-tele; do
+    mkdir -p "$out/lstm-$set/$m" && cp "$out/all/$m/model.safetensors" "$out/lstm-$set/$m/"
+  done
+  [ "$set" != shipped ] && cp "$out/train/$set/model.safetensors" "$out/lstm-$set/lstm-update-tele/"
+  for law in centred teacher; do
+    for steps in 100 300; do
+      metatele compare --checkpoints "$out/lstm-$set" --law "$law" --tasks 64 --steps "$steps" \
+        --first-seed 7777000000 --no-progress --out "$out/compare-$set-$law-$steps" --logdir "$out/runs/$set-$law-$steps"
+    done
   done
 done
-python experiments/progress/evaluate.py ablation "$out" "neither (round 2)=$out/round2" \
-  "progress only=$out/train/progress-only" "mixture only=$out/train/mixture-only" "both (shipped)=$ckpt/lstm-update-tele"
-python experiments/progress/evaluate.py long "$out" "lstm-update-tele=$ckpt/lstm-update-tele" \
-  "lstm-update=$ckpt/lstm-update" "lstm-lr-tele=$ckpt/lstm-lr-tele"
+python experiments/progress/evaluate.py ablation "$out" "neither (round 2, shipped)=$out/all/lstm-update-tele" \
+  "progress only=$out/train/progress-only" "mixture only=$out/train/mixture-only" "both=$out/train/both" \
+  "both, gate closed at start=$out/train/gate-closed" "lstm-update (round 3, shipped)=$out/all/lstm-update"
+python experiments/progress/evaluate.py long "$out" "lstm-update-tele=$out/all/lstm-update-tele" \
+  "lstm-update=$out/all/lstm-update" "lstm-lr-tele=$out/all/lstm-lr-tele" \
+  "both (not shipped)=$out/train/both" "mixture only (not shipped)=$out/train/mixture-only"

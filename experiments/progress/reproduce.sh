@@ -6,8 +6,8 @@
 #     closed at the start (experiments/progress/*.toml). The fifth cell, neither lever, is round 2's lstm-update-tele,
 #     which is still the shipped one (experiments/pretrained/lstm-update-tele.toml = experiments/pretrained-v2/).
 #  2. `metatele compare` at --steps 100 and 1000 on the paper's law (every shipped method), and on the held-out laws
-#     centred and teacher at --steps 100 and 300 (the three shipped LSTMs, then the tele cells "both" and "mixture only"
-#     in place of the shipped lstm-update-tele);
+#     centred and teacher at --steps 100 and 300 (the three shipped LSTMs; the tele cells "both" and "mixture only" in
+#     place of the shipped lstm-update-tele; round 2's three);
 #  3. the ablation (evaluate.py ablation) and the 10×-horizon runs (evaluate.py long).
 # Usage: bash experiments/progress/reproduce.sh OUT [--skip-training]   (from the repository root; with
 # --skip-training the shipped checkpoints are used and the ablation cells are read from OUT/train)
@@ -37,12 +37,13 @@ for steps in 100 1000; do
   metatele compare --checkpoints "$out/all" --tasks 64 --steps "$steps" --first-seed 7777000000 --no-progress \
     --out "$out/compare-paper-$steps" --logdir "$out/runs/compare-paper-$steps"
 done
-for set in shipped both mixture-only; do
+for set in shipped both mixture-only round2; do
   mkdir -p "$out/lstm-$set"
   for m in lstm-update lstm-lr-tele lstm-update-tele; do
     mkdir -p "$out/lstm-$set/$m" && cp "$out/all/$m/model.safetensors" "$out/lstm-$set/$m/"
+    [ "$set" = round2 ] && git show "d2a3e1c:checkpoints/$m/model.safetensors" > "$out/lstm-$set/$m/model.safetensors"
   done
-  [ "$set" != shipped ] && cp "$out/train/$set/model.safetensors" "$out/lstm-$set/lstm-update-tele/"
+  case $set in both | mixture-only) cp "$out/train/$set/model.safetensors" "$out/lstm-$set/lstm-update-tele/" ;; esac
   for law in centred teacher; do
     for steps in 100 300; do
       metatele compare --checkpoints "$out/lstm-$set" --law "$law" --tasks 64 --steps "$steps" \
@@ -50,9 +51,12 @@ for set in shipped both mixture-only; do
     done
   done
 done
+mkdir -p "$out/round2-lstm-update"
+git show "d2a3e1c:checkpoints/lstm-update/model.safetensors" > "$out/round2-lstm-update/model.safetensors"
 python experiments/progress/evaluate.py ablation "$out" "neither (round 2, shipped)=$out/all/lstm-update-tele" \
   "progress only=$out/train/progress-only" "mixture only=$out/train/mixture-only" "both=$out/train/both" \
-  "both, gate closed at start=$out/train/gate-closed" "lstm-update (round 3, shipped)=$out/all/lstm-update"
+  "both, gate closed at start=$out/train/gate-closed" "lstm-update (round 2)=$out/round2-lstm-update" \
+  "lstm-update (round 3, shipped)=$out/all/lstm-update"
 python experiments/progress/evaluate.py long "$out" "lstm-update-tele=$out/all/lstm-update-tele" \
   "lstm-update=$out/all/lstm-update" "lstm-lr-tele=$out/all/lstm-lr-tele" \
   "both (not shipped)=$out/train/both" "mixture only (not shipped)=$out/train/mixture-only"

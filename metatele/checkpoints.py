@@ -184,7 +184,8 @@ def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
                         opt: torch.optim.Optimizer, path: str | Path) -> None:
     """Load a read training state into template `model` and `opt` (built from the stored config), after
     checking it as untrusted input: tensor names, dtypes, shapes and finiteness, and param groups equal to
-    the template's (the config fixes them)."""
+    the template's (the config fixes them; the caller sets the template's lr to the meta-lr schedule's value at the
+    stored point)."""
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state")
     check_tensors(tensors, path)
@@ -206,10 +207,8 @@ def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
         state.setdefault(int(i), {})[name] = v.to(device) if name != "step" else v
     groups = meta.get("adam_param_groups")
     fresh = json.loads(json.dumps(opt.state_dict()["param_groups"]))  # what the stored config implies
-    # every setting but the lr, which the meta-lr schedule moves (and sets again before each batch)
     if not (isinstance(groups, list) and len(groups) == len(fresh) and all(
-            isinstance(g, dict) and "params" in g and all(g[k] == f[k] for k in (g.keys() & f.keys()) - {"lr"})
-            and isinstance(g.get("lr"), float) and math.isfinite(g["lr"]) and g["lr"] >= 0
+            isinstance(g, dict) and "params" in g and all(g[k] == f[k] for k in g.keys() & f.keys())
             for g, f in zip(groups, fresh))):
         raise CheckpointError(f"{path}: the optimizer's settings (adam_param_groups) do not match its config")
     try:

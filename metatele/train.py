@@ -20,7 +20,7 @@ from metatele.learned import MetaOptimizer, build as build_method
 from metatele.outer import distributed
 from metatele.outer.heldout import HeldOut
 from metatele.outer.log import TrainLog
-from metatele.outer.trainer import Progress, meta_train, windows
+from metatele.outer.trainer import Progress, meta_lr, meta_train, windows
 from metatele.signals import stop_on_signals
 from metatele.tasks import TaskFamily
 from metatele.tasks.base import TaskBatch
@@ -87,6 +87,9 @@ def restore(path: Path, device: str | torch.device = "cpu", cfg: TrainConfig | N
         raise TrainStateError(f"{path}: the training state's metadata is invalid ({e})") from None
     run_ = build(cfg, device)
     run_.progress = progress
+    if cfg.trainer.meta_lr_final != 1.0 and progress.batches_done:  # the lr the schedule gave the last batch
+        for group in run_.opt.param_groups:
+            group["lr"] = meta_lr(cfg.trainer, progress.batches_done - 1, cfg.trainer.n_batches)
     checkpoints.restore_train_state(tensors, meta, run_.model, run_.opt, path)
     return run_
 

@@ -153,9 +153,9 @@ def plot(results: list[Result]) -> bytes:
         L = r.traj.loss.double().cpu()
         L = torch.where(torch.isfinite(L), L, torch.tensor(math.nan, dtype=L.dtype))
         q = torch.nanquantile(L, torch.tensor([0.1, 0.5, 0.9], dtype=L.dtype), dim=1)
-        colour = f"C{i}"
+        colour, style = f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]  # 10 colours, then dashed: no two alike
         for ax, x in ((axes[0], torch.arange(L.shape[0])), (axes[1], r.traj.seconds)):
-            ax.plot(x, q[1], color=colour, label=r.name)
+            ax.plot(x, q[1], color=colour, ls=style, label=r.name)
             ax.fill_between(x, q[0], q[2], color=colour, alpha=0.15)
     for ax, xlabel in zip(axes, ("inner step", "seconds (batch of tasks)")):
         ax.set_yscale("log")

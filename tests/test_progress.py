@@ -116,6 +116,9 @@ def test_every_front_end_tells_the_method_its_horizon():
     assert model.horizon == DEFAULT_HORIZON
     with pytest.raises(ValueError, match="total_steps"):
         LearnedOptimizer(params, model, total_steps=0)
+    for bad in (0, -3.0, float("nan"), float("inf"), True, "100"):
+        with pytest.raises(ValueError, match="horizon"):
+            model.horizon = bad
     del opt
 
 

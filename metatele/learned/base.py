@@ -40,7 +40,7 @@ from torch import nn
 
 from metatele import checks
 from metatele.errors import UNREGISTERED
-from metatele.methods.base import Composed, Horizon, Proposal, Transform, chain
+from metatele.methods.base import Composed, Horizon, Proposal, Transform, chain, checked_horizon
 
 __all__ = ["LearnedSpec", "MetaOptimizer", "LearnedEntry", "LEARNED", "register_learned", "spec_from_dict",
            "build", "parameter_count", "FORMAT1_NEUTRAL"]
@@ -140,7 +140,7 @@ class MetaOptimizer(nn.Module):
 
     @horizon.setter
     def horizon(self, value: float) -> None:
-        self.clock.steps = float(value)
+        self.clock.steps = checked_horizon(value)
 
     def init_state(self, weights: Sequence[torch.Tensor]) -> Any:
         return self.composed.init_state(weights)

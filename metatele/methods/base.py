@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch
 
 __all__ = ["Proposal", "Teleport", "Transform", "Method", "Composed", "chain", "identity", "add_update",
-           "DEFAULT_HORIZON", "Horizon", "set_horizon"]
+           "DEFAULT_HORIZON", "Horizon", "set_horizon", "checked_horizon"]
 
 DEFAULT_HORIZON = 1000  # T of a run whose length is not given (the longest horizon the learned methods train on)
 
@@ -118,7 +118,8 @@ def chain(*transforms: Transform) -> Transform:
 class Horizon:
     """T, the number of steps of the run a method is making, for transforms that read it (a learned method's
     progress features). A method's transforms share one Horizon; `set_horizon` sets it before a run, unless
-    `pinned` (an ablation that hides the run's length from the method)."""
+    `pinned` (an ablation that hides the run's length from the method). It belongs to the method object: runs of
+    different lengths at the same time need their own copies of the method."""
 
     steps: float = DEFAULT_HORIZON
     pinned: bool = False
@@ -129,9 +130,14 @@ def set_horizon(method: Method, steps: float) -> None:
     one, ignores it)."""
     clock = getattr(method, "clock", None)
     if isinstance(clock, Horizon) and not clock.pinned:
-        if not steps >= 1:
-            raise ValueError(f"a run's horizon must be ≥ 1 step, got {steps!r}")
-        clock.steps = float(steps)
+        clock.steps = checked_horizon(steps)
+
+
+def checked_horizon(steps: float) -> float:
+    """`steps` as a horizon T (a finite number ≥ 1), or ValueError."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not 1 <= steps < float("inf"):
+        raise ValueError(f"a run's horizon must be a finite number of steps ≥ 1, got {steps!r}")
+    return float(steps)
 
 
 @dataclass

@@ -345,6 +345,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generalization": cmd_generalization, "optimizers": cmd_optimizers}
 
 
+def _fail(message: str) -> int:
+    """Say `metatele: error: message` on stderr as one line in one write (ranks of a torchrun job share the pipe:
+    print's separate newline let two ranks' lines run together), and give exit code 2."""
+    sys.stderr.write(f"metatele: error: {message}\n")
+    sys.stderr.flush()
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
@@ -356,22 +364,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
         return COMMANDS[a.command](a)
     except MetateleError as e:
-        print(f"metatele: error: {str(e).replace(UNREGISTERED, f'{UNREGISTERED} with --plugin MODULE')}",
-              file=sys.stderr)
-        return 2
+        return _fail(str(e).replace(UNREGISTERED, f"{UNREGISTERED} with --plugin MODULE"))
     except OSError as e:  # a file-system error no check foresaw: one line too, never a traceback
         where = f"{e.filename}: " if e.filename else ""
-        print(f"metatele: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        return _fail(f"{where}{e.strerror or e}")
     except (MemoryError, torch.OutOfMemoryError):
-        print(f"metatele: error: out of memory; {SMALLER}", file=sys.stderr)
-        return 2
+        return _fail(f"out of memory; {SMALLER}")
     except RuntimeError as e:  # torch's allocator failing (e.g. under ulimit -v); any other error is a bug: raise
         reason = allocation_failure(e)
         if reason is None:
             raise
-        print(f"metatele: error: {reason}; {SMALLER}", file=sys.stderr)
-        return 2
+        return _fail(f"{reason}; {SMALLER}")
     except KeyboardInterrupt:
         print("metatele: interrupted", file=sys.stderr)
         return 130

@@ -91,16 +91,6 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _log10_means(x: torch.Tensor) -> np.ndarray:
-    """Per row of x (steps+1, B): the mean log10 of its finite entries (NaN if none), (steps+1,)."""
-    x = x.double().cpu()
-    out = x.clamp_min(1e-300).log10().mean(1).numpy().copy()
-    for s in (~torch.isfinite(x).all(1)).nonzero().flatten().tolist():
-        row = x[s][torch.isfinite(x[s])]
-        out[s] = float(row.clamp_min(1e-300).log10().mean()) if row.numel() else math.nan
-    return out
-
-
 def write_tensorboard(results: list[Result], logdir: Path) -> int:
     """One run per method (so curves overlay), per-step and per-microsecond tags on a log10 scale, each
     recorder's per-step median over tasks, hparams and a custom-scalars layout (stored in the first method's
@@ -110,7 +100,7 @@ def write_tensorboard(results: list[Result], logdir: Path) -> int:
     for i, r in enumerate(results):
         points = []
         st = summarize_steps(r.traj.loss)
-        grad = _log10_means(r.traj.grad_norm_sq)
+        grad = summarize_steps(r.traj.grad_norm_sq)["log10_loss_mean"]  # mean log10 ‖∇L‖² of the finite tasks
         seconds = r.traj.seconds.tolist()
         for s in range(r.traj.loss.shape[0]):
             vals = {"loss_mean": st["loss_mean"][s], "log10_loss_mean": st["log10_loss_mean"][s],

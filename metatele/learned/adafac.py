@@ -35,7 +35,7 @@ from metatele import checks
 from metatele.learned.base import LearnedSpec, MetaOptimizer, register_learned
 from metatele.learned.coordinatewise import LayerGate
 from metatele.learned.nets import PROGRESS_CENTRES, progress_features, rms, sqrt0
-from metatele.methods.base import Horizon, Proposal, add_update
+from metatele.methods.base import Horizon, Proposal, add_update, per_task
 from metatele.tasks.base import Symmetry
 from metatele.teleport.action import teleport
 from metatele.teleport.ascent import steepest_direction
@@ -53,11 +53,6 @@ DECAYS = (0.9, 0.99, 0.999)
 ELEMENT_FEATURES = 23
 N_INPUTS = ELEMENT_FEATURES + 1 + len(PROGRESS_CENTRES)
 TINY = 1e-30
-
-
-def _bcast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) → (B, 1, …, 1) broadcastable against `like`."""
-    return x.view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -147,8 +142,8 @@ class AdafacUpdate:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs (B, N, N_INPUTS), Adam's direction (B, …)) for one tensor of N elements per task."""
         B = w.shape[0]
-        m_hat = mom[0] / _bcast(1 - B1 ** count, g)
-        v_hat = nu / _bcast(1 - B2 ** count, g)
+        m_hat = mom[0] / per_task(1 - B1 ** count, g)
+        v_hat = nu / per_task(1 - B2 ** count, g)
         adam = m_hat / (sqrt0(v_hat) + EPS)
         rs_v = (nu + TINY).rsqrt()
         chans = [g, w, *mom, sqrt0(nu), *(m * rs_v for m in mom), rs_v, adam]
@@ -166,9 +161,9 @@ class AdafacUpdate:
         chans += [g * f for f in fac] + rrow + rcol + [m * f for m, f in zip(mom, fac)]
         x = _normalize(torch.stack([ch.reshape(B, -1) for ch in chans], dim=-1))
         x = x.clamp(-10, 10)
-        per_task = torch.cat([((rms(g) + TINY) / (g0 + TINY)).log10().div(5).clamp(-2, 2)[:, None],
+        task_feats = torch.cat([((rms(g) + TINY) / (g0 + TINY)).log10().div(5).clamp(-2, 2)[:, None],
                               progress_features(count - 1, self.clock.steps)], dim=1)
-        x = torch.cat([x, per_task[:, None, :].expand(B, x.shape[1], per_task.shape[1])], dim=-1)
+        x = torch.cat([x, task_feats[:, None, :].expand(B, x.shape[1], task_feats.shape[1])], dim=-1)
         return x, adam
 
     def propose(self, prop: Proposal, grads: Sequence[torch.Tensor], state: AdafacState, *,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch
 
 __all__ = ["Proposal", "Teleport", "Transform", "Method", "Composed", "chain", "identity", "add_update",
-           "DEFAULT_HORIZON", "Horizon", "set_horizon", "checked_horizon"]
+           "DEFAULT_HORIZON", "Horizon", "set_horizon", "checked_horizon", "per_task"]
 
 DEFAULT_HORIZON = 1000  # T of a run whose length is not given (the longest horizon the learned methods train on)
 
@@ -44,6 +44,11 @@ class Proposal:
     update: Tensors | None = None
     teleport: Teleport | None = None
     info: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def per_task(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per task, (B,) → (B, 1, …, 1), broadcastable against `like` (B, ...)."""
+    return x.view(-1, *([1] * (like.dim() - 1)))
 
 
 def add_update(prop: Proposal, update: Tensors) -> Proposal:

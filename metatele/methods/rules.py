@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from metatele.methods.base import Proposal, add_update
+from metatele.methods.base import Proposal, add_update, per_task
 
 __all__ = ["sgd", "momentum", "adam", "AdamState"]
 
@@ -18,9 +18,7 @@ LR = float | torch.Tensor  # one lr, or one per task (B,)
 
 def _scaled(lr: LR, x: torch.Tensor) -> torch.Tensor:
     """lr · x for x (B, ...); a per-task lr (B,) is broadcast over each task's entries."""
-    if isinstance(lr, torch.Tensor):
-        return lr.view(-1, *([1] * (x.dim() - 1))) * x
-    return lr * x
+    return per_task(lr, x) * x if isinstance(lr, torch.Tensor) else lr * x
 
 
 @dataclass

@@ -169,6 +169,35 @@ def load_model(path: str | Path, method: str | None = None, widths: Sequence[int
     return model_from(tensors, meta, path, method, widths).to(device)
 
 
+def warm_start(model: MetaOptimizer, source: MetaOptimizer, path: str | Path) -> list[str]:
+    """Initialize `model`'s meta-parameters from `source` (a checkpoint of the same method, loaded from `path`), in
+    place, so that a new model that reads more inputs starts as the source exactly: a tensor of the same shape is
+    copied; an input layer that reads extra features after the source's (equal shapes but a longer last axis) gets
+    the source's columns and zeros in the new ones; a tensor the source lacks keeps its fresh value (the added
+    heads are zero-initialized). Returns the names of the tensors not copied whole; CheckpointError for anything
+    else (another method, widths or sizes)."""
+    if source.spec.method != model.spec.method:
+        raise CheckpointError(f"{path} holds method {source.spec.method!r}; cannot initialize {model.spec.method!r}")
+    new, old = model.state_dict(), source.state_dict()
+    if old.keys() - new.keys():
+        raise CheckpointError(f"{path}: tensors {', '.join(sorted(old.keys() - new.keys()))} have no place in "
+                              f"{model.spec.method} (another configuration)")
+    partial = sorted(new.keys() - old.keys())
+    with torch.no_grad():
+        for k, v in old.items():
+            t = new[k]
+            if t.shape == v.shape:
+                t.copy_(v)
+            elif t.dim() == v.dim() and t.shape[:-1] == v.shape[:-1] and t.shape[-1] > v.shape[-1]:
+                t.zero_()
+                t[..., :v.shape[-1]].copy_(v)
+                partial.append(k)
+            else:
+                raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model needs "
+                                      f"{tuple(t.shape)} (another configuration)")
+    return sorted(partial)
+
+
 def save_train_state(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
     """Write a resumable training state: the model's and the optimizer's state dicts as tensors, the
     optimizer's param groups and `meta` (progress, config) as JSON."""

@@ -71,10 +71,14 @@ class ConfigKeys:
     clip: float = _T.clip
     loss_cap: float = _T.loss_cap
     second_order: bool = _T.second_order
+    estimator: str = _T.estimator
+    particles: int = _T.particles
+    sigma: float = _T.sigma
     seed: int = _T.seed
     eval_every: int = _T.eval_every
     eval_tasks: int = _T.eval_tasks
     ckpt_every: int = _T.ckpt_every
+    init: str = ""                # start from this checkpoint's meta-parameters (a shipped name or a path; "": fresh)
 
 
 KEYS = tuple(f.name for f in fields(ConfigKeys))

@@ -13,12 +13,13 @@ import torch
 
 from metatele import checkpoints, checks, config
 from metatele.config import TrainConfig
-from metatele.errors import (ConfigError, DistributedError, MetateleError, NonFiniteError, TrainStateError,
+from metatele.errors import (CheckpointError, ConfigError, DistributedError, MetateleError, NonFiniteError, TrainStateError,
                              TrainStateExistsError)
 from metatele.io import OutputLock, check_output_dir, clean_stray_temps, finite_or_none
 from metatele.learned import MetaOptimizer, build as build_method
 from metatele.outer import distributed
 from metatele.outer.heldout import HeldOut
+from metatele.outer.pes import batch_step
 from metatele.outer.log import TrainLog
 from metatele.outer.trainer import Progress, meta_lr, meta_train, windows
 from metatele.signals import stop_on_signals
@@ -47,11 +48,20 @@ class Run:
         return min(self.progress.batches_done * t.batch, t.trajectories)
 
 
-def build(cfg: TrainConfig, device: str | torch.device = "cpu") -> Run:
-    """A fresh meta-optimizer, initialized from cfg.seed without touching the global RNG, and its Adam."""
+def build(cfg: TrainConfig, device: str | torch.device = "cpu", *, warm: bool = True) -> Run:
+    """A fresh meta-optimizer, initialized from cfg.seed without touching the global RNG, then (if `warm` and the
+    config's `init` names a checkpoint) from that checkpoint (`checkpoints.warm_start`), and its Adam."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.trainer.seed)
         model = build_method(cfg.spec)
+    if warm and cfg.keys.init:
+        init = cfg.keys.init
+        try:
+            source = (checkpoints.load_pretrained(init) if init in checkpoints.shipped_names()
+                      else checkpoints.load_model(init))
+            checkpoints.warm_start(model, source, init)
+        except CheckpointError as e:
+            raise ConfigError(f"init: {e}", params=("init",)) from None
     model = model.to(device)
     return Run(cfg, model, meta_optimizer(model, cfg.trainer.meta_lr), Progress())
 
@@ -85,7 +95,7 @@ def restore(path: Path, device: str | torch.device = "cpu", cfg: TrainConfig | N
         progress = _progress(meta, cfg)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise TrainStateError(f"{path}: the training state's metadata is invalid ({e})") from None
-    run_ = build(cfg, device)
+    run_ = build(cfg, device, warm=False)  # the state holds every meta-parameter
     run_.progress = progress
     if cfg.trainer.meta_lr_final != 1.0 and progress.batches_done:  # the lr the schedule gave the last batch
         for group in run_.opt.param_groups:
@@ -222,7 +232,8 @@ def _train(run_: Run, out: Path, comm: distributed.Solo, logdir: str | Path | No
             log.window(1 / windows(settings, run_.progress.batches_done))
 
         meta_train(settings, run_.model, run_.opt, run_.progress, sample=sample, on_window=after_window,
-                   after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm)
+                   after_batch=comm.batch_callback(after_batch), stop=stop, max_batches=max_batches, reducer=comm,
+                   step=batch_step(settings))
         comm.on_rank0(save, run_, out)
         run_.interrupted, run_.stop_signal = stop(), stop.signum
     return run_

@@ -15,6 +15,7 @@ from torch import nn
 
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
+from metatele.bench.metatrain import MetaTrainConfig, meta_train
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
 from metatele.learned import build
@@ -136,3 +137,20 @@ def test_bench_quick_runs(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "metatele", "bench", "--quick", "--learned", str(tmp_path / "none"),
                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_meta_train_runs_and_keeps_the_best_validated_checkpoint(tmp_path, estimator):
+    """`metatele.bench.metatrain.meta_train` end to end, with either estimator: two batches, a validation check
+    after each, a selected checkpoint that loads and whose recorded score is the best seen, and a log."""
+    cfg = MetaTrainConfig(steps=20, min_steps=10, max_batches=2, eval_every=1, select_seeds=1, minutes=60.0,
+                          estimator=estimator, particles=2)
+    summary = meta_train(cfg, tmp_path, log=False)
+    assert summary["batches"] == 2
+    rows = list(csv.DictReader((tmp_path / "train_log.csv").open()))
+    scores_seen = [summary["untrained_validation"]] + [float(r["validation"]) for r in rows]
+    assert summary["best_validation"] == min(scores_seen)
+    model = checkpoints.load_model(tmp_path / checkpoints.MODEL_FILE)
+    assert model.metadata["validation_score"] == summary["best_validation"]
+    assert model.metadata["batches"] == summary["best_batch"]

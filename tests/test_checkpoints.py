@@ -9,8 +9,8 @@ import torch
 from cli_cases import Case, EVAL, TRAIN, crafted, ids, run_case, spec_set
 from safetensors.torch import save_file
 
-from metatele import checkpoints, cli, config, train
-from metatele.errors import CheckpointError
+from metatele import checkpoints, cli, config, step, train
+from metatele.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture
@@ -156,3 +156,29 @@ CASES = [
 def test_row(case: Case, made: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
              ) -> None:
     run_case(case, made, monkeypatch, capsys)
+
+
+def test_warm_start_from_a_checkpoint_without_progress_starts_exactly_there(tmp_path):
+    """`init`: a horizon-aware model warm-started from a round-2-layout checkpoint (no progress features) rolls out
+    bit for bit as that checkpoint at every horizon (new input columns and schedule heads start at zero); the
+    run then trains, saves and resumes without reading the init checkpoint again."""
+    keys = dict(method="lstm-update-tele", hidden=8, widths=[4, 4, 3], n=4, gate=True, preprocessing="rms",
+                update_form="gain", trajectories=16, batch=8, steps=10, eval_every=0, ckpt_every=1)
+    source = train.build(config.load(**keys, seed=3)).model
+    checkpoints.save_model(tmp_path / "src.safetensors", source)
+    cfg = config.load(**keys, progress=True, init=str(tmp_path / "src.safetensors"))
+    warm = train.build(cfg).model
+    task = cfg.family.sample(range(10**9, 10**9 + 4))
+    for T in (5, 50):
+        assert torch.equal(step.rollout(warm, task, T).loss, step.rollout(source, task, T).loss)
+    train.run(cfg, tmp_path / "run", progress=False, max_batches=1)
+    (tmp_path / "src.safetensors").unlink()
+    assert train.run(cfg, tmp_path / "run", resume=True, progress=False).progress.batches_done == 2
+    with pytest.raises(ConfigError, match="init"):
+        train.build(cfg)  # a fresh run needs the init checkpoint
+    other = config.load(**{**keys, "method": "lstm-update"}, init=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="init.*lstm-update-tele"):
+        train.build(other)
+    wider = config.load(**{**keys, "hidden": 9}, progress=True, init=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="init.*shape"):
+        train.build(wider)

@@ -122,8 +122,9 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, method):
 
 
 @pytest.mark.parametrize("recipe", [{}, dict(meta_lr_final=0.1, min_steps=10, progress=True, preprocessing="rms",
-                                            update_form="gain", loss_cap=100.0, gate=True, teleport_decay=50.0)],
-                         ids=["plain", "shipped-recipe"])
+                                            update_form="gain", loss_cap=100.0, gate=True, teleport_decay=50.0),
+                                    dict(estimator="pes", particles=4, loss_cap=100.0, min_steps=10)],
+                         ids=["plain", "shipped-recipe", "pes"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, recipe):
     """Also with the shipped recipe's levers: a decaying meta-lr (the stored Adam lr is then not the config's),
     sampled horizons and progress features."""

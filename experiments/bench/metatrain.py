@@ -2,6 +2,7 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/bench/metatrain.py OUT [--teleport] [--no-augment]
                                                                           [--minutes M | --batches N]
+                                                                          [--estimator pes --particles 8 --sigma 0.01]
 
 The shipped checkpoints were trained with `--minutes 60` (both runs at once, one thread each, on the shared 2-core
 machine), which reached 121 batches (adafac) and 93 batches (adafac-tele). A wall-clock budget depends on the machine;
@@ -29,13 +30,18 @@ budget = p.add_mutually_exclusive_group()
 budget.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget (machine-dependent)")
 budget.add_argument("--batches", type=int, default=None, help="exact number of meta-training batches (no time limit)")
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--estimator", choices=("tbptt", "pes"), default="tbptt")
+p.add_argument("--particles", type=int, default=8, help="pes: perturbed copies in antithetic pairs")
+p.add_argument("--sigma", type=float, default=0.01, help="pes: perturbation standard deviation")
+p.add_argument("--eval-every", type=int, default=20, help="batches between validation checks")
 a = p.parse_args()
 torch.set_num_threads(1)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
 cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac"), augment=not a.no_augment,
                       minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
-                      seed=a.seed, eval_every=20)
+                      seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
+                      sigma=a.sigma)
 (out / "config.json").write_text(json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
                                                                          for k, v in vars(cfg).items() if k != "spec"}}, indent=1))
 summary = meta_train(cfg, out)

@@ -26,7 +26,7 @@ from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
 from metatele.learned import build
 from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
 from metatele.outer.settings import TrainerSettings
-from metatele.outer.trainer import train_batch
+from metatele.outer.pes import batch_step
 from metatele.step import rollout
 from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
 from metatele.tasks.seeds import train_seeds
@@ -50,12 +50,22 @@ class MetaTrainConfig:
     loss_growth: float = 1.0
     loss_cap: float = 10.0        # freeze a task once its loss exceeds 10× its initial loss
     second_order: bool = False
+    estimator: str = "tbptt"      # or "pes" (metatele.outer.pes)
+    particles: int = 8
+    sigma: float = 0.01
     augment: bool = True          # parameter scale e^U(log .1, log 10) per tensor, loss scale e^U(log 1e-3, log 1e3)
     seed: int = 0
     minutes: float = 60.0         # wall-clock budget
     max_batches: int = 10**6
     eval_every: int = 10
     select_seeds: int = 4
+
+    @property
+    def settings(self) -> TrainerSettings:
+        return TrainerSettings(steps=self.steps, min_steps=self.min_steps, unroll=self.unroll, batch=self.batch,
+                               meta_lr=self.meta_lr, meta_loss=self.meta_loss, loss_growth=self.loss_growth,
+                               clip=self.clip, loss_cap=self.loss_cap, second_order=self.second_order, seed=self.seed,
+                               estimator=self.estimator, particles=self.particles, sigma=self.sigma)
 
 
 @dataclass
@@ -88,13 +98,6 @@ class Scaled:
     def loss_and_grad(self, weights: Sequence[torch.Tensor], data: Batch, *, create_graph: bool = False,
                       retain_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return loss_and_grad(self.loss, weights, data, create_graph=create_graph, retain_graph=retain_graph)
-
-
-    @property
-    def settings(self) -> TrainerSettings:
-        return TrainerSettings(steps=self.steps, min_steps=self.min_steps, unroll=self.unroll, batch=self.batch,
-                               meta_lr=self.meta_lr, meta_loss=self.meta_loss, loss_growth=self.loss_growth,
-                               clip=self.clip, loss_cap=self.loss_cap, second_order=self.second_order, seed=self.seed)
 
 
 def _log_uniform(gen: torch.Generator, lo: float, hi: float, shape: tuple[int, ...]) -> torch.Tensor:
@@ -138,7 +141,7 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
             n = len(task.init_weights())
             task = Scaled(task, [_log_uniform(gen, 0.1, 10.0, (cfg.batch,)) for _ in range(n)],
                           _log_uniform(gen, 1e-3, 1e3, (cfg.batch,)))
-        stats = train_batch(method, opt, task, cfg.settings, T)
+        stats = batch_step(cfg.settings)(method, opt, task, cfg.settings, T)
         b += 1
         row = {"batch": b, "minutes": (time.time() - start) / 60, "problem": problem.name, "steps": T,
                "meta_loss": stats.get("meta_loss", math.nan), "skipped": stats["skipped"],

@@ -186,11 +186,15 @@ def meta_train(settings: TrainerSettings, method: Learnable, opt: torch.optim.Op
                sample: Callable[[int, int], TaskBatch],
                after_batch: Callable[[Progress, dict[str, float], int], None],
                stop: Callable[[], bool], max_batches: int | None = None, reducer: Reducer = SOLO,
-               on_window: Callable[[], None] | None = None) -> Progress:
+               on_window: Callable[[], None] | None = None,
+               step: Callable[..., dict[str, float]] | None = None) -> Progress:
     """The outer loop: batch after batch of trajectories until settings.trajectories are done, `stop()` is
     true, or `max_batches` batches ran in this call. sample(first, count) gives the tasks of trajectories
     first … first+count−1 (in a distributed run, this rank's slice of them); after_batch(progress, stats,
-    trajectories in the batch) logs, evaluates and saves; reducer and on_window: as in `train_batch`."""
+    trajectories in the batch) logs, evaluates and saves; reducer and on_window: as in `train_batch`. step: the
+    estimator's batch (`train_batch`'s signature; default `train_batch`, `metatele.outer.pes.batch_step` picks the
+    settings' estimator)."""
+    step = step or train_batch
     n_batches = settings.n_batches
     stop_at = n_batches if max_batches is None else min(n_batches, progress.batches_done + max_batches)
     while progress.batches_done < stop_at and not stop():
@@ -199,8 +203,8 @@ def meta_train(settings: TrainerSettings, method: Learnable, opt: torch.optim.Op
                 group["lr"] = meta_lr(settings, progress.batches_done, n_batches)
         first = progress.batches_done * settings.batch
         size = min(settings.batch, settings.trajectories - first)
-        stats = train_batch(method, opt, sample(first, size), settings, horizon(settings, progress.batches_done), reducer,
-                            on_window)
+        stats = step(method, opt, sample(first, size), settings, horizon(settings, progress.batches_done), reducer,
+                     on_window)
         progress.batches_done += 1
         progress.skipped_windows += int(stats["skipped"])
         after_batch(progress, stats, size)

@@ -15,7 +15,7 @@ from torch import nn
 
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
-from metatele.bench.metatrain import MetaTrainConfig, meta_train
+from metatele.bench.metatrain import MetaTrainConfig, iqm_vs_adam, meta_train, tuned_adam_finals
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
 from metatele.learned import build
@@ -154,3 +154,21 @@ def test_meta_train_runs_and_keeps_the_best_validated_checkpoint(tmp_path, estim
     model = checkpoints.load_model(tmp_path / checkpoints.MODEL_FILE)
     assert model.metadata["validation_score"] == summary["best_validation"]
     assert model.metadata["batches"] == summary["best_batch"]
+
+
+@pytest.mark.slow
+def test_time_to_quality_criterion_is_tuned_adams_iqm(tmp_path):
+    """`iqm_vs_adam` is 0 for tuned Adam against itself and > 0 for a rule that ends lower on every run; meta_train
+    reports the untrained rule as reached at batch 0 when it already beats the reference (and stops there with
+    stop_at_adam), and as never reached against an unbeatable one."""
+    val = problems.split("validation")
+    adam = tuned_adam_finals(val, 1)
+    assert iqm_vs_adam([a[None].expand(2, -1) for a in adam], adam) == 0.0
+    assert iqm_vs_adam([(a / 10)[None].expand(2, -1) for a in adam], adam) == pytest.approx(1.0)
+    high = [torch.full_like(a, 1e30) for a in adam]
+    cfg = MetaTrainConfig(steps=20, min_steps=10, max_batches=1, eval_every=1, select_seeds=1, stop_at_adam=True)
+    s = meta_train(cfg, tmp_path / "a", log=False, adam_finals=high)
+    assert (s["reached_batch"], s["reached_minutes"], s["batches"]) == (0, 0.0, 0)
+    cfg.stop_at_adam = False
+    s = meta_train(cfg, tmp_path / "b", log=False, adam_finals=[torch.zeros_like(a) for a in adam])
+    assert s["reached_batch"] is None and s["batches"] == 1

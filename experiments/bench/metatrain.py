@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from metatele.bench.metatrain import MetaTrainConfig, meta_train
+from metatele.bench.metatrain import MetaTrainConfig, meta_train, tuned_adam_finals
+from metatele.bench.problems import split
+from metatele.bench.run import global_lr
 from metatele.learned.adafac import AdafacSpec
 
 p = argparse.ArgumentParser()
@@ -34,16 +36,20 @@ p.add_argument("--estimator", choices=("tbptt", "pes"), default="tbptt")
 p.add_argument("--particles", type=int, default=8, help="pes: perturbed copies in antithetic pairs")
 p.add_argument("--sigma", type=float, default=0.01, help="pes: perturbation standard deviation")
 p.add_argument("--eval-every", type=int, default=20, help="batches between validation checks")
+p.add_argument("--nominal-lr", default="0.001", help="the untrained rule is Adam at this lr; 'train': the Adam lr of "
+               "the grid best across the suite's meta-training problems (metatele.bench.run.global_lr)")
 a = p.parse_args()
 torch.set_num_threads(1)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
-cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac"), augment=not a.no_augment,
+nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
+print(f"nominal lr {nominal:.4g}", flush=True)
+cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal), augment=not a.no_augment,
                       minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
                       seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
                       sigma=a.sigma)
 (out / "config.json").write_text(json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
                                                                          for k, v in vars(cfg).items() if k != "spec"}}, indent=1))
-summary = meta_train(cfg, out)
+summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds))
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(summary)

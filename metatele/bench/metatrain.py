@@ -4,10 +4,12 @@ validation problems.
 Each batch: a training problem drawn uniformly (seeded), B tasks from the training seed range, a horizon T drawn
 log-uniformly in [min_steps, steps] (rounded to the unroll) and given to the optimizer's progress features, and
 optionally parameter-scale and loss-scale augmentation (`Scaled`). The inner trajectory is cut into windows of
-`unroll` steps; each window's mean log loss is back-propagated (truncated BPTT with a log objective,
-`metatele.outer.trainer.train_batch`, first-order by default). Every `eval_every` batches the optimizer runs the
+`unroll` steps; each window's mean log loss drives a meta-update, by truncated BPTT (`metatele.outer.trainer.train_batch`,
+first-order by default) or by PES (`metatele.outer.pes`, cfg.estimator). Every `eval_every` batches the optimizer runs the
 validation problems on their selection seeds; the checkpoint with the lowest validation score (mean over problems
 of the mean log10 final loss; +inf if a run diverged) is the one saved — not the one with the lowest meta-loss.
+Given tuned Adam's results on the same runs, each check also scores the suite's criterion (`iqm_vs_adam`), the
+measure of time to quality (benchmarks/time_to_quality.py --suite).
 """
 from __future__ import annotations
 
@@ -18,20 +20,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from metatele import checkpoints
 from metatele.io import atomic_write_csv
+from metatele.bench.baselines import make
 from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
+from metatele.bench.run import tune
+from metatele.bench.scores import iqm, log_ratio
 from metatele.learned import build
-from metatele.learned.adafac import AdafacOptimizer, AdafacSpec
+from metatele.learned.adafac import AdafacSpec
+from metatele.methods.base import Method
 from metatele.outer.settings import TrainerSettings
 from metatele.outer.pes import batch_step
 from metatele.step import rollout
 from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
 from metatele.tasks.seeds import train_seeds
 
-__all__ = ["MetaTrainConfig", "Scaled", "validation_score", "meta_train"]
+__all__ = ["MetaTrainConfig", "Scaled", "validation_runs", "validation_score", "tuned_adam_finals", "iqm_vs_adam",
+           "meta_train"]
 
 
 @dataclass
@@ -59,6 +67,7 @@ class MetaTrainConfig:
     max_batches: int = 10**6
     eval_every: int = 10
     select_seeds: int = 4
+    stop_at_adam: bool = False    # stop once the validation IQM beats tuned Adam (time to quality)
 
     @property
     def settings(self) -> TrainerSettings:
@@ -104,20 +113,45 @@ def _log_uniform(gen: torch.Generator, lo: float, hi: float, shape: tuple[int, .
     return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(shape, generator=gen))
 
 
-def validation_score(method: AdafacOptimizer, problems: Sequence[Problem], seeds: int) -> float:
-    """Mean over problems of the mean log10 final loss on the selection seeds; +inf if any run diverged."""
+def validation_runs(method: Method, problems: Sequence[Problem], seeds: int) -> list[torch.Tensor]:
+    """Per problem, the method's losses (steps+1, seeds) on the selection seeds."""
+    return [rollout(method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
+            for p in problems]
+
+
+def validation_score(runs: Sequence[torch.Tensor]) -> float:
+    """Mean over problems of the mean log10 final loss; +inf if any run diverged (non-finite, or above its start)."""
     scores = []
-    for p in problems:
-        loss = rollout(method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
+    for loss in runs:
         if not bool((torch.isfinite(loss).all(0) & (loss[-1] <= loss[0])).all()):
             return math.inf
         scores.append(float(loss[-1].double().clamp_min(1e-300).log10().mean()))
     return sum(scores) / len(scores)
 
 
-def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, Any]:
+def tuned_adam_finals(problems: Sequence[Problem], seeds: int) -> list[torch.Tensor]:
+    """Per problem, Adam's final losses (seeds,) on the selection seeds, its lr tuned on the tuning seeds
+    (`metatele.bench.run.tune`): the reference of `iqm_vs_adam`."""
+    out = []
+    for p in problems:
+        lr = torch.full((seeds,), tune(p, "adam"))
+        out.append(validation_runs(make("adam", lr), [p], seeds)[0][-1])
+    return out
+
+
+def iqm_vs_adam(runs: Sequence[torch.Tensor], adam_finals: Sequence[torch.Tensor]) -> float:
+    """The suite's criterion on the validation problems: the IQM over all runs of log10(L_adam / L) at the problems'
+    horizons (`scores.log_ratio`); > 0 means the method beats tuned Adam on the typical run."""
+    return iqm(np.concatenate([log_ratio(r[-1], a).numpy() for r, a in zip(runs, adam_finals)]))
+
+
+def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
+               adam_finals: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """Train per cfg for cfg.minutes (or max_batches), writing out/model.safetensors (best on validation) and
-    out/train_log.csv; returns a summary."""
+    out/train_log.csv; returns a summary. With `adam_finals` (`tuned_adam_finals` of the validation problems), every
+    validation also logs `iqm_vs_adam`, and the summary gives the first batch and minute at which it is > 0
+    (`reached_batch`, `reached_minutes`: 0 if the untrained rule is there; None if never); with cfg.stop_at_adam,
+    training stops there."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         method = build(cfg.spec)
@@ -127,11 +161,15 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
     train_problems, val_problems = split("train"), split("validation")
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.time()
-    best, best_batch, rows = validation_score(method, val_problems, cfg.select_seeds), 0, []
+    runs = validation_runs(method, val_problems, cfg.select_seeds)
+    best, best_batch, rows = validation_score(runs), 0, []
     untrained = best
     checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
+    reached: tuple[int, float] | None = None
+    if adam_finals is not None and iqm_vs_adam(runs, adam_finals) > 0:
+        reached = (0, 0.0)  # the untrained rule already beats it
     b = 0
-    while b < cfg.max_batches and time.time() - start < cfg.minutes * 60:
+    while b < cfg.max_batches and time.time() - start < cfg.minutes * 60 and not (reached and cfg.stop_at_adam):
         problem = train_problems[int(torch.randint(len(train_problems), (), generator=gen))]
         u = float(torch.rand((), generator=gen))
         T = math.exp(math.log(cfg.min_steps) + u * (math.log(cfg.steps) - math.log(cfg.min_steps)))
@@ -146,13 +184,17 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
         row = {"batch": b, "minutes": (time.time() - start) / 60, "problem": problem.name, "steps": T,
                "meta_loss": stats.get("meta_loss", math.nan), "skipped": stats["skipped"],
                "log_gain": float(method.net.log_gain.detach()), "fan_power": float(method.net.fan_power.detach()),
-               "validation": math.nan}
+               "validation": math.nan, "iqm_vs_adam": math.nan}
         if b % cfg.eval_every == 0:
-            score = validation_score(method, val_problems, cfg.select_seeds)
-            row["validation"] = score
+            runs = validation_runs(method, val_problems, cfg.select_seeds)
+            score = row["validation"] = validation_score(runs)
             if score < best:
                 best, best_batch = score, b
                 checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=b, validation_score=score)
+            if adam_finals is not None:
+                row["iqm_vs_adam"] = iqm_vs_adam(runs, adam_finals)
+                if reached is None and row["iqm_vs_adam"] > 0:
+                    reached = (b, (time.time() - start) / 60)
         rows.append(row)
         if log:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
@@ -160,5 +202,5 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True) -> dict[str, A
             atomic_write_csv(out / "train_log.csv", rows)
     atomic_write_csv(out / "train_log.csv", rows)
     return {"batches": b, "minutes": (time.time() - start) / 60, "best_batch": best_batch,
-            "best_validation": best, "untrained_validation": untrained}
-
+            "best_validation": best, "untrained_validation": untrained,
+            "reached_batch": reached[0] if reached else None, "reached_minutes": reached[1] if reached else None}

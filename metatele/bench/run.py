@@ -20,7 +20,7 @@ from metatele.bench.problems import REPORT_FIRST_SEED, TUNE_FIRST_SEED, Problem
 from metatele.methods.base import Method
 from metatele.step import Trajectory, rollout
 
-__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "tune", "baselines", "run_problem", "run_suite"]
+__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "grid_scores", "tune", "global_lr", "baselines", "run_problem", "run_suite"]
 
 SEEDS = 8            # reported runs per problem
 TUNE_SEEDS = 4       # tuning runs per lr (disjoint seeds)
@@ -45,16 +45,34 @@ def _score(final: torch.Tensor, first: torch.Tensor) -> float:
     return float(final.double().clamp_min(1e-300).log10().mean())
 
 
-def tune(problem: Problem, kind: str, seeds: int = TUNE_SEEDS, grid: Sequence[float] = LR_GRID,
-         device: str | torch.device = "cpu") -> float:
-    """The lr of `grid` with the best tuning score for baseline `kind` on `problem`'s tuning seeds."""
+def grid_scores(problem: Problem, kind: str, seeds: int = TUNE_SEEDS, grid: Sequence[float] = LR_GRID,
+                device: str | torch.device = "cpu") -> list[float]:
+    """The tuning score of every lr of `grid` for baseline `kind` on `problem`'s tuning seeds (one batched rollout)."""
     ids = list(range(TUNE_FIRST_SEED, TUNE_FIRST_SEED + seeds))
     task = problem.sample(ids * len(grid), device=device)
     lr = torch.tensor(grid, dtype=torch.float32, device=device).repeat_interleave(seeds)
     traj = rollout(make(kind, lr), task, problem.steps)
     final, first = traj.loss[-1].view(len(grid), seeds), traj.loss[0].view(len(grid), seeds)
-    scores = [_score(f, s) for f, s in zip(final, first)]
+    return [_score(f, s) for f, s in zip(final, first)]
+
+
+def _best(grid: Sequence[float], scores: Sequence[float]) -> float:
     return grid[min(range(len(grid)), key=lambda i: (scores[i], i))]
+
+
+def tune(problem: Problem, kind: str, seeds: int = TUNE_SEEDS, grid: Sequence[float] = LR_GRID,
+         device: str | torch.device = "cpu") -> float:
+    """The lr of `grid` with the best tuning score for baseline `kind` on `problem`'s tuning seeds."""
+    return _best(grid, grid_scores(problem, kind, seeds, grid, device))
+
+
+def global_lr(problems: Sequence[Problem], kind: str = "adam", seeds: int = TUNE_SEEDS,
+              grid: Sequence[float] = LR_GRID, device: str | torch.device = "cpu") -> float:
+    """The one lr of `grid` best for baseline `kind` across `problems`: the lowest mean over problems of the tuning
+    score (+inf where it diverges on any problem). A learned rule's nominal lr is chosen so, on its meta-training
+    problems."""
+    per = [grid_scores(p, kind, seeds, grid, device) for p in problems]
+    return _best(grid, [sum(s[i] for s in per) / len(per) for i in range(len(grid))])
 
 
 def _cache_file(cache: Path, problem: Problem, seeds: int, tune_seeds: int) -> Path:

@@ -4,11 +4,12 @@ gated, size-agnostic teleport (m2) on top.
 For every parameter tensor P (B, *shape) — weights and biases alike, any shape — and every element, a small
 MLP shared by all elements of all tensors reads per-element features and outputs two numbers (a, d):
 
-    u = lr · (FAN_REF / fan_in)^p · [ 10^tanh(a) · adam + c · tanh(d) ],   lr = NOMINAL_LR · e^{log_gain},
+    u = lr · (FAN_REF / fan_in)^p · [ 10^tanh(a) · adam + c · tanh(d) ],   lr = nominal_lr · e^{log_gain},
     p = tanh(fan_power) ∈ (−1, 1)
 
 adam is Adam's bias-corrected direction m̂/(√v̂ + ε) (β = 0.9, 0.999, ε = 1e-8). The MLP's last layer starts at
-zero and log_gain = fan_power = 0, so the untrained rule is exactly Adam at lr 1e-3. The output is bounded: per element
+zero and log_gain = fan_power = 0, so the untrained rule is exactly Adam at the spec's nominal_lr (NOMINAL_LR = 1e-3,
+torch's default, unless a recipe sets it, e.g. to the Adam lr best across the meta-training problems). The output is bounded: per element
 |u| ≤ lr·(FAN_REF/fan_in)^p·(10·|adam| + c). fan_in is the size of the last axis of a matrix (the μP-style factor
 whose exponent p is learned, starting at 0 and bounded by μP's 1: a first run with p unbounded drove it to 2.7 and its
 validation loss up); vectors (biases) have no fan-in factor.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["NOMINAL_LR", "FAN_REF", "ELEMENT_FEATURES", "N_INPUTS", "AdafacSpec", "AdafacNet", "AdafacState",
            "AdafacUpdate", "GatedSteepestTeleport", "SteepestGate", "AdafacOptimizer"]
 
-NOMINAL_LR = 1e-3         # the untrained rule is Adam at this lr (torch.optim.Adam's default)
+NOMINAL_LR = 1e-3         # the default nominal lr: torch.optim.Adam's default
 FAN_REF = 32              # fan-in at which the μP factor is 1
 B1, B2, EPS = 0.9, 0.999, 1e-8
 DECAYS = (0.9, 0.99, 0.999)
@@ -59,7 +60,8 @@ TINY = 1e-30
 class AdafacSpec(LearnedSpec):
     """What rebuilds an adafac optimizer (stored in checkpoint metadata); `method` is "adafac" or "adafac-tele".
 
-    hidden: the MLP's width (two hidden layers); mix: c, the bound of the free term; magnitude: the teleport's
+    hidden: the MLP's width (two hidden layers); mix: c, the bound of the free term; nominal_lr: the untrained rule is
+    Adam at this lr (the round-3 checkpoints, written before the field, use NOMINAL_LR); magnitude: the teleport's
     ‖T‖_F before the gate; gate_bias: the gate starts at sigmoid(gate_bias); gate_hidden: the gate LSTM's size;
     every: teleport at steps 0, every, 2·every, …
     """
@@ -70,6 +72,8 @@ class AdafacSpec(LearnedSpec):
     gate_bias: float = -3.0
     gate_hidden: int = 8
     every: int = 1
+    nominal_lr: float = NOMINAL_LR
+    added_fields: ClassVar[tuple[str, ...]] = ("nominal_lr",)
 
     def check(self) -> None:
         checks.integer("hidden", self.hidden, 1, 1024)
@@ -78,15 +82,16 @@ class AdafacSpec(LearnedSpec):
         checks.positive_float("mix", self.mix, 10.0)
         checks.positive_float("magnitude", self.magnitude, 10.0)
         checks.finite_float("gate_bias", self.gate_bias)
+        checks.positive_float("nominal_lr", self.nominal_lr, 10.0)
 
 
 class AdafacNet(nn.Module):
     """The per-element MLP N_INPUTS → hidden → hidden → 2 (ReLU, last layer zero) and the scalars
-    log_gain (lr = NOMINAL_LR·e^{log_gain}), fan_power (p = tanh(fan_power)) and log_mix (c = mix·e^{log_mix})."""
+    log_gain (lr = nominal_lr·e^{log_gain}), fan_power (p = tanh(fan_power)) and log_mix (c = mix·e^{log_mix})."""
 
-    def __init__(self, hidden: int, mix: float) -> None:
+    def __init__(self, hidden: int, mix: float, nominal_lr: float = NOMINAL_LR) -> None:
         super().__init__()
-        self.mix = mix
+        self.mix, self.nominal_lr = mix, nominal_lr
         self.mlp = nn.Sequential(nn.Linear(N_INPUTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 2))
         with torch.no_grad():
@@ -183,7 +188,7 @@ class AdafacUpdate:
                 rows.append([b * r + (1 - b) * g2 for b, r in zip(DECAYS, rs)])
                 cols.append([b * c + (1 - b) * g2 for b, c in zip(DECAYS, cs)])
         net = self.net
-        lr = NOMINAL_LR * net.log_gain.exp()
+        lr = net.nominal_lr * net.log_gain.exp()
         mix = net.mix * net.log_mix.exp()
         update = []
         for i, (w, g) in enumerate(zip(weights, grads)):
@@ -263,7 +268,7 @@ class AdafacOptimizer(MetaOptimizer):
 
     def __init__(self, spec: AdafacSpec, *, teleport: bool) -> None:
         super().__init__(spec)
-        self.net = AdafacNet(spec.hidden, spec.mix)
+        self.net = AdafacNet(spec.hidden, spec.mix, spec.nominal_lr)
         self.rule = AdafacUpdate(self.net, self.clock)
         self.label: str | None = None
         policy = None

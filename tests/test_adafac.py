@@ -188,3 +188,21 @@ def test_runs_in_a_torch_training_loop_as_adam(tmp_path):
             o.step()
     for a, b in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_without_the_free_term_the_update_is_a_bounded_gain_on_adam():
+    """mix = 0: with any head, every element of the update has Adam's sign and a gain in [0.1, 10] on Adam's step
+    (so it vanishes where Adam's does: no drift at a minimum); mix < 0 is refused."""
+    opt = build(AdafacSpec("adafac", mix=0.0, nominal_lr=0.01))
+    _randomize_head(opt)
+    ref = build(AdafacSpec("adafac", nominal_lr=0.01))
+    w = [torch.randn(3, 6, 5), torch.randn(3, 6)]
+    g = [torch.randn(3, 6, 5), torch.zeros(3, 6)]
+    prop, _ = opt.rule.propose(Proposal(), g, opt.rule.init(w), weights=w)
+    adam, _ = ref.rule.propose(Proposal(), g, ref.rule.init(w), weights=w)
+    (u, a), (u0, a0) = zip(prop.update, adam.update)
+    ratio = u / a
+    assert bool((ratio >= 0.1 - 1e-6).all() and (ratio <= 10 + 1e-5).all()) and not torch.equal(u, a)
+    assert bool((a0 == 0).all() and (u0 == 0).all())  # a zero gradient: no step at all
+    with pytest.raises(ValueError, match="mix must be 0"):
+        AdafacSpec("adafac", mix=-0.1)

@@ -37,6 +37,7 @@ p.add_argument("--particles", type=int, default=8, help="pes: perturbed copies i
 p.add_argument("--sigma", type=float, default=0.01, help="pes: perturbation standard deviation")
 p.add_argument("--eval-every", type=int, default=20, help="batches between validation checks")
 p.add_argument("--mix", type=float, default=0.1, help="the bound of adafac's free term (0: none)")
+p.add_argument("--gate-bias", type=float, default=-3.0, help="adafac-tele: the gate starts at sigmoid(gate-bias)")
 p.add_argument("--meta-lr", type=float, default=3e-3, help="the MLP's meta learning rate")
 p.add_argument("--scalar-lr", type=float, default=1e-2, help="the global scalars' meta learning rate")
 p.add_argument("--nominal-lr", default="0.001", help="the untrained rule is Adam at this lr; 'train': the Adam lr of "
@@ -47,7 +48,8 @@ out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
 nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
 print(f"nominal lr {nominal:.4g}", flush=True)
-cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=a.mix), augment=not a.no_augment,
+cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=a.mix,
+                                      gate_bias=a.gate_bias), augment=not a.no_augment,
                       minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
                       seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
                       sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr)

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/bench/reproduce.py [--quick] [--part main|ablation|long|all]
 
-- main: adafac, adafac-tele and the untrained rule (= Adam at lr 1e-3) against the tuned baselines on the meta-training
+- main: adafac, adafac-tele and the untrained rule (= Adam at the shipped nominal lr) against the tuned baselines on the meta-training
   and held-out problems → experiments/bench/results/ (TensorBoard runs in runs/bench/).
 - ablation: one lever of the trained adafac removed at a time, on the small held-out problems (≤ 128 units, ≤ 64 inputs) → experiments/bench/ablation/:
   fan-in scaling off (p = 0), progress features blind (T = 10^12, so t/T ≈ 0 at every step), the teleporting twin
@@ -31,7 +31,6 @@ from metatele.bench.problems import REPORT_FIRST_SEED
 from metatele.bench.run import SEEDS, run_suite
 from metatele.evaluation.stats import summarize
 from metatele.learned import build
-from metatele.learned.adafac import AdafacSpec
 from metatele.step import rollout
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +55,7 @@ tag = "-quick" if a.quick else ""
 
 if a.part in ("main", "all"):
     t = time.perf_counter()
-    untrained = build(AdafacSpec("adafac"))
+    untrained = build(adafac.spec)  # the same rule untrained: Adam at the shipped nominal lr
     untrained.label = "adafac-untrained"
     runs = run_suite(problems, [adafac, tele, untrained], cache=cache)
     report(runs, HERE / f"results{tag}", Path("runs") / f"bench{tag}")

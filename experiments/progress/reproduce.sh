@@ -4,7 +4,7 @@
 #     the shipped lstm-update and lstm-lr-tele (experiments/pretrained/: + progress features + the paper/normal-init
 #     law mixture), and four lstm-update-tele ablation cells: progress only, mixture only, both, both with the gate
 #     closed at the start (experiments/progress/*.toml). The fifth cell, neither lever, is round 2's lstm-update-tele,
-#     which is still the shipped one (experiments/pretrained/lstm-update-tele.toml = experiments/pretrained-v2/).
+#     from which the shipped one (round 3b) is fine-tuned by experiments/progress/finetune.sh.
 #  2. `metatele compare` at --steps 100 and 1000 on the paper's law (every shipped method), and on the held-out laws
 #     centred and teacher at --steps 100 and 300 (the three shipped LSTMs; the tele cells "both" and "mixture only" in
 #     place of the shipped lstm-update-tele; round 2's three);

@@ -4,12 +4,15 @@
                                                                           [--minutes M | --batches N]
                                                                           [--estimator pes --particles 8 --sigma 0.01]
 
-The shipped checkpoints were trained with `--minutes 60` (both runs at once, one thread each, on the shared 2-core
-machine), which reached 121 batches (adafac) and 93 batches (adafac-tele). A wall-clock budget depends on the machine;
-to reproduce them, give the batch count instead (nothing in the loop reads the clock but the budget check; this
-exact re-run has not been done yet):
-`metatrain.py experiments/bench/adafac --batches 121` and `metatrain.py experiments/bench/adafac-tele --teleport
---batches 93` (the shipped ones were selected on validation at batches 60 and 20: each folder's summary.json).
+The shipped (round-4) checkpoints, both at once, one thread each, 25 minutes wall each on the 2-core machine:
+
+    metatrain.py experiments/bench/adafac --minutes 25 --nominal-lr train --mix 0 --meta-lr 1e-4 --scalar-lr 3e-4 \
+        --eval-every 10
+    metatrain.py experiments/bench/adafac-tele --teleport --gate-bias -6 (the rest as above)
+
+A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead
+(`--batches N`, each folder's summary.json; nothing in the loop reads the clock but the budget check). Round 3's
+(experiments/bench/round3-adafac*/) used the defaults with `--minutes 55`.
 """
 from __future__ import annotations
 

@@ -8,12 +8,13 @@ antithetic pairs (ε, −ε). Every window draws fresh perturbations, adds them 
     ĝ = Σ_i ξ_i (L_i − mean L) / (particles · σ²),
 
 where L_i is particle i's window meta-loss (`metatele.outer.trainer.meta_loss`). The estimate goes through the same
-clip and outer optimizer as truncated BPTT (`train_batch`), whose signature `pes_batch` shares; it is chosen by
+clip and outer optimizer as truncated BPTT (`trainer.train_batch`), whose signature `pes_batch` shares; it is chosen by
 `TrainerSettings.estimator`. Each window costs `particles` gradient-free windows instead of one window and its
 meta-backward. The perturbations are deterministic in the settings' seed and the batch's first task seed.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,8 @@ import torch
 from metatele.methods.base import set_horizon
 from metatele.outer.distributed import SOLO, Reducer
 from metatele.outer.settings import TrainerSettings
-from metatele.outer.trainer import Learnable, meta_loss, train_batch, unroll_window
+from metatele.outer import trainer
+from metatele.outer.trainer import Learnable, meta_loss, meta_update, unroll_window
 from metatele.tasks.base import TaskBatch
 
 __all__ = ["pes_batch", "batch_step"]
@@ -71,22 +73,20 @@ def pes_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, se
                     L[i] = meta_loss(win.losses, settings.meta_loss, settings.loss_growth).double()
                 runs[i] = (win.weights, win.state, win.alive)
             _set(params, theta)
-            opt.zero_grad(set_to_none=True)
-            gn = torch.tensor(float("nan"))
-            if reducer.all_finite(bool(torch.isfinite(L).all())):
+
+            def estimate() -> None:
                 g = ((L - L.mean()).to(device, dtype)[:, None] * xi).sum(0) / (n * sigma ** 2)
                 for p, part in zip(params, g.split([p.numel() for p in params])):
                     p.grad = part.view_as(p).clone()
-                reducer.all_reduce_grads(params, len(task.seeds))
-                gn = torch.nn.utils.clip_grad_norm_(params, settings.clip)
-            if not torch.isfinite(gn):  # divergence: no update from this window, abandon the batch
-                opt.zero_grad(set_to_none=True)
+
+            gn = meta_update(params, opt, bool(torch.isfinite(L).all()), estimate, reducer, len(task.seeds),
+                             settings.clip)
+            if math.isnan(gn):  # divergence: no update from this window, abandon the batch
                 skipped += 1
                 break
-            opt.step()
             theta = torch.cat([p.detach().reshape(-1) for p in params])
             stats["meta_loss"].append(float(L.mean()))
-            stats["grad_norm"].append(float(gn))
+            stats["grad_norm"].append(gn)
             if on_window is not None:
                 on_window()
     finally:
@@ -101,5 +101,6 @@ def pes_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, se
 
 
 def batch_step(settings: TrainerSettings) -> Callable[..., dict[str, float]]:
-    """The batch function of the settings' estimator: `train_batch` (truncated BPTT) or `pes_batch`."""
-    return pes_batch if settings.estimator == "pes" else train_batch
+    """The batch function of the settings' estimator: `trainer.train_batch` (truncated BPTT, looked up when asked) or
+    `pes_batch`."""
+    return pes_batch if settings.estimator == "pes" else trainer.train_batch

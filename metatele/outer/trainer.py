@@ -28,7 +28,7 @@ from metatele.tasks.base import TaskBatch
 REJECT = 1e12  # an update that multiplies the loss cap by more than this is rejected (its gradients could overflow)
 
 __all__ = ["Learnable", "Progress", "Window", "meta_loss", "unroll_window", "detach", "horizon", "meta_lr",
-           "train_batch", "meta_train"]
+           "meta_update", "train_batch", "meta_train"]
 
 
 class Learnable(Method, Protocol):
@@ -134,6 +134,24 @@ def windows(settings: TrainerSettings, batch: int) -> int:
     return -(-horizon(settings, batch) // settings.unroll)
 
 
+def meta_update(params: Sequence[torch.Tensor], opt: torch.optim.Optimizer, finite: bool, set_grads: Callable[[], None],
+                reducer: Reducer, weight: float, clip: float) -> float:
+    """One meta-update of an estimator: if the window was `finite` on every rank, `set_grads()` fills each p.grad,
+    the ranks average them (this rank's weight: `weight`), their norm is clipped to `clip` and `opt` steps. Returns
+    the norm before clipping; nan if the window or its meta-gradient was not finite (then nothing moves)."""
+    opt.zero_grad(set_to_none=True)
+    gn = math.nan
+    if reducer.all_finite(finite):
+        set_grads()
+        reducer.all_reduce_grads(params, weight)
+        gn = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    if not math.isfinite(gn):
+        opt.zero_grad(set_to_none=True)
+        return math.nan
+    opt.step()
+    return gn
+
+
 def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, settings: TrainerSettings,
                 steps: int | None = None, reducer: Reducer = SOLO,
                 on_window: Callable[[], None] | None = None) -> dict[str, float]:
@@ -158,19 +176,13 @@ def train_batch(method: Learnable, opt: torch.optim.Optimizer, task: TaskBatch, 
         for k, v in win.info.items():
             stats.setdefault(k, []).extend(v)
         ml = meta_loss(win.losses, settings.meta_loss, settings.loss_growth)
-        opt.zero_grad(set_to_none=True)
-        gn = torch.tensor(float("nan"))
-        if reducer.all_finite(bool(torch.isfinite(win.losses).all())):
-            ml.backward()
-            reducer.all_reduce_grads(params, len(task.seeds))
-            gn = torch.nn.utils.clip_grad_norm_(params, settings.clip)
-        if not torch.isfinite(gn):  # divergence: no update from this window, abandon the batch
-            opt.zero_grad(set_to_none=True)
+        gn = meta_update(params, opt, bool(torch.isfinite(win.losses).all()), ml.backward, reducer, len(task.seeds),
+                         settings.clip)
+        if math.isnan(gn):  # divergence: no update from this window, abandon the batch
             skipped += 1
             break
-        opt.step()
         stats["meta_loss"].append(float(ml.detach()))
-        stats["grad_norm"].append(float(gn))
+        stats["grad_norm"].append(gn)
         weights, state, alive = detach(win.weights), detach(win.state), win.alive
         if on_window is not None:
             on_window()

@@ -28,7 +28,7 @@ import torch
 from meta_train_throughput import sgemm_peak
 
 from metatele import config, train
-from metatele.bench.metatrain import MetaTrainConfig, meta_train, tuned_adam_finals
+from metatele.bench import metatrain as suite_training
 from metatele.bench.problems import split
 from metatele.bench.run import global_lr
 from metatele.learned.adafac import NOMINAL_LR, AdafacSpec
@@ -74,11 +74,11 @@ def suite_time_to_quality(estimator: str, eval_every: int, max_minutes: float, n
                           ) -> dict[str, object]:
     """Meta-train `adafac` (untrained: Adam at `nominal_lr`) with `estimator` until the validation IQM vs tuned Adam
     is > 0 or the time is up."""
-    cfg = MetaTrainConfig(spec=AdafacSpec("adafac", nominal_lr=nominal_lr), estimator=estimator,
-                          eval_every=eval_every, minutes=max_minutes, stop_at_adam=True)
-    adam = tuned_adam_finals(split("validation"), cfg.select_seeds)
+    cfg = suite_training.MetaTrainConfig(spec=AdafacSpec("adafac", nominal_lr=nominal_lr), estimator=estimator,
+                                         eval_every=eval_every, minutes=max_minutes, stop_at_adam=True)
+    adam = suite_training.tuned_adam_finals(split("validation"), cfg.select_seeds)
     with tempfile.TemporaryDirectory() as out:
-        return meta_train(cfg, Path(out), log=False, adam_finals=adam)
+        return suite_training.meta_train(cfg, Path(out), log=False, adam_finals=adam)
 
 
 def main() -> None:

@@ -81,11 +81,8 @@ class AdafacSpec(LearnedSpec):
         checks.integer("hidden", self.hidden, 1, 1024)
         checks.integer("gate_hidden", self.gate_hidden, 1, 1024)
         checks.integer("every", self.every, 1, 10**6)
-        if self.mix != 0 or isinstance(self.mix, bool):
-            try:
-                checks.positive_float("mix", self.mix, 10.0)
-            except ValueError:
-                raise ValueError(f"mix must be 0 (no free term) or a number in (0, 10], got {self.mix!r}") from None
+        if isinstance(self.mix, bool) or not isinstance(self.mix, (int, float)) or not 0 <= self.mix <= 10:
+            raise ValueError(f"mix must be 0 (no free term) or a number in (0, 10], got {self.mix!r}")
         checks.positive_float("magnitude", self.magnitude, 10.0)
         checks.finite_float("gate_bias", self.gate_bias)
         checks.positive_float("nominal_lr", self.nominal_lr, 10.0)

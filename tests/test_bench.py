@@ -15,9 +15,10 @@ from torch import nn
 
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
-from metatele.bench.metatrain import MetaTrainConfig, iqm_vs_adam, meta_train, tuned_adam_finals
+from metatele.bench.metatrain import MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, tuned_adam_finals
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
+from metatele.errors import ConfigError
 from metatele.learned import build
 from metatele.learned.adafac import AdafacSpec
 from metatele.step import inner_step, rollout
@@ -100,6 +101,38 @@ def test_tuning_picks_the_best_lr_of_the_grid():
     assert best == min(score, key=score.get)
 
 
+def test_minibatch_problems_report_their_eval_set_loss():
+    """A mini-batch problem reports, at every step, the loss of the current weights on its fixed evaluation set (the
+    same samples for any number of tasks), not the mini-batch loss; a full-batch problem reports its training loss."""
+    p = Problem("t", "train", "digits", (64, 12, 10), 3, batch=16)
+    task = p.sample([5, 6])
+    seen: list[list[torch.Tensor]] = []
+    traj = run.trajectory(p, make("adam", torch.full((2,), 1e-2)), task, 3)
+    rollout(make("adam", torch.full((2,), 1e-2)), task, 3, callback=lambda t, w: seen.append(w))
+    batch = p.eval_batch(2)
+    assert batch.X.shape == (2, 64, min(problems.EVAL_SAMPLES, 1797))
+    torch.testing.assert_close(p.eval_batch(1).X[0], batch.X[1])
+    expected = torch.stack([task.loss(w, batch) for w in seen])
+    torch.testing.assert_close(traj.loss, expected)
+    assert not torch.allclose(traj.loss, rollout(make("adam", torch.full((2,), 1e-2)), task, 3).loss)
+    ends = run.trajectory(p, make("adam", torch.full((2,), 1e-2)), task, 3, every=3)  # as the tuning grids record
+    torch.testing.assert_close(ends.loss, traj.loss[[0, -1]])
+    r = Problem("r", "train", "regression", (4, 6, 2), 3, n=4)
+    rt = r.sample([1])
+    assert r.eval_batch(1) is None
+    torch.testing.assert_close(run.trajectory(r, make("adam", torch.full((1,), 1e-2)), rt, 3).loss,
+                               rollout(make("adam", torch.full((1,), 1e-2)), rt, 3).loss)
+
+
+def test_averaged_parameters_are_swapped_in_and_restored():
+    m = build(AdafacSpec("adafac"))
+    raw = [q.detach().clone() for q in m.parameters()]
+    avg = [torch.randn_like(q) for q in raw]
+    with _averaged(m, avg):
+        assert all(torch.equal(q, a) for q, a in zip(m.parameters(), avg))
+    assert all(torch.equal(q, r) for q, r in zip(m.parameters(), raw))
+
+
 def test_speedup_beats_and_iqm():
     adam = torch.tensor([[10.0, 10.0], [5.0, 5.0], [2.0, 2.0], [1.0, 1.0], [0.5, 0.5], [0.2, 0.2], [0.1, 0.1]])
     # horizon 2 (Adam ran 3× = 6 steps): final 2.0 is reached at step 2 (speedup 1), 0.5 at step 4 (2),
@@ -154,6 +187,37 @@ def test_meta_train_runs_and_keeps_the_best_validated_checkpoint(tmp_path, estim
     model = checkpoints.load_model(tmp_path / checkpoints.MODEL_FILE)
     assert model.metadata["validation_score"] == summary["best_validation"]
     assert model.metadata["batches"] == summary["best_batch"]
+
+
+@pytest.mark.slow
+def test_meta_train_warm_starts_from_a_checkpoint(tmp_path):
+    """With `init`, meta-training starts the update rule from the checkpoint's exactly (no batch: the saved rule is
+    the source, tensor for tensor), also for a teleporting twin (its update rule copied, its gate fresh); a
+    checkpoint of another rule (nominal lr) is refused with a ConfigError."""
+    spec = AdafacSpec("adafac", nominal_lr=0.01, mix=0)
+    source = build(spec)
+    with torch.no_grad():
+        for q in source.parameters():
+            q.add_(0.01 * torch.randn_like(q))
+    path = tmp_path / "src" / checkpoints.MODEL_FILE
+    checkpoints.save_model(path, source)
+    cfg = MetaTrainConfig(spec=spec, init=str(path), steps=20, min_steps=10, max_batches=0, select_seeds=1,
+                          average=0.9)
+    meta_train(cfg, tmp_path / "out", log=False)
+    saved = checkpoints.load_model(tmp_path / "out" / checkpoints.MODEL_FILE)
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[k], v, rtol=0, atol=0)
+    cfg.spec = AdafacSpec("adafac-tele", nominal_lr=0.01, mix=0, group="diag")
+    meta_train(cfg, tmp_path / "twin", log=False)
+    twin = checkpoints.load_model(tmp_path / "twin" / checkpoints.MODEL_FILE)
+    torch.manual_seed(cfg.seed)  # as meta_train builds its rule
+    fresh = build(cfg.spec)
+    for k, v in twin.state_dict().items():
+        want = source.state_dict()[k] if k.startswith("net.") else fresh.state_dict()[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=0)
+    cfg.spec = AdafacSpec("adafac", mix=0)
+    with pytest.raises(ConfigError, match="nominal_lr"):
+        meta_train(cfg, tmp_path / "other", log=False)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from metatele import checkpoints
 from metatele.bench.metatrain import MetaTrainConfig, meta_train, tuned_adam_finals
 from metatele.bench.problems import split
 from metatele.bench.run import global_lr
@@ -43,19 +44,32 @@ p.add_argument("--mix", type=float, default=0.1, help="the bound of adafac's fre
 p.add_argument("--gate-bias", type=float, default=-3.0, help="adafac-tele: the gate starts at sigmoid(gate-bias)")
 p.add_argument("--meta-lr", type=float, default=3e-3, help="the MLP's meta learning rate")
 p.add_argument("--scalar-lr", type=float, default=1e-2, help="the global scalars' meta learning rate")
+p.add_argument("--gate-lr", type=float, default=None, help="adafac-tele: the gate's meta learning rate (default: --meta-lr)")
 p.add_argument("--nominal-lr", default="0.001", help="the untrained rule is Adam at this lr; 'train': the Adam lr of "
                "the grid best across the suite's meta-training problems (metatele.bench.run.global_lr)")
+p.add_argument("--init", default=None, help="start the update rule from this adafac checkpoint's (its nominal lr and "
+               "mix replace --nominal-lr and --mix; a teleporting twin's gate starts fresh)")
+p.add_argument("--group", choices=("gl", "diag"), default="gl", help="adafac-tele: the teleport's group")
+p.add_argument("--magnitude", type=float, default=0.05, help="adafac-tele: the teleport's size per step before the gate")
+p.add_argument("--average", type=float, default=0.0, help="validate and save the EMA of the meta-parameters (decay)")
+p.add_argument("--select-seeds", type=int, default=4, help="selection seeds per validation problem")
 a = p.parse_args()
 torch.set_num_threads(1)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
-nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
-print(f"nominal lr {nominal:.4g}", flush=True)
-cfg = MetaTrainConfig(spec=AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=a.mix,
-                                      gate_bias=a.gate_bias), augment=not a.no_augment,
+if a.init:
+    source = checkpoints.load_model(a.init).spec
+    nominal, mix = source.nominal_lr, source.mix
+else:
+    nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
+    mix = a.mix
+spec = AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=mix, gate_bias=a.gate_bias,
+                  group=a.group, magnitude=a.magnitude)
+print(f"nominal lr {spec.nominal_lr:.4g}", flush=True)
+cfg = MetaTrainConfig(spec=spec, augment=not a.no_augment, init=a.init, average=a.average, select_seeds=a.select_seeds,
                       minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
                       seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
-                      sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr)
+                      sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr, gate_lr=a.gate_lr)
 (out / "config.json").write_text(json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
                                                                          for k, v in vars(cfg).items() if k != "spec"}}, indent=1))
 summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds))

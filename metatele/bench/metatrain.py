@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,14 @@ from metatele import checkpoints
 from metatele.io import atomic_write_csv
 from metatele.bench.baselines import make
 from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
-from metatele.bench.run import tune
+from metatele.bench.run import trajectory, tune
 from metatele.bench.scores import iqm, log_ratio
+from metatele.errors import ConfigError
 from metatele.learned import build
 from metatele.learned.adafac import AdafacSpec
 from metatele.methods.base import Method
 from metatele.outer.settings import TrainerSettings
 from metatele.outer.pes import batch_step
-from metatele.step import rollout
 from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
 from metatele.tasks.seeds import train_seeds
 
@@ -53,6 +54,7 @@ class MetaTrainConfig:
     batch: int = 8
     meta_lr: float = 3e-3         # the MLP's meta lr
     scalar_lr: float = 1e-2       # the global scalars' (log_gain, fan_power, log_mix): lr must move by ×10–100
+    gate_lr: float | None = None  # adafac-tele's teleport gate's (None: meta_lr)
     clip: float = 1.0
     meta_loss: str = "log"
     loss_growth: float = 1.0
@@ -68,6 +70,8 @@ class MetaTrainConfig:
     eval_every: int = 10
     select_seeds: int = 4
     stop_at_adam: bool = False    # stop once the validation IQM beats tuned Adam (time to quality)
+    average: float = 0.0          # validate and save an average of the meta-parameters, EMA decay `average` (0: off)
+    init: str | None = None       # start the update rule from this adafac checkpoint's (its `net`)
 
     @property
     def settings(self) -> TrainerSettings:
@@ -115,7 +119,7 @@ def _log_uniform(gen: torch.Generator, lo: float, hi: float, shape: tuple[int, .
 
 def validation_runs(method: Method, problems: Sequence[Problem], seeds: int) -> list[torch.Tensor]:
     """Per problem, the method's losses (steps+1, seeds) on the selection seeds."""
-    return [rollout(method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
+    return [trajectory(p, method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
             for p in problems]
 
 
@@ -145,21 +149,54 @@ def iqm_vs_adam(runs: Sequence[torch.Tensor], adam_finals: Sequence[torch.Tensor
     return iqm(np.concatenate([log_ratio(r[-1], a).numpy() for r, a in zip(runs, adam_finals)]))
 
 
+@contextmanager
+def _averaged(method: Method, average: list[torch.Tensor] | None) -> Iterator[None]:
+    """Within the block, `method`'s parameters hold `average` (the EMA of `meta_train`); restored after."""
+    if average is None:
+        yield
+        return
+    params = list(method.parameters())
+    current = [q.detach().clone() for q in params]
+    with torch.no_grad():
+        for q, a in zip(params, average):
+            q.copy_(a)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for q, c in zip(params, current):
+                q.copy_(c)
+
+
 def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
                adam_finals: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """Train per cfg for cfg.minutes (or max_batches), writing out/model.safetensors (best on validation) and
     out/train_log.csv; returns a summary. With `adam_finals` (`tuned_adam_finals` of the validation problems), every
     validation also logs `iqm_vs_adam`, and the summary gives the first batch and minute at which it is > 0
     (`reached_batch`, `reached_minutes`: 0 if the untrained rule is there; None if never); with cfg.stop_at_adam,
-    training stops there."""
+    training stops there. With cfg.init the update rule (`net`) starts from that adafac checkpoint's, so a teleporting
+    twin can start from the same rule as its twin (its gate fresh); with cfg.average, the
+    validation and the saved checkpoint use the exponential moving average of the meta-parameters (Polyak
+    averaging), the raw ones keep training."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         method = build(cfg.spec)
+    if cfg.init is not None:
+        source = checkpoints.load_model(cfg.init)
+        own = (cfg.spec.hidden, cfg.spec.mix, cfg.spec.nominal_lr)
+        theirs = tuple(getattr(source.spec, k, None) for k in ("hidden", "mix", "nominal_lr"))
+        if not isinstance(source.spec, AdafacSpec) or theirs != own:
+            raise ConfigError(f"init {cfg.init}: its update rule (hidden, mix, nominal_lr) = {theirs} is not the "
+                              f"run's {own}")
+        method.net.load_state_dict(source.net.state_dict())
     scalars = [method.net.log_gain, method.net.fan_power, method.net.log_mix]
-    rest = [p for p in method.parameters() if all(p is not s for s in scalars)]
-    opt = torch.optim.Adam([{"params": rest, "lr": cfg.meta_lr}, {"params": scalars, "lr": cfg.scalar_lr}])
+    gate = list(method.gate.parameters()) if hasattr(method, "gate") else []
+    rest = [p for p in method.parameters() if all(p is not s for s in scalars + gate)]
+    groups = [{"params": rest, "lr": cfg.meta_lr}, {"params": scalars, "lr": cfg.scalar_lr}]
+    opt = torch.optim.Adam(groups + ([{"params": gate, "lr": cfg.gate_lr or cfg.meta_lr}] if gate else []))
     train_problems, val_problems = split("train"), split("validation")
     gen = torch.Generator().manual_seed(cfg.seed)
+    average = [q.detach().clone() for q in method.parameters()] if cfg.average else None
     start = time.time()
     runs = validation_runs(method, val_problems, cfg.select_seeds)
     best, best_batch, rows = validation_score(runs), 0, []
@@ -181,16 +218,21 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
                           _log_uniform(gen, 1e-3, 1e3, (cfg.batch,)))
         stats = batch_step(cfg.settings)(method, opt, task, cfg.settings, T)
         b += 1
+        if average is not None:
+            with torch.no_grad():
+                for a, q in zip(average, method.parameters()):
+                    a.lerp_(q.detach(), 1 - cfg.average)
         row = {"batch": b, "minutes": (time.time() - start) / 60, "problem": problem.name, "steps": T,
                "meta_loss": stats.get("meta_loss", math.nan), "skipped": stats["skipped"],
                "log_gain": float(method.net.log_gain.detach()), "fan_power": float(method.net.fan_power.detach()),
                "validation": math.nan, "iqm_vs_adam": math.nan}
         if b % cfg.eval_every == 0:
-            runs = validation_runs(method, val_problems, cfg.select_seeds)
-            score = row["validation"] = validation_score(runs)
-            if score < best:
-                best, best_batch = score, b
-                checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=b, validation_score=score)
+            with _averaged(method, average):
+                runs = validation_runs(method, val_problems, cfg.select_seeds)
+                score = row["validation"] = validation_score(runs)
+                if score < best:
+                    best, best_batch = score, b
+                    checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=b, validation_score=score)
             if adam_finals is not None:
                 row["iqm_vs_adam"] = iqm_vs_adam(runs, adam_finals)
                 if reached is None and row["iqm_vs_adam"] > 0:

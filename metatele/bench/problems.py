@@ -7,6 +7,9 @@ real dataset), optionally with biases (`BiasedTasks`), and a horizon. Splits:
 - "heldout": problems no meta-training run sees (unseen laws, widths, depths, datasets).
 Seeds: reported runs use REPORT_FIRST_SEED…+seeds−1; baseline tuning uses TUNE_FIRST_SEED…; checkpoint
 selection VALID_FIRST_SEED…; meta-training `metatele.tasks.seeds.train_seeds` — four disjoint ranges.
+The loss a problem reports is its full-batch training loss (regression), or for a mini-batch problem the training
+loss on a fixed evaluation set of EVAL_SAMPLES training samples (`Problem.eval_batch`), the same for every method
+and seed: one mini-batch's loss is too noisy to rank runs or to time them.
 Shapes: weights[m] (B, d_{m+1}, d_m) or, with biases, (B, d_{m+1}, d_m + 1).
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from metatele import datasets
 from metatele.datasets import FASHION_DIR
 from metatele.tasks import mlp
 from metatele.tasks.base import Batch, Symmetry, TaskBatch, TeleportData, loss_and_grad
@@ -25,12 +29,13 @@ from metatele.tasks.classification import ClassificationFamily, ClassificationTa
 from metatele.tasks.regression import LAWS, RegressionFamily
 from metatele.tasks.seeds import EVAL_FIRST_SEED, VALID_FIRST_SEED
 
-__all__ = ["REPORT_FIRST_SEED", "TUNE_FIRST_SEED", "SELECT_FIRST_SEED", "BiasedTasks", "Problem", "SUITE",
+__all__ = ["REPORT_FIRST_SEED", "TUNE_FIRST_SEED", "SELECT_FIRST_SEED", "EVAL_SAMPLES", "BiasedTasks", "Problem", "SUITE",
            "QUICK_SUITE", "suite", "split"]
 
 REPORT_FIRST_SEED = EVAL_FIRST_SEED + 26_000_000      # the runs the tables report
 TUNE_FIRST_SEED = VALID_FIRST_SEED + 26_000_000       # baseline lr tuning
 SELECT_FIRST_SEED = VALID_FIRST_SEED + 27_000_000     # checkpoint selection during meta-training
+EVAL_SAMPLES = 1024    # a mini-batch problem's evaluation set: this many training samples, drawn once (seed 0)
 
 
 @dataclass
@@ -122,6 +127,19 @@ class Problem:
             return BiasedTasks(tasks, _biases(self.widths, seeds, dtype, device))
         return tasks
 
+    def eval_batch(self, tasks: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+                   ) -> Batch | None:
+        """A mini-batch problem's evaluation set for `tasks` tasks: X (tasks, d0, n), labels (tasks, n), n =
+        min(EVAL_SAMPLES, N) training samples drawn once without replacement (seed 0); None for a full-batch problem,
+        whose training loss is already exact."""
+        if self.kind == "regression":
+            return None
+        data = datasets.load(self.kind)
+        N = data.X_train.shape[0]
+        idx = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(EVAL_SAMPLES, N)]
+        X = data.X_train[idx].T.to(dtype=dtype, device=device)
+        return Batch(X.expand(tasks, *X.shape), data.y_train[idx].to(device).expand(tasks, -1))
+
     def describe(self) -> str:
         data = f"{self.law} law, n={self.n}" if self.kind == "regression" else f"{self.kind}, batch {self.batch}"
         return f"{'-'.join(map(str, self.widths))}, {data}{', biases' if self.bias else ''}"
@@ -133,16 +151,18 @@ class Problem:
 
 P = Problem
 SUITE: tuple[Problem, ...] = (
-    # meta-training problems: laws paper / normal-init / centred, widths 8-64, 1-3 hidden layers, digits
+    # meta-training problems: laws paper / normal-init / centred, widths 8-64, 1-4 hidden layers, digits
     P("paper-20x3", "train", "regression", (20, 20, 20), 100, law="paper", n=20),
     P("normal-16-32-32-4", "train", "regression", (16, 32, 32, 4), 200, n=16),
     P("centred-8-32-1-n64", "train", "regression", (8, 32, 1), 200, law="centred", n=64),
     P("normal-24-48-8-bias", "train", "regression", (24, 48, 8), 200, n=24, bias=True),
     P("digits-64-32-10", "train", "digits", (64, 32, 10), 200),
     P("digits-64-32-32-10-bias", "train", "digits", (64, 32, 32, 10), 200, bias=True),
+    P("normal-12-24x4-3", "train", "regression", (12, 24, 24, 24, 24, 3), 200, n=12),
     # checkpoint selection
     P("val-centred-12-40-40-3", "validation", "regression", (12, 40, 40, 3), 200, law="centred", n=12),
     P("val-digits-64-48-10-bias", "validation", "digits", (64, 48, 10), 200, bias=True),
+    P("val-normal-20-40x3-5", "validation", "regression", (20, 40, 40, 40, 5), 200, n=20),
     # held out: an unseen law, widths up to 256, up to 6 hidden layers, an unseen dataset
     P("teacher-16-64-64-4-n32", "heldout", "regression", (16, 64, 64, 4), 200, law="teacher", n=32),
     P("teacher-8-8-8-1", "heldout", "regression", (8, 8, 8, 1), 200, law="teacher", n=8),

@@ -1,7 +1,8 @@
 """Run the suite: per problem, tune every baseline's lr on the tuning seeds (the whole grid as one batch), then run
 the tuned baselines and the learned methods on the report seeds, batched over seeds, through the shared inner
-step (`metatele.step.rollout`). Tuned Adam runs SPEEDUP_FACTOR × the horizon, so that the speedup of a method that
-beats it can be measured (how many Adam steps reach its final loss)."""
+step (`metatele.step.rollout`; `trajectory` records the loss each problem reports). Tuned Adam runs
+SPEEDUP_FACTOR × the horizon, so that the speedup of a method that beats it can be measured (how many Adam steps
+reach its final loss)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,17 +11,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from metatele import checkpoints
 from metatele.bench.baselines import BASELINES, LR_GRID, make
-from metatele.bench.problems import REPORT_FIRST_SEED, TUNE_FIRST_SEED, Problem
+from metatele.bench.problems import EVAL_SAMPLES, REPORT_FIRST_SEED, TUNE_FIRST_SEED, Problem
 from metatele.methods.base import Method
 from metatele.step import Trajectory, rollout
 
-__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "grid_scores", "tune", "global_lr", "baselines", "run_problem", "run_suite"]
+__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "trajectory", "grid_scores", "tune", "global_lr", "baselines", "run_problem", "run_suite"]
 
 SEEDS = 8            # reported runs per problem
 TUNE_SEEDS = 4       # tuning runs per lr (disjoint seeds)
@@ -37,6 +39,25 @@ class ProblemRun:
     lrs: dict[str, float]
 
 
+def trajectory(problem: Problem, method: Method, task: Any, steps: int, every: int = 1) -> Trajectory:
+    """`rollout` of `method` on `task` (B tasks of `problem`), its loss the one the problem reports: the training
+    loss of a full-batch problem (steps+1, B), or a mini-batch problem's loss on its evaluation set
+    (`Problem.eval_batch`) at steps 0, every, 2·every, … and after the last ((steps+1, B) for every = 1; grad norms
+    stay the mini-batch ones)."""
+    w0 = task.init_weights()[0]
+    batch = problem.eval_batch(w0.shape[0], w0.dtype, w0.device)
+    if batch is None:
+        return rollout(method, task, steps)
+    losses: list[torch.Tensor] = []
+
+    def record(t: int, weights: list[torch.Tensor]) -> None:
+        if t % every == 0 or t == steps:
+            losses.append(task.loss(weights, batch))
+
+    traj = rollout(method, task, steps, callback=record)
+    return Trajectory(torch.stack(losses), traj.grad_norm_sq, traj.seconds)
+
+
 def _score(final: torch.Tensor, first: torch.Tensor) -> float:
     """Tuning score of one lr over its seeds: mean log10 final loss; +inf if a run diverged (non-finite, or
     above its initial loss)."""
@@ -51,7 +72,7 @@ def grid_scores(problem: Problem, kind: str, seeds: int = TUNE_SEEDS, grid: Sequ
     ids = list(range(TUNE_FIRST_SEED, TUNE_FIRST_SEED + seeds))
     task = problem.sample(ids * len(grid), device=device)
     lr = torch.tensor(grid, dtype=torch.float32, device=device).repeat_interleave(seeds)
-    traj = rollout(make(kind, lr), task, problem.steps)
+    traj = trajectory(problem, make(kind, lr), task, problem.steps, every=problem.steps)  # the ends only
     final, first = traj.loss[-1].view(len(grid), seeds), traj.loss[0].view(len(grid), seeds)
     return [_score(f, s) for f, s in zip(final, first)]
 
@@ -76,7 +97,8 @@ def global_lr(problems: Sequence[Problem], kind: str = "adam", seeds: int = TUNE
 
 
 def _cache_file(cache: Path, problem: Problem, seeds: int, tune_seeds: int) -> Path:
-    key = json.dumps([problem.to_dict(), seeds, tune_seeds, LR_GRID, SPEEDUP_FACTOR, BASELINES])
+    evaluation = [] if problem.kind == "regression" else [EVAL_SAMPLES]  # what a mini-batch problem reports
+    key = json.dumps([problem.to_dict(), seeds, tune_seeds, LR_GRID, SPEEDUP_FACTOR, BASELINES, *evaluation])
     return cache / f"{problem.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
 
 
@@ -87,7 +109,7 @@ def _baselines(problem: Problem, task: object, seeds: int, tune_seeds: int, devi
         lrs[kind] = tune(problem, kind, tune_seeds, device=device)
         lr = torch.full((seeds,), lrs[kind], device=device)
         steps = problem.steps * (SPEEDUP_FACTOR if kind == "adam" else 1)
-        trajs[kind] = rollout(make(kind, lr), task, steps)
+        trajs[kind] = trajectory(problem, make(kind, lr), task, steps)
     return trajs, lrs
 
 
@@ -117,7 +139,7 @@ def run_problem(problem: Problem, learned: Sequence[Method], seeds: int = SEEDS,
     task = problem.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + seeds), device=device)
     trajs, lrs = baselines(problem, task, seeds, tune_seeds, device, cache)
     for method in learned:
-        trajs[method.name] = rollout(method, task, problem.steps)
+        trajs[method.name] = trajectory(problem, method, task, problem.steps)
     return ProblemRun(problem, trajs, lrs)
 
 

@@ -76,7 +76,8 @@ def _proposes_teleport(method: Method, widths: Sequence[int], device: torch.devi
     """Whether `method` proposes a teleport at its first step (probed on a small bias-free MLP of `widths`)."""
     ws = [torch.full((1, b, a), 0.1, device=device) for a, b in zip(widths, widths[1:])]
     prop, _ = method.propose(ws, [w.clone() for w in ws], method.init_state(ws))
-    return prop.teleport is not None and callable(getattr(prop.teleport, "direction", None))
+    return prop.teleport is not None and (callable(getattr(prop.teleport, "direction", None))
+                                          or getattr(prop.teleport, "rescaling", None) is not None)
 
 
 def _leaves(tree: Any) -> list[torch.Tensor]:

@@ -2,7 +2,8 @@
 (LeakyReLU, Linear)+ runs, with or without biases).
 
 The method proposes the teleport (its direction and magnitude); the adapter applies it (`metatele.nn.teleport_chain_`:
-the nearest exact action on the chain's input batch, its sub-batch fallback and its check). What the optimizer adds
+the nearest exact action on the chain's input batch, its sub-batch fallback and its check; or, for a proposed positive
+rescaling of the hidden units, `metatele.teleport.action.rescale`, exact on any data). What the optimizer adds
 is the teleport batch and the objective:
 
 - Batch. `"step"`: the chain's input X (n, d0) and the gradient of the loss with respect to the chain's output
@@ -34,6 +35,7 @@ import torch
 from metatele.nn import Chain, TeleportResult, TeleportWarning, exact_rows, teleport_chain_
 from metatele.tasks.base import Batch, Symmetry, TeleportData, loss_and_grad
 from metatele.tasks.mlp import LeakyReLU, forward
+from metatele.teleport.action import rescale
 
 __all__ = ["Capture", "ChainTask", "TeleportRecord", "ChainTeleporter"]
 
@@ -190,26 +192,37 @@ class ChainTeleporter:
 
     def teleport(self, chain: Chain, proposal: Any, weights: list[torch.Tensor], step: int,
                  batch: tuple[torch.Tensor, torch.Tensor] | None, loss_before: float) -> TeleportRecord:
-        """Apply `proposal` (a teleport with a `direction(weights, task, data)` method) to `chain`, whose parameters
-        hold `weights` (the updated ones, (1, d_out, d_in [+ 1]) float32), on `batch`; record and count it."""
+        """Apply `proposal` to `chain`, whose parameters hold `weights` (the updated ones, (1, d_out, d_in [+ 1])
+        float32), on `batch`; record and count it. A proposal with a `direction(weights, task, data)` method is a GL
+        teleport, applied by the exact action on the batch; one with `rescaling` (s_m (1, k_m) per hidden layer)
+        rescales the hidden units (`metatele.teleport.action.rescale`), exact on any data, so it needs no batch."""
         name = "/".join(chain.names)
-        if batch is None:
+        rescaling = getattr(proposal, "rescaling", None)
+        if rescaling is None and batch is None:
             res = TeleportResult(0, 0, "skipped", reason="no batch was captured for this chain in this step (it did "
                                  "not run forward and backward with gradients)")
             return self._record(TeleportRecord(step, name, res))
-        X, dZ = batch
-        X32 = X.to(torch.float32).T[None]
-        rows = exact_rows(chain, X32.double())
-        if rows == 0:
-            res = TeleportResult(X.shape[0], 0, "skipped", reason="no leading rows of the batch have full rank")
-            return self._record(TeleportRecord(step, name, res))
-        task = ChainTask(chain, X32, dZ.to(torch.float32).T[None], rows)
-        T, magnitude = proposal.direction(weights, task, task.teleport_data(step))
-        mags = [float(torch.as_tensor(m).reshape(-1)[0]) for m in magnitude]
-        before = forward(weights, X32, chain.act, chain.bias)
-        res = teleport_chain_(chain, X, [t[0] for t in T], mags)
-        after = forward([w.float() for w in chain.get_weights()], X32, chain.act, chain.bias)
-        drift = float((after - before).abs().max() / before.abs().max().clamp_min(torch.finfo(torch.float32).tiny))
+        X32 = None if batch is None else batch[0].to(torch.float32).T[None]
+        before = None if X32 is None else forward(weights, X32, chain.act, chain.bias)
+        if rescaling is not None:
+            W = [w.double() for w in chain.get_weights()]
+            chain.set_weights_(rescale(W, [s.detach().to(W[0]) for s in rescaling]))
+            n = 0 if batch is None else batch[0].shape[0]
+            res = TeleportResult(n, n, "applied", magnitude=tuple(float(s.detach().norm()) for s in rescaling))
+        else:
+            X, dZ = batch
+            rows = exact_rows(chain, X32.double())
+            if rows == 0:
+                res = TeleportResult(X.shape[0], 0, "skipped", reason="no leading rows of the batch have full rank")
+                return self._record(TeleportRecord(step, name, res))
+            task = ChainTask(chain, X32, dZ.to(torch.float32).T[None], rows)
+            T, magnitude = proposal.direction(weights, task, task.teleport_data(step))
+            mags = [float(torch.as_tensor(m).reshape(-1)[0]) for m in magnitude]
+            res = teleport_chain_(chain, X, [t[0] for t in T], mags)
+        drift = math.nan
+        if before is not None:
+            after = forward([w.float() for w in chain.get_weights()], X32, chain.act, chain.bias)
+            drift = float((after - before).abs().max() / before.abs().max().clamp_min(torch.finfo(torch.float32).tiny))
         if self.sampler is not None and not math.isnan(loss_before):
             with torch.no_grad():
                 res = replace(res, loss_before=loss_before, loss_after=float(self.sampler()))

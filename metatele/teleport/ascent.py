@@ -19,9 +19,26 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["steepest_direction", "gradient_ascent_teleport", "ascend", "ascend_group", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "rescale_direction", "gradient_ascent_teleport", "ascend", "ascend_group", "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
+
+
+def rescale_direction(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The steepest-ascent direction of ‖∇L‖² in the positive diagonal subgroup (`action.rescale`), from the
+    gradient alone: one (B, k_m) per hidden layer m, of unit norm per task (zero where the derivative is zero).
+
+    The loss is invariant under W_m → diag(e^s) W_m, W_{m+1} → W_{m+1} diag(e^-s) for any data, so the gradient
+    transforms exactly (rows of ∇W_m by e^-s, columns of ∇W_{m+1} by e^s) and ∂‖∇L‖²/∂s_j at s = 0 is
+    2(‖∇W_{m+1}[:, j]‖² − ‖∇W_m[j, :]‖²): no second derivative is needed. Augmented grads [∇W ∇b] (B, d_out,
+    d_in + 1) count the bias with its row; the next layer's bias column is not rescaled."""
+    out = []
+    for g, nxt in zip(grads[:-1], grads[1:]):
+        k = g.shape[1]
+        d = nxt[..., :k].pow(2).sum(1) - g.pow(2).sum(-1)
+        norm = d.pow(2).sum(-1, keepdim=True).sqrt()
+        out.append(torch.where(norm > 0, d / norm.clamp_min(torch.finfo(d.dtype).tiny), torch.zeros_like(d)))
+    return out
 
 
 def steepest_direction(weights: Sequence[torch.Tensor], task: TaskBatch, data: TeleportData, *,

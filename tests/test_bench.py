@@ -146,6 +146,21 @@ def test_speedup_beats_and_iqm():
     assert lo <= point <= hi
 
 
+def test_paired_twin_comparison():
+    """`paired_rows`: a method 10× lower than its twin on every seed scores +1 with a resolved verdict; equal
+    finals are unresolved; the sign flips with the roles."""
+    from metatele.step import Trajectory
+    T, seeds = 2, torch.tensor([1.0, 2.0, 4.0, 8.0])
+    traj = lambda final: Trajectory(torch.stack([torch.ones(4), torch.ones(4), final]), torch.zeros(3, 4),  # noqa: E731
+                                    torch.zeros(3))
+    prob = Problem("p", "heldout", "regression", (2, 3, 1), T)
+    runs = [run.ProblemRun(prob, {"a": traj(seeds / 10), "b": traj(seeds), "c": traj(seeds)}, {})]
+    (row,) = scores.paired_rows(runs, "a", "b")
+    assert row["mean_log10_ratio"] == pytest.approx(1.0) and row["verdict"] == "a" and row["frac_method_lower"] == 1.0
+    assert scores.paired_rows(runs, "b", "a")[0]["verdict"] == "a"
+    assert scores.paired_rows(runs, "b", "c")[0]["verdict"] == "unresolved"
+
+
 @pytest.mark.slow
 def test_bench_quick_runs(tmp_path):
     """The CLI end to end, on an untrained adafac checkpoint (= Adam at lr 1e-3): every output, every method, real

@@ -3,7 +3,8 @@
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/bench/reproduce.py [--quick] [--part main|ablation|long|all]
 
 - main: adafac, adafac-tele and the untrained rule (= Adam at the shipped nominal lr) against the tuned baselines on the meta-training
-  and held-out problems → experiments/bench/results/ (TensorBoard runs in runs/bench/).
+  and held-out problems → experiments/bench/results/ (TensorBoard runs in runs/bench/), and the teleporting twin
+  against `adafac` on the same seeds per problem (`bench.scores.paired_rows`) → results/twin.csv.
 - ablation: one lever of the trained adafac removed at a time, on the small held-out problems (≤ 128 units, ≤ 64 inputs) → experiments/bench/ablation/:
   fan-in scaling off (p = 0), progress features blind (T = 10^12, so t/T ≈ 0 at every step), the teleporting twin
   with its teleport off (same update weights).
@@ -29,6 +30,7 @@ from metatele.bench.problems import suite
 from metatele.bench.report import report
 from metatele.bench.problems import REPORT_FIRST_SEED
 from metatele.bench.run import SEEDS, run_suite
+from metatele.bench.scores import paired_rows
 from metatele.evaluation.stats import summarize
 from metatele.learned import build
 from metatele.step import rollout
@@ -59,6 +61,7 @@ if a.part in ("main", "all"):
     untrained.label = "adafac-untrained"
     runs = run_suite(problems, [adafac, tele, untrained], cache=cache)
     report(runs, HERE / f"results{tag}", Path("runs") / f"bench{tag}")
+    atomic_write_csv(HERE / f"results{tag}" / "twin.csv", paired_rows(runs, tele.name, adafac.name))
     print(f"main: {time.perf_counter() - t:.0f} s")
 
 if a.part in ("ablation", "all"):

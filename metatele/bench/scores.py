@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from metatele.bench.run import SPEEDUP_FACTOR, ProblemRun
-from metatele.evaluation.stats import BOOTSTRAP_RESAMPLES, summarize
+from metatele.evaluation.stats import BOOTSTRAP_RESAMPLES, summarize, t_interval
 
-__all__ = ["speedups", "beats", "log_ratio", "iqm", "iqm_ci", "problem_rows", "aggregate_rows"]
+__all__ = ["speedups", "beats", "log_ratio", "iqm", "iqm_ci", "problem_rows", "aggregate_rows", "paired_rows"]
 
 
 def speedups(adam: torch.Tensor, final: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -110,3 +110,19 @@ def aggregate_rows(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any
                     "iqm_log_ratio": q, "iqm_log_ratio_low": q_lo, "iqm_log_ratio_high": q_hi,
                     "frac_beats_adam": float(runs.mean()), "n_diverged": sum(r["n_diverged"] for r in mine)})
     return out
+
+
+def paired_rows(runs: Sequence[ProblemRun], method: str, twin: str) -> list[dict[str, Any]]:
+    """`method` against `twin` on the same seeds, per problem: the mean of log10(L_twin / L_method) at the horizon
+    (`log_ratio`: > 0 where the method ends lower) with its 95% t-interval over seeds, the fraction of runs the method
+    ends lower, and the verdict: "method" or "twin" where the interval excludes 0, else "unresolved"."""
+    rows = []
+    for run in runs:
+        T = run.problem.steps
+        a, b = run.trajectories[method].loss[T], run.trajectories[twin].loss[T]
+        mean, lo, hi = t_interval(log_ratio(a, b).numpy())
+        rows.append({"problem": run.problem.name, "split": run.problem.split, "method": method, "twin": twin,
+                     "mean_log10_ratio": mean, "ci95_low": lo, "ci95_high": hi,
+                     "frac_method_lower": float(beats(a, b).double().mean()),
+                     "verdict": method if lo > 0 else twin if hi < 0 else "unresolved"})
+    return rows

@@ -10,6 +10,15 @@ The shipped (round-4) checkpoints, both at once, one thread each, 25 minutes wal
         --eval-every 10
     metatrain.py experiments/bench/adafac-tele --teleport --gate-bias -6 (the rest as above)
 
+Round 5 (both at once, 75 minutes wall each, from round 4's `adafac` rule; the teleporting twin with the rescaling
+teleport, its gate fresh at sigmoid(0) with magnitude 0.1 and meta lr 1e-3):
+
+    metatrain.py experiments/bench/round5-adafac --init ROUND4_ADAFAC --minutes 75 --eval-every 10 --average 0.95 \
+        --select-seeds 8 --meta-lr 3e-5 --scalar-lr 3e-5
+    metatrain.py experiments/bench/round5-adafac-tele --teleport --group diag --magnitude 0.1 --gate-bias 0 \
+        --gate-lr 1e-3 (the rest as above)
+
+with ROUND4_ADAFAC the round-4 checkpoint (`git show 0e89b1b:checkpoints/adafac/model.safetensors > FILE`).
 A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead
 (`--batches N`, each folder's summary.json; nothing in the loop reads the clock but the budget check). Round 3's
 (experiments/bench/round3-adafac*/) used the defaults with `--minutes 55`.
@@ -44,13 +53,15 @@ p.add_argument("--mix", type=float, default=0.1, help="the bound of adafac's fre
 p.add_argument("--gate-bias", type=float, default=-3.0, help="adafac-tele: the gate starts at sigmoid(gate-bias)")
 p.add_argument("--meta-lr", type=float, default=3e-3, help="the MLP's meta learning rate")
 p.add_argument("--scalar-lr", type=float, default=1e-2, help="the global scalars' meta learning rate")
-p.add_argument("--gate-lr", type=float, default=None, help="adafac-tele: the gate's meta learning rate (default: --meta-lr)")
+p.add_argument("--gate-lr", type=float, default=None,
+               help="adafac-tele: the gate's meta learning rate (default: --meta-lr)")
 p.add_argument("--nominal-lr", default="0.001", help="the untrained rule is Adam at this lr; 'train': the Adam lr of "
                "the grid best across the suite's meta-training problems (metatele.bench.run.global_lr)")
 p.add_argument("--init", default=None, help="start the update rule from this adafac checkpoint's (its nominal lr and "
                "mix replace --nominal-lr and --mix; a teleporting twin's gate starts fresh)")
 p.add_argument("--group", choices=("gl", "diag"), default="gl", help="adafac-tele: the teleport's group")
-p.add_argument("--magnitude", type=float, default=0.05, help="adafac-tele: the teleport's size per step before the gate")
+p.add_argument("--magnitude", type=float, default=0.05,
+               help="adafac-tele: the teleport's size per step before the gate")
 p.add_argument("--average", type=float, default=0.0, help="validate and save the EMA of the meta-parameters (decay)")
 p.add_argument("--select-seeds", type=int, default=4, help="selection seeds per validation problem")
 a = p.parse_args()

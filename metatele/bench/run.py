@@ -22,7 +22,8 @@ from metatele.bench.problems import EVAL_SAMPLES, REPORT_FIRST_SEED, TUNE_FIRST_
 from metatele.methods.base import Method
 from metatele.step import Trajectory, rollout
 
-__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "trajectory", "grid_scores", "tune", "global_lr", "baselines", "run_problem", "run_suite"]
+__all__ = ["SEEDS", "TUNE_SEEDS", "SPEEDUP_FACTOR", "ProblemRun", "trajectory", "grid_scores", "tune", "global_lr",
+           "baselines", "run_problem", "run_suite"]
 
 SEEDS = 8            # reported runs per problem
 TUNE_SEEDS = 4       # tuning runs per lr (disjoint seeds)

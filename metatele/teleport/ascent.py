@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
     from metatele.tasks.mlp import LeakyReLU
 
-__all__ = ["steepest_direction", "rescale_direction", "gradient_ascent_teleport", "ascend", "ascend_group", "DEFAULT_STEP"]
+__all__ = ["steepest_direction", "rescale_direction", "gradient_ascent_teleport", "ascend", "ascend_group",
+           "DEFAULT_STEP"]
 
 DEFAULT_STEP = 0.03  # normalized ascent step: ‖ΔT‖_F per ascent step and layer
 

@@ -111,7 +111,7 @@ def test_sharpness_is_zero_at_radius_zero_and_grows_as_the_radius_squared_on_lea
         model[0].bias.copy_(sol[5])
     radii = [0.0, 0.05, 0.1, 0.2, 0.4]
     phi = [sharpness(model, F.mse_loss, [(X, y)], [t], n_dirs=6, seed=7).item() for t in radii]
-    assert phi[0] == 0.0
+    assert abs(phi[0]) <= 1e-14  # L(w + 0·d) − L(w): rounding only (a vectorized sum may depend on alignment)
     assert all(b > a for a, b in zip(phi, phi[1:]))
     # at the minimum L(w + t d) − L(w) = t² dᵀ(X̃ᵀX̃/n)d exactly; d are the same six directions every time
     d = random_directions(dict(model.named_parameters()), 6, 7)

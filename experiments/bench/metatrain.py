@@ -4,7 +4,7 @@
                                                                           [--minutes M | --batches N]
                                                                           [--estimator pes --particles 8 --sigma 0.01]
 
-The shipped (round-4) checkpoints, both at once, one thread each, 25 minutes wall each on the 2-core machine:
+Round 4's checkpoints, both at once, one thread each, 25 minutes wall each on the 2-core machine:
 
     metatrain.py experiments/bench/adafac --minutes 25 --nominal-lr train --mix 0 --meta-lr 1e-4 --scalar-lr 3e-4 \
         --eval-every 10
@@ -19,6 +19,13 @@ teleport, its gate fresh at sigmoid(0) with magnitude 0.1 and meta lr 1e-3):
         --gate-lr 1e-3 (the rest as above)
 
 with ROUND4_ADAFAC the round-4 checkpoint (`git show 0e89b1b:checkpoints/adafac/model.safetensors > FILE`).
+The shipped round-6 checkpoints (both at once, 20 minutes wall each, from scratch at nominal lr 10^-2):
+
+    metatrain.py experiments/bench/round6-adafac --nominal-lr 0.01 --mix 0 --minutes 20 --eval-every 10 \
+        --average 0.95 --select-seeds 8 --meta-lr 3e-5 --scalar-lr 3e-5
+    metatrain.py experiments/bench/round6-adafac-tele --teleport --group diag --magnitude 0.1 --gate-bias 0 \
+        --gate-lr 1e-3 (the rest as above)
+
 A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead
 (`--batches N`, each folder's summary.json; nothing in the loop reads the clock but the budget check). Round 3's
 (experiments/bench/round3-adafac*/) used the defaults with `--minutes 55`.

@@ -19,11 +19,12 @@ teleport, its gate fresh at sigmoid(0) with magnitude 0.1 and meta lr 1e-3):
         --gate-lr 1e-3 (the rest as above)
 
 with ROUND4_ADAFAC the round-4 checkpoint (`git show 0e89b1b:checkpoints/adafac/model.safetensors > FILE`).
-The shipped round-6 checkpoints (both at once, 20 minutes wall each, from scratch at nominal lr 10^-2):
+The shipped round-6 checkpoints (both at once, 30 minutes wall each, from scratch at nominal lr 10^-2; the
+20-minute runs in experiments/bench/round6-adafac*/ are the same commands with --minutes 20):
 
-    metatrain.py experiments/bench/round6-adafac --nominal-lr 0.01 --mix 0 --minutes 20 --eval-every 10 \
+    metatrain.py experiments/bench/round6-30min-adafac --nominal-lr 0.01 --mix 0 --minutes 30 --eval-every 10 \
         --average 0.95 --select-seeds 8 --meta-lr 3e-5 --scalar-lr 3e-5
-    metatrain.py experiments/bench/round6-adafac-tele --teleport --group diag --magnitude 0.1 --gate-bias 0 \
+    metatrain.py experiments/bench/round6-30min-adafac-tele --teleport --group diag --magnitude 0.1 --gate-bias 0 \
         --gate-lr 1e-3 (the rest as above)
 
 A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead

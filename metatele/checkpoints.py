@@ -198,10 +198,13 @@ def warm_start(model: MetaOptimizer, source: MetaOptimizer, path: str | Path) ->
     return sorted(partial)
 
 
-def save_train_state(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+def save_train_state(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any],
+                     extra: dict[str, torch.Tensor] | None = None) -> None:
     """Write a resumable training state: the model's and the optimizer's state dicts as tensors, the
-    optimizer's param groups and `meta` (progress, config) as JSON."""
+    optimizer's param groups and `meta` (progress, config) as JSON; `extra` tensors (e.g. an average of the
+    parameters) under "extra.<name>"."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     osd = opt.state_dict()
     for i, s in osd["state"].items():
         for k, v in s.items():
@@ -210,20 +213,20 @@ def save_train_state(path: str | Path, model: nn.Module, opt: torch.optim.Optimi
 
 
 def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module,
-                        opt: torch.optim.Optimizer, path: str | Path) -> None:
+                        opt: torch.optim.Optimizer, path: str | Path) -> dict[str, torch.Tensor]:
     """Load a read training state into template `model` and `opt` (built from the stored config), after
     checking it as untrusted input: tensor names, dtypes, shapes and finiteness, and param groups equal to
     the template's (the config fixes them; the caller sets the template's lr to the meta-lr schedule's value at the
-    stored point)."""
+    stored point). Returns the `extra` tensors by name, for the caller to check."""
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state")
     check_tensors(tensors, path)
     load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     device = next(model.parameters()).device
-    params = list(model.parameters())
+    params = [q for g in opt.param_groups for q in g["params"]]  # the state dict numbers them in this order
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
-        if k.startswith("model."):
+        if k.startswith(("model.", "extra.")):
             continue
         _, i, name = (k.split(".", 2) + ["", ""])[:3] if k.startswith("adam.") else ("", "", "")
         if not (i.isdigit() and int(i) < len(params) and name in ADAM_STATE):
@@ -244,6 +247,7 @@ def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: optimizer state does not match the model ({e})") from None
+    return {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
 
 
 def pretrained_dir() -> Path:

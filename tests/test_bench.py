@@ -18,7 +18,7 @@ from metatele.bench.baselines import BASELINES, LR_GRID, make
 from metatele.bench.metatrain import MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, tuned_adam_finals
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
-from metatele.errors import ConfigError
+from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError
 from metatele.learned import build
 from metatele.learned.adafac import AdafacSpec
 from metatele.step import inner_step, rollout
@@ -251,3 +251,41 @@ def test_time_to_quality_criterion_is_tuned_adams_iqm(tmp_path):
     cfg.stop_at_adam = False
     s = meta_train(cfg, tmp_path / "b", log=False, adam_finals=[torch.zeros_like(a) for a in adam])
     assert s["reached_batch"] is None and s["batches"] == 1
+
+
+@pytest.mark.slow
+def test_meta_train_resumes_exactly_from_its_training_state(tmp_path):
+    """A run stopped after 2 batches and resumed to 4 equals one that ran 4 without stopping: the same selected
+    checkpoint and training state, tensor for tensor (meta-parameters, Adam moments, Polyak average), and the same
+    log but for the clock. A folder with a run is refused without `resume`; a resume with other settings is refused,
+    naming them; a state whose progress metadata is tampered with is refused."""
+    spec = AdafacSpec("adafac-tele", nominal_lr=0.01, mix=0, group="diag")
+    cfg = MetaTrainConfig(spec=spec, steps=20, min_steps=10, max_batches=4, eval_every=2, select_seeds=1, average=0.5,
+                          meta_lr=1e-3, gate_lr=1e-2)
+    whole = meta_train(cfg, tmp_path / "whole", log=False)
+    cfg.max_batches = 2
+    meta_train(cfg, tmp_path / "parts", log=False)
+    with pytest.raises(TrainStateExistsError):
+        meta_train(cfg, tmp_path / "parts", log=False)
+    cfg.max_batches = 4
+    parts = meta_train(cfg, tmp_path / "parts", log=False, resume=True)
+    assert {k: v for k, v in whole.items() if "minutes" not in k} == {k: v for k, v in parts.items()
+                                                                      if "minutes" not in k}
+    for name in (checkpoints.MODEL_FILE, checkpoints.STATE_FILE):
+        a, meta_a = checkpoints.read(tmp_path / "whole" / name)
+        b, meta_b = checkpoints.read(tmp_path / "parts" / name)
+        assert a.keys() == b.keys() and any(k.startswith("extra.average.") for k in a) == (name != "model.safetensors")
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [{k: v for k, v in r.items() if k != "minutes"} for r in meta_a["rows"]] == \
+        [{k: v for k, v in r.items() if k != "minutes"} for r in meta_b["rows"]]
+    cfg.meta_lr = 2e-3
+    with pytest.raises(TrainStateError, match="meta_lr"):
+        meta_train(cfg, tmp_path / "parts", log=False, resume=True)
+    cfg.meta_lr = 1e-3
+    tensors, meta = checkpoints.read(tmp_path / "parts" / checkpoints.STATE_FILE)
+    checkpoints.save(tmp_path / "parts" / checkpoints.STATE_FILE, tensors, {**meta, "best_batch": 99})
+    with pytest.raises(TrainStateError, match="progress metadata is invalid"):
+        meta_train(cfg, tmp_path / "parts", log=False, resume=True)
+    with pytest.raises(TrainStateError, match="no training state"):
+        meta_train(cfg, tmp_path / "empty", log=False, resume=True)

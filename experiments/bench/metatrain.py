@@ -27,6 +27,10 @@ The shipped round-6 checkpoints (both at once, 30 minutes wall each, from scratc
     metatrain.py experiments/bench/round6-30min-adafac-tele --teleport --group diag --magnitude 0.1 --gate-bias 0 \
         --gate-lr 1e-3 (the rest as above)
 
+Round 7 (shipped): the round-6 commands with `--minutes 85`; a later session continues them with `--resume` and a
+larger budget (the training state, train_state.safetensors, is written at every validation; a resumed run equals one
+that never stopped).
+
 A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead
 (`--batches N`, each folder's summary.json; nothing in the loop reads the clock but the budget check). Round 3's
 (experiments/bench/round3-adafac*/) used the defaults with `--minutes 55`.
@@ -72,10 +76,10 @@ p.add_argument("--magnitude", type=float, default=0.05,
                help="adafac-tele: the teleport's size per step before the gate")
 p.add_argument("--average", type=float, default=0.0, help="validate and save the EMA of the meta-parameters (decay)")
 p.add_argument("--select-seeds", type=int, default=4, help="selection seeds per validation problem")
+p.add_argument("--resume", action="store_true", help="continue OUT's training state (same settings, a larger budget)")
 a = p.parse_args()
 torch.set_num_threads(1)
 out = Path(a.out)
-out.mkdir(parents=True, exist_ok=True)
 if a.init:
     source = checkpoints.load_model(a.init).spec
     nominal, mix = source.nominal_lr, source.mix
@@ -89,8 +93,9 @@ cfg = MetaTrainConfig(spec=spec, augment=not a.no_augment, init=a.init, average=
                       minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
                       seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
                       sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr, gate_lr=a.gate_lr)
-(out / "config.json").write_text(json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
-                                                                         for k, v in vars(cfg).items() if k != "spec"}}, indent=1))
-summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds))
+config = json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
+                                                 for k, v in vars(cfg).items() if k != "spec"}}, indent=1)
+summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds), resume=a.resume,
+                     started=lambda: (out / ("config-resumed.json" if a.resume else "config.json")).write_text(config))
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(summary)

@@ -13,9 +13,10 @@ measure of time to quality (benchmarks/time_to_quality.py --suite).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from metatele.bench.baselines import make
 from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
 from metatele.bench.run import trajectory, tune
 from metatele.bench.scores import iqm, log_ratio
-from metatele.errors import ConfigError
+from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError
 from metatele.learned import build
 from metatele.learned.adafac import AdafacSpec
 from metatele.methods.base import Method
@@ -168,16 +169,94 @@ def _averaged(method: Method, average: list[torch.Tensor] | None) -> Iterator[No
                 q.copy_(c)
 
 
+ROW_FLOATS = ("minutes", "meta_loss", "skipped", "log_gain", "fan_power", "validation", "iqm_vs_adam")
+
+
+def _config_json(cfg: MetaTrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its training state (the budget may grow)."""
+    return json.loads(json.dumps({"spec": vars(cfg.spec), **{k: v for k, v in vars(cfg).items()
+                                                             if k not in ("spec", "minutes", "max_batches")}}))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _save_state(path: Path, method: Method, opt: torch.optim.Optimizer, cfg: MetaTrainConfig, gen: torch.Generator,
+                average: list[torch.Tensor] | None, progress: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write the resumable state: meta-parameters, their Adam state and average as tensors; the sampler's generator,
+    the progress and the log (NaN as null) as JSON."""
+    checkpoints.save_train_state(path, method, opt, {
+        "config": _config_json(cfg), "generator": gen.get_state().tolist(), **progress,
+        "rows": [{k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]},
+        extra={f"average.{i}": a for i, a in enumerate(average or [])})
+
+
+def _restore_state(path: Path, method: Method, opt: torch.optim.Optimizer, cfg: MetaTrainConfig, gen: torch.Generator,
+                   average: list[torch.Tensor] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load `_save_state`'s file into method, opt, gen and average (in place), checking its metadata as untrusted
+    input; returns (progress, rows). TrainStateError if it is not this run's or is malformed."""
+    if not path.exists():
+        raise TrainStateError(f"{path.parent} holds no training state ({checkpoints.STATE_FILE}) to resume")
+    tensors, meta = checkpoints.read(path)
+    if meta.get("config") != _config_json(cfg):
+        stored = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        differ = sorted(k for k in _config_json(cfg) if stored.get(k) != _config_json(cfg)[k])
+        raise TrainStateError(f"{path}: the run's settings differ from the training state's in "
+                              f"{', '.join(differ) or 'its layout'}")
+    extra = checkpoints.restore_train_state(tensors, meta, method, opt, path)
+    want = {f"average.{i}": q for i, q in enumerate(method.parameters())} if average is not None else {}
+    if extra.keys() != want.keys() or any(extra[k].shape != q.shape for k, q in want.items()):
+        raise TrainStateError(f"{path}: its averaged parameters do not match the run (average={cfg.average})")
+    try:
+        progress = {k: meta[k] for k in ("batches", "minutes", "best", "best_batch", "untrained", "reached")}
+        state, rows = meta["generator"], meta["rows"]
+        ok = (isinstance(progress["batches"], int) and progress["batches"] >= 0
+              and isinstance(progress["best_batch"], int) and 0 <= progress["best_batch"] <= progress["batches"]
+              and isinstance(progress["minutes"], (int, float)) and progress["minutes"] >= 0
+              and all(v is None or isinstance(v, (int, float)) for v in (progress["best"], progress["untrained"]))
+              and (progress["reached"] is None or (isinstance(progress["reached"], list)
+                                                   and len(progress["reached"]) == 2
+                                                   and all(isinstance(v, (int, float)) for v in progress["reached"])))
+              and isinstance(state, list) and len(state) == len(gen.get_state())
+              and all(isinstance(v, int) and 0 <= v < 256 for v in state)
+              and isinstance(rows, list) and len(rows) == progress["batches"]
+              and all(isinstance(r, dict) and r.get("batch") == i + 1 and isinstance(r.get("problem"), str)
+                      and isinstance(r.get("steps"), int)
+                      and all(r.get(k) is None or isinstance(r.get(k), (int, float)) for k in ROW_FLOATS)
+                      for i, r in enumerate(rows)))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise TrainStateError(f"{path}: the training state's progress metadata is invalid")
+    gen.set_state(torch.tensor(state, dtype=torch.uint8))
+    for a, t in zip(average or [], (extra[f"average.{i}"] for i in range(len(extra)))):
+        a.copy_(t.to(a.dtype))
+    for key in ("best", "untrained"):
+        progress[key] = math.inf if progress[key] is None else float(progress[key])
+    rows = [{k: (math.nan if v is None and k in ROW_FLOATS else v) for k, v in r.items()} for r in rows]
+    return progress, rows
+
+
 def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
-               adam_finals: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Train per cfg for cfg.minutes (or max_batches), writing out/model.safetensors (best on validation) and
-    out/train_log.csv; returns a summary. With `adam_finals` (`tuned_adam_finals` of the validation problems), every
+               adam_finals: Sequence[torch.Tensor] | None = None, resume: bool = False,
+               started: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train per cfg for cfg.minutes (or max_batches), writing out/model.safetensors (best on validation),
+    out/train_log.csv and, at every validation, the resumable out/train_state.safetensors; returns a summary.
+    With `resume`, continue that state (same settings; the budget, minutes and batches counted from the run's
+    start, may grow): the continued run is the same as one that never stopped. Without it, a folder that already
+    holds a checkpoint or a state is refused (TrainStateExistsError). With `adam_finals` (`tuned_adam_finals` of
+    the validation problems), every
     validation also logs `iqm_vs_adam`, and the summary gives the first batch and minute at which it is > 0
     (`reached_batch`, `reached_minutes`: 0 if the untrained rule is there; None if never); with cfg.stop_at_adam,
     training stops there. With cfg.init the update rule (`net`) starts from that adafac checkpoint's, so a teleporting
     twin can start from the same rule as its twin (its gate fresh); with cfg.average, the
     validation and the saved checkpoint use the exponential moving average of the meta-parameters (Polyak
-    averaging), the raw ones keep training."""
+    averaging), the raw ones keep training. `started` is called once the folder is accepted (to write a config)."""
+    state_path = out / checkpoints.STATE_FILE
+    if not resume and ((out / checkpoints.MODEL_FILE).exists() or state_path.exists()):
+        raise TrainStateExistsError(f"{out} already holds a meta-training run; resume it, or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         method = build(cfg.spec)
@@ -197,15 +276,31 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
     train_problems, val_problems = split("train"), split("validation")
     gen = torch.Generator().manual_seed(cfg.seed)
     average = [q.detach().clone() for q in method.parameters()] if cfg.average else None
-    start = time.time()
-    runs = validation_runs(method, val_problems, cfg.select_seeds)
-    best, best_batch, rows = validation_score(runs), 0, []
-    untrained = best
-    checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
-    reached: tuple[int, float] | None = None
-    if adam_finals is not None and iqm_vs_adam(runs, adam_finals) > 0:
-        reached = (0, 0.0)  # the untrained rule already beats it
-    b = 0
+    if resume:
+        progress, rows = _restore_state(state_path, method, opt, cfg, gen, average)
+        b, best, best_batch, untrained = progress["batches"], progress["best"], progress["best_batch"], \
+            progress["untrained"]
+        reached: tuple[int, float] | None = tuple(progress["reached"]) if progress["reached"] else None
+        start = time.time() - 60 * progress["minutes"]
+    else:
+        start = time.time()
+        runs = validation_runs(method, val_problems, cfg.select_seeds)
+        best, best_batch, rows, b = validation_score(runs), 0, [], 0
+        untrained = best
+        checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
+        reached = None
+        if adam_finals is not None and iqm_vs_adam(runs, adam_finals) > 0:
+            reached = (0, 0.0)  # the untrained rule already beats it
+    if started is not None:
+        started()
+
+    def save_state() -> None:
+        atomic_write_csv(out / "train_log.csv", rows)
+        _save_state(state_path, method, opt, cfg, gen, average, {
+            "batches": b, "minutes": (time.time() - start) / 60, "best": _finite_or_none(best),
+            "best_batch": best_batch, "untrained": _finite_or_none(untrained),
+            "reached": list(reached) if reached else None}, rows)
+
     while b < cfg.max_batches and time.time() - start < cfg.minutes * 60 and not (reached and cfg.stop_at_adam):
         problem = train_problems[int(torch.randint(len(train_problems), (), generator=gen))]
         u = float(torch.rand((), generator=gen))
@@ -241,8 +336,8 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
         if log:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         if b % cfg.eval_every == 0:
-            atomic_write_csv(out / "train_log.csv", rows)
-    atomic_write_csv(out / "train_log.csv", rows)
+            save_state()
+    save_state()
     return {"batches": b, "minutes": (time.time() - start) / 60, "best_batch": best_batch,
             "best_validation": best, "untrained_validation": untrained,
             "reached_batch": reached[0] if reached else None, "reached_minutes": reached[1] if reached else None}

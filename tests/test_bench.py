@@ -15,7 +15,8 @@ from torch import nn
 
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
-from metatele.bench.metatrain import MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, tuned_adam_finals
+from metatele.bench.metatrain import (MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, tuned_adam_finals,
+                                      validation_runs)
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
 from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError
@@ -207,8 +208,9 @@ def test_meta_train_runs_and_keeps_the_best_validated_checkpoint(tmp_path, estim
 @pytest.mark.slow
 def test_meta_train_warm_starts_from_a_checkpoint(tmp_path):
     """With `init`, meta-training starts the update rule from the checkpoint's exactly (no batch: the saved rule is
-    the source, tensor for tensor), also for a teleporting twin (its update rule copied, its gate fresh); a
-    checkpoint of another rule (nominal lr) is refused with a ConfigError."""
+    the source, tensor for tensor), also for a teleporting twin (its update rule copied, its gate fresh), and all of
+    a source whose spec is the run's (its gate too); a checkpoint of another rule (nominal lr) is refused with a
+    ConfigError."""
     spec = AdafacSpec("adafac", nominal_lr=0.01, mix=0)
     source = build(spec)
     with torch.no_grad():
@@ -230,6 +232,16 @@ def test_meta_train_warm_starts_from_a_checkpoint(tmp_path):
     for k, v in twin.state_dict().items():
         want = source.state_dict()[k] if k.startswith("net.") else fresh.state_dict()[k]
         torch.testing.assert_close(v, want, rtol=0, atol=0)
+    with torch.no_grad():  # a teleporting source of the run's own spec: all of it, the gate included
+        for q in fresh.parameters():
+            q.add_(0.01 * torch.randn_like(q))
+    checkpoints.save_model(tmp_path / "tele" / checkpoints.MODEL_FILE, fresh)
+    cfg.init = str(tmp_path / "tele" / checkpoints.MODEL_FILE)
+    meta_train(cfg, tmp_path / "continued", log=False)
+    continued = checkpoints.load_model(tmp_path / "continued" / checkpoints.MODEL_FILE)
+    assert any(k.startswith("gate.") for k in fresh.state_dict())
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(continued.state_dict()[k], v, rtol=0, atol=0)
     cfg.spec = AdafacSpec("adafac", mix=0)
     with pytest.raises(ConfigError, match="nominal_lr"):
         meta_train(cfg, tmp_path / "other", log=False)
@@ -251,6 +263,19 @@ def test_time_to_quality_criterion_is_tuned_adams_iqm(tmp_path):
     cfg.stop_at_adam = False
     s = meta_train(cfg, tmp_path / "b", log=False, adam_finals=[torch.zeros_like(a) for a in adam])
     assert s["reached_batch"] is None and s["batches"] == 1
+
+
+def test_validation_takes_the_horizon_it_is_given(tmp_path):
+    """`validation_runs` (and so checkpoint selection and `tuned_adam_finals`) run each validation problem for
+    `steps` when given, else for its own horizon; a bad val_steps is refused before anything is written."""
+    p = problems.split("validation")[0]
+    adam = make("adam", torch.full((2,), 1e-2))
+    assert validation_runs(adam, [p], 2, 7)[0].shape == (8, 2)
+    assert validation_runs(adam, [p], 2)[0].shape == (p.steps + 1, 2)
+    assert tuned_adam_finals([p], 2, 7)[0].shape == (2,)
+    with pytest.raises(ValueError, match="val_steps"):
+        meta_train(MetaTrainConfig(val_steps=0, max_batches=0), tmp_path / "bad", log=False)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

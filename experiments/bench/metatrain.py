@@ -69,13 +69,18 @@ p.add_argument("--gate-lr", type=float, default=None,
                help="adafac-tele: the gate's meta learning rate (default: --meta-lr)")
 p.add_argument("--nominal-lr", default="0.001", help="the untrained rule is Adam at this lr; 'train': the Adam lr of "
                "the grid best across the suite's meta-training problems (metatele.bench.run.global_lr)")
-p.add_argument("--init", default=None, help="start the update rule from this adafac checkpoint's (its nominal lr and "
-               "mix replace --nominal-lr and --mix; a teleporting twin's gate starts fresh)")
+p.add_argument("--init", default=None, help="start from this adafac checkpoint (its nominal lr and mix replace "
+               "--nominal-lr and --mix): all of it if its spec is the run's, else its update rule (a teleporting "
+               "twin's gate then starts fresh)")
 p.add_argument("--group", choices=("gl", "diag"), default="gl", help="adafac-tele: the teleport's group")
 p.add_argument("--magnitude", type=float, default=0.05,
                help="adafac-tele: the teleport's size per step before the gate")
 p.add_argument("--average", type=float, default=0.0, help="validate and save the EMA of the meta-parameters (decay)")
 p.add_argument("--select-seeds", type=int, default=4, help="selection seeds per validation problem")
+p.add_argument("--steps", type=int, default=200, help="longest inner horizon of the meta-training trajectories")
+p.add_argument("--min-steps", type=int, default=50, help="shortest (log-uniform in between)")
+p.add_argument("--val-steps", type=int, default=None,
+               help="validation horizon for checkpoint selection (default: each validation problem's own)")
 p.add_argument("--resume", action="store_true", help="continue OUT's training state (same settings, a larger budget)")
 a = p.parse_args()
 torch.set_num_threads(1)
@@ -92,10 +97,12 @@ print(f"nominal lr {spec.nominal_lr:.4g}", flush=True)
 cfg = MetaTrainConfig(spec=spec, augment=not a.no_augment, init=a.init, average=a.average, select_seeds=a.select_seeds,
                       minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
                       seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
-                      sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr, gate_lr=a.gate_lr)
+                      sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr, gate_lr=a.gate_lr, steps=a.steps,
+                      min_steps=a.min_steps, val_steps=a.val_steps)
 config = json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
                                                  for k, v in vars(cfg).items() if k != "spec"}}, indent=1)
-summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds), resume=a.resume,
+summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds, cfg.val_steps),
+                     resume=a.resume,
                      started=lambda: (out / ("config-resumed.json" if a.resume else "config.json")).write_text(config))
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 print(summary)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metatele import checkpoints
+from metatele import checkpoints, checks
 from metatele.io import atomic_write_csv
 from metatele.bench.baselines import make
 from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
@@ -70,9 +70,10 @@ class MetaTrainConfig:
     max_batches: int = 10**6
     eval_every: int = 10
     select_seeds: int = 4
+    val_steps: int | None = None  # validation horizon (None: each validation problem's own)
     stop_at_adam: bool = False    # stop once the validation IQM beats tuned Adam (time to quality)
     average: float = 0.0          # validate and save an average of the meta-parameters, EMA decay `average` (0: off)
-    init: str | None = None       # start the update rule from this adafac checkpoint's (its `net`)
+    init: str | None = None       # start from this adafac checkpoint: all of it if its spec is the run's, else its `net`
 
     @property
     def settings(self) -> TrainerSettings:
@@ -118,10 +119,12 @@ def _log_uniform(gen: torch.Generator, lo: float, hi: float, shape: tuple[int, .
     return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(shape, generator=gen))
 
 
-def validation_runs(method: Method, problems: Sequence[Problem], seeds: int) -> list[torch.Tensor]:
-    """Per problem, the method's losses (steps+1, seeds) on the selection seeds."""
-    return [trajectory(p, method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)), p.steps).loss
-            for p in problems]
+def validation_runs(method: Method, problems: Sequence[Problem], seeds: int,
+                    steps: int | None = None) -> list[torch.Tensor]:
+    """Per problem, the method's losses (steps+1, seeds) on the selection seeds, over `steps` (None: the problem's
+    own horizon)."""
+    return [trajectory(p, method, p.sample(range(SELECT_FIRST_SEED, SELECT_FIRST_SEED + seeds)),
+                       steps or p.steps).loss for p in problems]
 
 
 def validation_score(runs: Sequence[torch.Tensor]) -> float:
@@ -134,13 +137,14 @@ def validation_score(runs: Sequence[torch.Tensor]) -> float:
     return sum(scores) / len(scores)
 
 
-def tuned_adam_finals(problems: Sequence[Problem], seeds: int) -> list[torch.Tensor]:
-    """Per problem, Adam's final losses (seeds,) on the selection seeds, its lr tuned on the tuning seeds
-    (`metatele.bench.run.tune`): the reference of `iqm_vs_adam`."""
+def tuned_adam_finals(problems: Sequence[Problem], seeds: int, steps: int | None = None) -> list[torch.Tensor]:
+    """Per problem, Adam's final losses (seeds,) on the selection seeds after `steps` (None: the problem's horizon),
+    its lr tuned at the problem's horizon on the tuning seeds (`metatele.bench.run.tune`): the reference of
+    `iqm_vs_adam`."""
     out = []
     for p in problems:
         lr = torch.full((seeds,), tune(p, "adam"))
-        out.append(validation_runs(make("adam", lr), [p], seeds)[0][-1])
+        out.append(validation_runs(make("adam", lr), [p], seeds, steps)[0][-1])
     return out
 
 
@@ -173,9 +177,11 @@ ROW_FLOATS = ("minutes", "meta_loss", "skipped", "log_gain", "fan_power", "valid
 
 
 def _config_json(cfg: MetaTrainConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with its training state (the budget may grow)."""
-    return json.loads(json.dumps({"spec": vars(cfg.spec), **{k: v for k, v in vars(cfg).items()
-                                                             if k not in ("spec", "minutes", "max_batches")}}))
+    """The settings a resumed run must share with its training state (the budget may grow); val_steps only when
+    set (states written before the field have no such key)."""
+    return json.loads(json.dumps({"spec": vars(cfg.spec), **{
+        k: v for k, v in vars(cfg).items()
+        if k not in ("spec", "minutes", "max_batches") and not (k == "val_steps" and v is None)}}))
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -249,10 +255,14 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
     the validation problems), every
     validation also logs `iqm_vs_adam`, and the summary gives the first batch and minute at which it is > 0
     (`reached_batch`, `reached_minutes`: 0 if the untrained rule is there; None if never); with cfg.stop_at_adam,
-    training stops there. With cfg.init the update rule (`net`) starts from that adafac checkpoint's, so a teleporting
-    twin can start from the same rule as its twin (its gate fresh); with cfg.average, the
+    training stops there. With cfg.init the run starts from that adafac checkpoint: all of it when its spec is the
+    run's (a horizon curriculum continuing a rule, a teleporting twin's gate included), else its update rule (`net`),
+    so a teleporting twin can start from the same rule as its twin (its gate fresh). With cfg.val_steps the
+    validation runs (and `adam_finals`, which must match) have that horizon; with cfg.average, the
     validation and the saved checkpoint use the exponential moving average of the meta-parameters (Polyak
     averaging), the raw ones keep training. `started` is called once the folder is accepted (to write a config)."""
+    if cfg.val_steps is not None:
+        checks.integer("val_steps", cfg.val_steps, 1, 10**6)
     state_path = out / checkpoints.STATE_FILE
     if not resume and ((out / checkpoints.MODEL_FILE).exists() or state_path.exists()):
         raise TrainStateExistsError(f"{out} already holds a meta-training run; resume it, or choose another folder")
@@ -267,7 +277,10 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
         if not isinstance(source.spec, AdafacSpec) or theirs != own:
             raise ConfigError(f"init {cfg.init}: its update rule (hidden, mix, nominal_lr) = {theirs} is not the "
                               f"run's {own}")
-        method.net.load_state_dict(source.net.state_dict())
+        if source.spec == cfg.spec:  # the same rule (a teleporting twin's gate included): all of it
+            method.load_state_dict(source.state_dict())
+        else:
+            method.net.load_state_dict(source.net.state_dict())
     scalars = [method.net.log_gain, method.net.fan_power, method.net.log_mix]
     gate = list(method.gate.parameters()) if hasattr(method, "gate") else []
     rest = [p for p in method.parameters() if all(p is not s for s in scalars + gate)]
@@ -284,7 +297,7 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
         start = time.time() - 60 * progress["minutes"]
     else:
         start = time.time()
-        runs = validation_runs(method, val_problems, cfg.select_seeds)
+        runs = validation_runs(method, val_problems, cfg.select_seeds, cfg.val_steps)
         best, best_batch, rows, b = validation_score(runs), 0, [], 0
         untrained = best
         checkpoints.save_model(out / checkpoints.MODEL_FILE, method, batches=0, validation_score=best)
@@ -323,7 +336,7 @@ def meta_train(cfg: MetaTrainConfig, out: Path, log: bool = True,
                "validation": math.nan, "iqm_vs_adam": math.nan}
         if b % cfg.eval_every == 0:
             with _averaged(method, average):
-                runs = validation_runs(method, val_problems, cfg.select_seeds)
+                runs = validation_runs(method, val_problems, cfg.select_seeds, cfg.val_steps)
                 score = row["validation"] = validation_score(runs)
                 if score < best:
                     best, best_batch = score, b

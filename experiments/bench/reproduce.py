@@ -1,6 +1,7 @@
 """Reproduce docs/bench.md's tables from the shipped checkpoints (one command):
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/bench/reproduce.py [--quick] [--part main|ablation|long|all]
+        [--checkpoints DIR] [--out DIR] [--meta-horizon T]
 
 - main: adafac, adafac-tele and the untrained rule (= Adam at the shipped nominal lr) against the tuned baselines on the meta-training
   and held-out problems → experiments/bench/results/ (TensorBoard runs in runs/bench/), and the teleporting twin
@@ -12,6 +13,9 @@
   report seeds → experiments/bench/paper.csv.
 - long: 10× the meta-training horizon (2,000 steps) on the small held-out problems, counting runs that end non-finite or
   above their initial loss → experiments/bench/long.csv.
+--checkpoints DIR evaluates DIR/adafac and DIR/adafac-tele instead of the shipped ones, --out DIR writes the outputs
+there instead of experiments/bench/ (a candidate's evaluation beside the shipped tables), --meta-horizon T sets the
+meta-training horizon the long part multiplies by 10 (the shipped checkpoints': META_HORIZON).
 Tuned baselines are cached in experiments/bench/cache/ (keyed by problem, seeds and grid; delete it to recompute).
 """
 from __future__ import annotations
@@ -43,7 +47,12 @@ p = argparse.ArgumentParser()
 p.add_argument("--quick", action="store_true")
 p.add_argument("--part", choices=("main", "ablation", "long", "paper", "all"), default="all")
 p.add_argument("--checkpoints", default=str(checkpoints.pretrained_dir()))
+p.add_argument("--out", default=str(HERE), help="folder of the outputs")
+p.add_argument("--meta-horizon", type=int, default=META_HORIZON, help="the checkpoints' longest meta-training horizon")
 a = p.parse_args()
+if a.meta_horizon < 1:
+    p.error("--meta-horizon must be a positive integer")
+out = Path(a.out)
 torch.set_num_threads(1)
 ck = Path(a.checkpoints)
 adafac = checkpoints.load_model(ck / "adafac" / checkpoints.MODEL_FILE)
@@ -60,8 +69,8 @@ if a.part in ("main", "all"):
     untrained = build(adafac.spec)  # the same rule untrained: Adam at the shipped nominal lr
     untrained.label = "adafac-untrained"
     runs = run_suite(problems, [adafac, tele, untrained], cache=cache)
-    report(runs, HERE / f"results{tag}", Path("runs") / f"bench{tag}")
-    atomic_write_csv(HERE / f"results{tag}" / "twin.csv", paired_rows(runs, tele.name, adafac.name))
+    report(runs, out / f"results{tag}", Path("runs") / f"bench{tag}")
+    atomic_write_csv(out / f"results{tag}" / "twin.csv", paired_rows(runs, tele.name, adafac.name))
     print(f"main: {time.perf_counter() - t:.0f} s")
 
 if a.part in ("ablation", "all"):
@@ -77,7 +86,7 @@ if a.part in ("ablation", "all"):
     tele_off.label = "adafac-tele-no-teleport"
     tele_off.net.load_state_dict(tele.net.state_dict())
     runs = run_suite(small, [adafac, no_fan, no_progress, tele, tele_off], cache=cache)
-    report(runs, HERE / f"ablation{tag}", None)
+    report(runs, out / f"ablation{tag}", None)
     print(f"ablation: {time.perf_counter() - t:.0f} s")
 
 if a.part in ("long", "all"):
@@ -86,7 +95,7 @@ if a.part in ("long", "all"):
     for q in small:
         task = q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS))
         for m in (adafac, tele):
-            steps = LONG_FACTOR * (q.steps if a.quick else META_HORIZON)
+            steps = LONG_FACTOR * (q.steps if a.quick else a.meta_horizon)
             loss = rollout(m, task, steps).loss
             finite = torch.isfinite(loss).all(0)
             above = loss.nan_to_num(float("inf")).amax(0) > loss[0]
@@ -94,10 +103,10 @@ if a.part in ("long", "all"):
                          "nonfinite": int((~finite).sum()), "final_above_initial": int((loss[-1] > loss[0]).sum()),
                          "any_step_above_initial": int(above.sum()),
                          "final_geo_mean": 10 ** float(loss[-1].log10().mean()) if bool(finite.all()) else float("nan"),
-                         "final_at_meta_horizon_geo_mean": 10 ** float(loss[META_HORIZON if not a.quick else q.steps].log10().mean())
+                         "final_at_meta_horizon_geo_mean": 10 ** float(loss[a.meta_horizon if not a.quick else q.steps].log10().mean())
                          if bool(finite.all()) else float("nan")})
             print(rows[-1], flush=True)
-    atomic_write_csv(HERE / f"long{tag}.csv", rows)
+    atomic_write_csv(out / f"long{tag}.csv", rows)
     print(f"long: {time.perf_counter() - t:.0f} s")
 
 if a.part in ("paper", "all") and not a.quick:
@@ -109,4 +118,4 @@ if a.part in ("paper", "all") and not a.quick:
         rows.append({"method": m.name, "steps": q.steps,
                      **{k: v for k, v in summarize(final).items() if k.startswith("geo") or k == "n_nonfinite"}})
         print(rows[-1], flush=True)
-    atomic_write_csv(HERE / "paper.csv", rows)
+    atomic_write_csv(out / "paper.csv", rows)

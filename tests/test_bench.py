@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ from torch import nn
 
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
-from metatele.bench.metatrain import (MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, tuned_adam_finals,
+from metatele.bench.metatrain import (MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, resumed_config,
+                                      tuned_adam_finals,
                                       validation_runs)
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
@@ -293,7 +296,9 @@ def test_meta_train_resumes_exactly_from_its_training_state(tmp_path):
     with pytest.raises(TrainStateExistsError):
         meta_train(cfg, tmp_path / "parts", log=False)
     cfg.max_batches = 4
-    parts = meta_train(cfg, tmp_path / "parts", log=False, resume=True)
+    resumed = resumed_config(tmp_path / "parts", math.inf, 4)  # the settings come from the state itself
+    assert resumed == replace(cfg, minutes=math.inf)
+    parts = meta_train(resumed, tmp_path / "parts", log=False, resume=True)
     assert {k: v for k, v in whole.items() if "minutes" not in k} == {k: v for k, v in parts.items()
                                                                       if "minutes" not in k}
     for name in (checkpoints.MODEL_FILE, checkpoints.STATE_FILE):
@@ -314,3 +319,8 @@ def test_meta_train_resumes_exactly_from_its_training_state(tmp_path):
         meta_train(cfg, tmp_path / "parts", log=False, resume=True)
     with pytest.raises(TrainStateError, match="no training state"):
         meta_train(cfg, tmp_path / "empty", log=False, resume=True)
+    for bad in ({"steps": "20"}, {"average": True}, {"spec": {"method": "lstm-update"}}, {"unknown": 1}):
+        checkpoints.save(tmp_path / "parts" / checkpoints.STATE_FILE, tensors,
+                         {**meta, "config": {**meta["config"], **bad}})
+        with pytest.raises(TrainStateError, match="settings are invalid"):
+            resumed_config(tmp_path / "parts", 1.0, 4)

@@ -27,9 +27,24 @@ The shipped round-6 checkpoints (both at once, 30 minutes wall each, from scratc
     metatrain.py experiments/bench/round6-30min-adafac-tele --teleport --group diag --magnitude 0.1 --gate-bias 0 \
         --gate-lr 1e-3 (the rest as above)
 
-Round 7 (shipped): the round-6 commands with `--minutes 85`; a later session continues them with `--resume` and a
-larger budget (the training state, train_state.safetensors, is written at every validation; a resumed run equals one
-that never stopped).
+Round 7 (not shipped; experiments/bench/round7-adafac*/): the round-6 commands with `--minutes 85`.
+Round 8 (experiments/bench/round8-adafac*/): a horizon curriculum continuing the round-6 checkpoints, inner horizons
+100–1,000 and selection at a 1,000-step validation, 75 minutes wall each, both at once (ROUND6 = the round-6
+checkpoint of the same name, `git show 2e50501:checkpoints/adafac/model.safetensors > FILE`):
+
+    metatrain.py experiments/bench/round8-adafac --init ROUND6_ADAFAC --steps 1000 --min-steps 100 --val-steps 1000 \
+        --minutes 75 --eval-every 10 --average 0.95 --select-seeds 8 --meta-lr 3e-5 --scalar-lr 3e-5
+    metatrain.py experiments/bench/round8-adafac-tele --init ROUND6_ADAFAC_TELE --teleport --group diag \
+        --magnitude 0.1 --gate-bias 0 --gate-lr 1e-3 (the rest as above)
+
+Round 9: the round-8 `adafac` continued to 90 minutes (`metatrain.py experiments/bench/round8-adafac --resume
+--minutes 90`: a resumed run takes its settings from its training state, train_state.safetensors, written at every
+validation, and equals one that never stopped), and its teleporting twin started from the round-8 `adafac` rule at
+75 minutes, its gate fresh, for 15 minutes (both at once; 120 minutes of meta-training each, counting round 6's 30):
+
+    metatrain.py experiments/bench/round9-adafac-tele --init ROUND8_ADAFAC_75MIN --teleport --group diag \
+        --magnitude 0.1 --gate-bias 0 --gate-lr 1e-3 --steps 1000 --min-steps 100 --val-steps 1000 --minutes 15 \
+        --eval-every 10 --average 0.95 --select-seeds 8 --meta-lr 3e-5 --scalar-lr 3e-5
 
 A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead
 (`--batches N`, each folder's summary.json; nothing in the loop reads the clock but the budget check). Round 3's
@@ -44,9 +59,10 @@ from pathlib import Path
 import torch
 
 from metatele import checkpoints
-from metatele.bench.metatrain import MetaTrainConfig, meta_train, tuned_adam_finals
+from metatele.bench.metatrain import MetaTrainConfig, meta_train, resumed_config, tuned_adam_finals
 from metatele.bench.problems import split
 from metatele.bench.run import global_lr
+from metatele.errors import MetateleError
 from metatele.learned.adafac import AdafacSpec
 
 p = argparse.ArgumentParser()
@@ -81,28 +97,39 @@ p.add_argument("--steps", type=int, default=200, help="longest inner horizon of 
 p.add_argument("--min-steps", type=int, default=50, help="shortest (log-uniform in between)")
 p.add_argument("--val-steps", type=int, default=None,
                help="validation horizon for checkpoint selection (default: each validation problem's own)")
-p.add_argument("--resume", action="store_true", help="continue OUT's training state (same settings, a larger budget)")
+p.add_argument("--resume", action="store_true",
+               help="continue OUT's training state with its own settings (give only a larger --minutes or --batches)")
 a = p.parse_args()
 torch.set_num_threads(1)
 out = Path(a.out)
-if a.init:
-    source = checkpoints.load_model(a.init).spec
-    nominal, mix = source.nominal_lr, source.mix
-else:
-    nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
-    mix = a.mix
-spec = AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=mix, gate_bias=a.gate_bias,
-                  group=a.group, magnitude=a.magnitude)
-print(f"nominal lr {spec.nominal_lr:.4g}", flush=True)
-cfg = MetaTrainConfig(spec=spec, augment=not a.no_augment, init=a.init, average=a.average, select_seeds=a.select_seeds,
-                      minutes=float("inf") if a.batches else a.minutes, max_batches=a.batches or 10**6,
-                      seed=a.seed, eval_every=a.eval_every, estimator=a.estimator, particles=a.particles,
-                      sigma=a.sigma, meta_lr=a.meta_lr, scalar_lr=a.scalar_lr, gate_lr=a.gate_lr, steps=a.steps,
-                      min_steps=a.min_steps, val_steps=a.val_steps)
-config = json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
-                                                 for k, v in vars(cfg).items() if k != "spec"}}, indent=1)
-summary = meta_train(cfg, out, adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds, cfg.val_steps),
-                     resume=a.resume,
-                     started=lambda: (out / ("config-resumed.json" if a.resume else "config.json")).write_text(config))
-(out / "summary.json").write_text(json.dumps(summary, indent=1))
+budget_args = ("out", "resume", "minutes", "batches")
+if a.resume and any(v != p.get_default(k) for k, v in vars(a).items() if k not in budget_args):
+    p.error("--resume continues the training state's own settings: give only OUT, --minutes or --batches")
+try:
+    if a.resume:
+        cfg = resumed_config(out, float("inf") if a.batches else a.minutes, a.batches or 10**6)
+    else:
+        if a.init:
+            source = checkpoints.load_model(a.init).spec
+            nominal, mix = source.nominal_lr, source.mix
+        else:
+            nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
+            mix = a.mix
+        spec = AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=mix,
+                          gate_bias=a.gate_bias, group=a.group, magnitude=a.magnitude)
+        cfg = MetaTrainConfig(spec=spec, augment=not a.no_augment, init=a.init, average=a.average,
+                              select_seeds=a.select_seeds, minutes=float("inf") if a.batches else a.minutes,
+                              max_batches=a.batches or 10**6, seed=a.seed, eval_every=a.eval_every,
+                              estimator=a.estimator, particles=a.particles, sigma=a.sigma, meta_lr=a.meta_lr,
+                              scalar_lr=a.scalar_lr, gate_lr=a.gate_lr, steps=a.steps, min_steps=a.min_steps,
+                              val_steps=a.val_steps)
+    print(f"nominal lr {cfg.spec.nominal_lr:.4g}", flush=True)
+    config = json.dumps({"spec": vars(cfg.spec), **{k: (None if v == float("inf") else v)
+                                                     for k, v in vars(cfg).items() if k != "spec"}}, indent=1)
+    summary = meta_train(cfg, out, resume=a.resume,
+                         adam_finals=tuned_adam_finals(split("validation"), cfg.select_seeds, cfg.val_steps),
+                         started=lambda: (out / ("config-resumed.json" if a.resume else "config.json")).write_text(config))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+except (MetateleError, ValueError, OSError) as e:
+    p.exit(2, f"{p.prog}: error: {e}\n")
 print(summary)

@@ -11,8 +11,9 @@
   with its teleport off (same update weights).
 - paper: the paper's 20-20-20 task (paper-20x3, step 100): adafac-tele against the fixed-size lstm-update-tele on the
   report seeds → experiments/bench/paper.csv.
-- long: 10× the meta-training horizon (2,000 steps) on the small held-out problems, counting runs that end non-finite or
-  above their initial loss → experiments/bench/long.csv.
+- long: 10× the meta-training horizon (META_HORIZON) on the small held-out problems, counting runs that end non-finite
+  or above their initial loss, with tuned Adam (its lr tuned per problem at the suite horizon) run as long for
+  reference → experiments/bench/long.csv.
 --checkpoints DIR evaluates DIR/adafac and DIR/adafac-tele instead of the shipped ones, --out DIR writes the outputs
 there instead of experiments/bench/ (a candidate's evaluation beside the shipped tables), --meta-horizon T sets the
 meta-training horizon the long part multiplies by 10 (the shipped checkpoints': META_HORIZON).
@@ -33,7 +34,8 @@ from metatele.io import atomic_write_csv
 from metatele.bench.problems import suite
 from metatele.bench.report import report
 from metatele.bench.problems import REPORT_FIRST_SEED
-from metatele.bench.run import SEEDS, run_suite
+from metatele.bench.baselines import make
+from metatele.bench.run import SEEDS, TUNE_SEEDS, baselines, run_suite
 from metatele.bench.scores import paired_rows
 from metatele.evaluation.stats import summarize
 from metatele.learned import build
@@ -94,7 +96,10 @@ if a.part in ("long", "all"):
     rows = []
     for q in small:
         task = q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS))
-        for m in (adafac, tele):
+        # the reference: Adam at the problem's tuned lr (from the suite's cache), run as long
+        adam = replace(make("adam", torch.full((SEEDS,), baselines(q, task, SEEDS, TUNE_SEEDS, "cpu", cache)[1]["adam"])),
+                       name="adam-tuned")
+        for m in (adafac, tele, adam):
             steps = LONG_FACTOR * (q.steps if a.quick else a.meta_horizon)
             loss = rollout(m, task, steps).loss
             finite = torch.isfinite(loss).all(0)

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from metatele.bench.problems import SELECT_FIRST_SEED, Problem, split
 from metatele.bench.run import trajectory, tune
 from metatele.bench.scores import iqm, log_ratio
 from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError
-from metatele.learned import build
+from metatele.learned import build, spec_from_dict
 from metatele.learned.adafac import AdafacSpec
 from metatele.methods.base import Method
 from metatele.outer.settings import TrainerSettings
@@ -41,7 +41,7 @@ from metatele.tasks.base import Batch, TaskBatch, TeleportData, loss_and_grad
 from metatele.tasks.seeds import train_seeds
 
 __all__ = ["MetaTrainConfig", "Scaled", "validation_runs", "validation_score", "tuned_adam_finals", "iqm_vs_adam",
-           "meta_train"]
+           "meta_train", "resumed_config"]
 
 
 @dataclass
@@ -182,6 +182,38 @@ def _config_json(cfg: MetaTrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps({"spec": vars(cfg.spec), **{
         k: v for k, v in vars(cfg).items()
         if k not in ("spec", "minutes", "max_batches") and not (k == "val_steps" and v is None)}}))
+
+
+def resumed_config(out: Path, minutes: float, max_batches: int) -> MetaTrainConfig:
+    """The settings of the run whose training state is in `out`, read from the state's (untrusted) metadata and
+    type-checked, with a new budget: what `meta_train(..., resume=True)` continues. TrainStateError if there is no
+    state or its settings are malformed."""
+    path = out / checkpoints.STATE_FILE
+    if not path.exists():
+        raise TrainStateError(f"{out} holds no training state ({checkpoints.STATE_FILE}) to resume")
+    stored = checkpoints.read(path)[1].get("config")
+    try:
+        spec = spec_from_dict(dict(stored["spec"]))
+        if not isinstance(spec, AdafacSpec):
+            raise TypeError(f"spec {spec.method!r} is not an adafac rule")
+        unknown = set(stored) - {f.name for f in fields(MetaTrainConfig)}
+        if unknown:
+            raise KeyError(f"unknown settings {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for f in fields(MetaTrainConfig):
+            if f.name in ("spec", "minutes", "max_batches") or (f.name == "val_steps" and f.name not in stored):
+                continue
+            v, kind = stored[f.name], f.type.split(" | ")  # e.g. "float | None"
+            ok = (v is None and "None" in kind) or (isinstance(v, bool) and "bool" in kind) or (
+                not isinstance(v, bool) and ((isinstance(v, int) and ("int" in kind or "float" in kind))
+                                             or (isinstance(v, float) and "float" in kind)
+                                             or (isinstance(v, str) and "str" in kind)))
+            if not ok:
+                raise TypeError(f"{f.name} = {v!r}")
+            values[f.name] = v
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainStateError(f"{path}: the training state's settings are invalid ({e})") from None
+    return replace(MetaTrainConfig(spec=spec, **values), minutes=minutes, max_batches=max_batches)
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -18,8 +18,7 @@ from torch import nn
 from metatele.bench import problems, run, scores
 from metatele.bench.baselines import BASELINES, LR_GRID, make
 from metatele.bench.metatrain import (MetaTrainConfig, _averaged, iqm_vs_adam, meta_train, resumed_config,
-                                      tuned_adam_finals,
-                                      validation_runs)
+                                      tuned_adam_finals, validation_runs)
 from metatele.bench.problems import SUITE, Problem
 from metatele import checkpoints
 from metatele.errors import ConfigError, TrainStateError, TrainStateExistsError

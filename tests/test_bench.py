@@ -323,3 +323,17 @@ def test_meta_train_resumes_exactly_from_its_training_state(tmp_path):
                          {**meta, "config": {**meta["config"], **bad}})
         with pytest.raises(TrainStateError, match="settings are invalid"):
             resumed_config(tmp_path / "parts", 1.0, 4)
+
+
+def test_long_run_counts_count_the_never_diverges_criterion():
+    """Runs (columns) that end above their start, rise above it on the way, or go non-finite are each counted;
+    the geometric mean is of the final losses, NaN when a run is non-finite."""
+    loss = torch.tensor([[1.0, 1.0, 1.0, 1.0],
+                         [2.0, 0.5, 0.5, 0.5],
+                         [0.1, 1.5, 0.01, 0.2]])
+    c = scores.long_run_counts(loss)
+    assert c == {"runs": 4, "nonfinite": 0, "final_above_initial": 1, "any_step_above_initial": 2,
+                 "final_geo_mean": pytest.approx((0.1 * 1.5 * 0.01 * 0.2) ** 0.25)}
+    loss[1, 3] = math.nan
+    c = scores.long_run_counts(loss)
+    assert (c["nonfinite"], c["any_step_above_initial"]) == (1, 3) and math.isnan(c["final_geo_mean"])

@@ -17,6 +17,7 @@ import torch
 from metatele import checkpoints
 from metatele.bench.problems import REPORT_FIRST_SEED, suite
 from metatele.bench.run import SEEDS
+from metatele.bench.scores import long_run_counts
 from metatele.step import rollout
 
 SMALL = ("teacher-16-64-64-4-n32", "teacher-8-8-8-1", "normal-16-32x6-4", "teacher-16-128-4-bias")
@@ -32,11 +33,10 @@ if a.cap is not None:
     m.clock.steps, m.clock.pinned = a.cap, True
 for q in (x for x in suite(False) if x.name in SMALL):
     loss = rollout(m, q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS)), a.steps).loss  # (steps+1, runs)
+    counts = long_run_counts(loss)
+    print(f"{q.name} {m.name} steps={a.steps} told={a.cap or a.steps:g}: "
+          + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in counts.items()), flush=True)
     above = loss.nan_to_num(float("inf")) > loss[0]
-    geo = 10 ** float(loss[-1].double().clamp_min(1e-300).log10().mean())
-    print(f"{q.name} {m.name} steps={a.steps} told={a.cap or a.steps:g}: nonfinite={int((~torch.isfinite(loss).all(0)).sum())} "
-          f"final_above_initial={int((loss[-1] > loss[0]).sum())} any_step_above_initial={int(above.any(0).sum())} "
-          f"final_geo_mean={geo:.3g}", flush=True)
     for r in range(loss.shape[1]):
         if above[:, r].any():
             steps = above[:, r].nonzero().flatten().tolist()

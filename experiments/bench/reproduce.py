@@ -36,7 +36,7 @@ from metatele.bench.report import report
 from metatele.bench.problems import REPORT_FIRST_SEED
 from metatele.bench.baselines import make
 from metatele.bench.run import SEEDS, TUNE_SEEDS, baselines, run_suite
-from metatele.bench.scores import paired_rows
+from metatele.bench.scores import long_run_counts, paired_rows
 from metatele.evaluation.stats import summarize
 from metatele.learned import build
 from metatele.step import rollout
@@ -102,14 +102,9 @@ if a.part in ("long", "all"):
         for m in (adafac, tele, adam):
             steps = LONG_FACTOR * (q.steps if a.quick else a.meta_horizon)
             loss = rollout(m, task, steps).loss
-            finite = torch.isfinite(loss).all(0)
-            above = loss.nan_to_num(float("inf")).amax(0) > loss[0]
-            rows.append({"problem": q.name, "method": m.name, "steps": steps, "runs": loss.shape[1],
-                         "nonfinite": int((~finite).sum()), "final_above_initial": int((loss[-1] > loss[0]).sum()),
-                         "any_step_above_initial": int(above.sum()),
-                         "final_geo_mean": 10 ** float(loss[-1].log10().mean()) if bool(finite.all()) else float("nan"),
+            rows.append({"problem": q.name, "method": m.name, "steps": steps, **long_run_counts(loss),
                          "final_at_meta_horizon_geo_mean": 10 ** float(loss[a.meta_horizon if not a.quick else q.steps].log10().mean())
-                         if bool(finite.all()) else float("nan")})
+                         if bool(torch.isfinite(loss).all()) else float("nan")})
             print(rows[-1], flush=True)
     atomic_write_csv(out / f"long{tag}.csv", rows)
     print(f"long: {time.perf_counter() - t:.0f} s")

@@ -21,7 +21,8 @@ import torch
 from metatele.bench.run import SPEEDUP_FACTOR, ProblemRun
 from metatele.evaluation.stats import BOOTSTRAP_RESAMPLES, summarize, t_interval
 
-__all__ = ["speedups", "beats", "log_ratio", "iqm", "iqm_ci", "problem_rows", "aggregate_rows", "paired_rows"]
+__all__ = ["speedups", "beats", "log_ratio", "iqm", "iqm_ci", "problem_rows", "aggregate_rows", "paired_rows",
+           "long_run_counts"]
 
 
 def speedups(adam: torch.Tensor, final: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -126,3 +127,14 @@ def paired_rows(runs: Sequence[ProblemRun], method: str, twin: str) -> list[dict
                      "frac_method_lower": float(beats(a, b).double().mean()),
                      "verdict": method if lo > 0 else twin if hi < 0 else "unresolved"})
     return rows
+
+
+def long_run_counts(loss: torch.Tensor) -> dict[str, Any]:
+    """The never-diverges criterion on a long run, loss (steps+1, S): runs that are non-finite, that end above
+    their initial loss, that rise above it at any step; the final loss's geometric mean (NaN if a run is
+    non-finite, 0 if a run reached exactly 0)."""
+    finite = torch.isfinite(loss).all(0)
+    return {"runs": loss.shape[1], "nonfinite": int((~finite).sum()),
+            "final_above_initial": int((loss[-1] > loss[0]).sum()),
+            "any_step_above_initial": int((loss.nan_to_num(math.inf).amax(0) > loss[0]).sum()),
+            "final_geo_mean": 10 ** float(loss[-1].log10().mean()) if bool(finite.all()) else math.nan}

@@ -264,3 +264,50 @@ def test_without_the_free_term_the_update_is_a_bounded_gain_on_adam():
     assert bool((a0 == 0).all() and (u0 == 0).all())  # a zero gradient: no step at all
     with pytest.raises(ValueError, match="mix must be 0"):
         AdafacSpec("adafac", mix=-0.1)
+
+
+def test_guards_warm_up_the_step_and_floor_adams_denominator():
+    """Untrained, with warmup W and floor f: Adam with the update × min(1, t/W) and the denominator
+    max(√v̂, f·rms(g₀)) per tensor, computed here by hand on a gradient that falls to 1e-9 of its first."""
+    W, f, lr = 4, 0.01, 1e-3
+    rule = build(AdafacSpec("adafac", warmup=W, floor=f)).rule
+    torch.manual_seed(0)
+    w = [torch.randn(2, 5, 3), torch.randn(2, 5)]
+    state = rule.init(w)
+    m = [torch.zeros_like(x) for x in w]
+    v = [torch.zeros_like(x) for x in w]
+    g0 = None
+    for t in range(1, 9):
+        g = [torch.randn_like(x) * (1.0 if t == 1 else 1e-9) for x in w]
+        g0 = g0 or [x.pow(2).flatten(1).mean(1).sqrt() for x in g]
+        prop, state = rule.propose(Proposal(), g, state, weights=w)
+        for i, (u, gi) in enumerate(zip(prop.update, g)):
+            m[i], v[i] = 0.9 * m[i] + 0.1 * gi, 0.999 * v[i] + 0.001 * gi * gi
+            shape = (-1,) + (1,) * (gi.dim() - 1)
+            den = torch.maximum((v[i] / (1 - 0.999 ** t)).sqrt(), f * g0[i].view(shape))
+            expected = lr * min(1.0, t / W) * (m[i] / (1 - 0.9 ** t)) / (den + 1e-8)
+            torch.testing.assert_close(u, expected, rtol=1e-4, atol=1e-12)
+    # a state as at the float floor (first gradient's RMS 1, moments of a 1e-6 gradient, long after the start):
+    # without the floor Adam's step is ~lr per element; the floor makes it ~lr·1e-6/f
+    g = [torch.full_like(x, 1e-6) for x in w]
+    steps = []
+    for floor in (0.0, f):
+        r = build(AdafacSpec("adafac", floor=floor)).rule
+        s = r.init(w)
+        s.mom = [[torch.full_like(x, 1e-6) for _ in ms] for x, ms in zip(w, s.mom)]
+        s.nu = [torch.full_like(x, 1e-12) for x in w]
+        s.g0 = [torch.ones(2) for _ in w]
+        s.count = torch.full((2,), 1e4)
+        steps.append(r.propose(Proposal(), g, s, weights=w)[0].update[0].abs().max())
+    assert steps[0] > 0.9 * lr and steps[1] < 2e-4 * lr
+
+def test_guard_settings_are_validated_and_kept_in_checkpoints(tmp_path):
+    for bad in ({"warmup": -1}, {"warmup": 2.5}, {"floor": -0.1}, {"floor": 2.0}, {"floor": True}):
+        with pytest.raises(ValueError):
+            AdafacSpec("adafac", **bad)
+    opt = build(AdafacSpec("adafac-tele", warmup=5, floor=0.01))
+    checkpoints.save_model(tmp_path / "g.safetensors", opt)
+    back = checkpoints.load_model(tmp_path / "g.safetensors")
+    assert (back.spec.warmup, back.spec.floor) == (5, 0.01) and back.spec == opt.spec
+    old = build(AdafacSpec("adafac"))  # a checkpoint written before the guards has neither key
+    assert "warmup" not in old.spec.to_dict() and "floor" not in old.spec.to_dict()

@@ -91,6 +91,9 @@ p.add_argument("--init", default=None, help="start from this adafac checkpoint (
 p.add_argument("--group", choices=("gl", "diag"), default="gl", help="adafac-tele: the teleport's group")
 p.add_argument("--magnitude", type=float, default=0.05,
                help="adafac-tele: the teleport's size per step before the gate")
+p.add_argument("--warmup", type=int, default=0, help="guard: the update's linear warm-up, in steps (0: none)")
+p.add_argument("--floor", type=float, default=0.0,
+               help="guard: Adam's denominator at least FLOOR x the first gradient's RMS, per tensor (0: none)")
 p.add_argument("--average", type=float, default=0.0, help="validate and save the EMA of the meta-parameters (decay)")
 p.add_argument("--select-seeds", type=int, default=4, help="selection seeds per validation problem")
 p.add_argument("--steps", type=int, default=200, help="longest inner horizon of the meta-training trajectories")
@@ -116,7 +119,8 @@ try:
             nominal = global_lr(split("train")) if a.nominal_lr == "train" else float(a.nominal_lr)
             mix = a.mix
         spec = AdafacSpec("adafac-tele" if a.teleport else "adafac", nominal_lr=nominal, mix=mix,
-                          gate_bias=a.gate_bias, group=a.group, magnitude=a.magnitude)
+                          gate_bias=a.gate_bias, group=a.group, magnitude=a.magnitude, warmup=a.warmup,
+                          floor=a.floor)
         cfg = MetaTrainConfig(spec=spec, augment=not a.no_augment, init=a.init, average=a.average,
                               select_seeds=a.select_seeds, minutes=float("inf") if a.batches else a.minutes,
                               max_batches=a.batches or 10**6, seed=a.seed, eval_every=a.eval_every,

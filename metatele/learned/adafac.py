@@ -69,6 +69,12 @@ class AdafacSpec(LearnedSpec):
     GL action on the teleport data along the ascent of ‖∇L‖², gated off where it is impossible) or "diag" (the
     positive rescalings of hidden units along the descent of ‖∇L‖², `GatedRescale`, exact on any data: biases,
     mini-batches and more samples than widths included, so never gated off).
+
+    Guards against the two ways a long run rose above its start (docs/bench.md, "Round 10"); 0 turns each off:
+    warmup: the update is scaled by min(1, t/warmup) at step t = 1, 2, … (an Adam-like first step moves every
+    weight by ~lr and overshot on deep nets); floor: Adam's denominator is max(√v̂, floor·rms(g₀)) per tensor, g₀
+    the tensor's first gradient (once the gradient falls to float32's noise, v̂ decays and lr/√v̂ grows until the
+    run is linearly unstable: the floor bounds the effective lr at lr/(floor·rms(g₀))).
     """
 
     hidden: int = 16
@@ -79,7 +85,9 @@ class AdafacSpec(LearnedSpec):
     every: int = 1
     nominal_lr: float = NOMINAL_LR
     group: str = "gl"
-    added_fields: ClassVar[tuple[str, ...]] = ("nominal_lr", "group")
+    warmup: int = 0
+    floor: float = 0.0
+    added_fields: ClassVar[tuple[str, ...]] = ("nominal_lr", "group", "warmup", "floor")
 
     def check(self) -> None:
         checks.integer("hidden", self.hidden, 1, 1024)
@@ -91,6 +99,9 @@ class AdafacSpec(LearnedSpec):
         checks.finite_float("gate_bias", self.gate_bias)
         checks.positive_float("nominal_lr", self.nominal_lr, 10.0)
         checks.choice("group", self.group, ("gl", "diag"))
+        checks.integer("warmup", self.warmup, 0, 10**6)
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
+            raise ValueError(f"floor must be 0 (off) or a number in (0, 1], got {self.floor!r}")
 
 
 class AdafacNet(nn.Module):
@@ -135,10 +146,13 @@ def _fan_in(w: torch.Tensor) -> int | None:
 
 @dataclass
 class AdafacUpdate:
-    """The update rule (a `metatele.methods.Transform`); `clock` holds T of the progress features."""
+    """The update rule (a `metatele.methods.Transform`); `clock` holds T of the progress features; warmup and
+    floor are `AdafacSpec`'s guards."""
 
     net: AdafacNet
     clock: Horizon = field(default_factory=Horizon)
+    warmup: int = 0
+    floor: float = 0.0
 
     def init(self, weights: Sequence[torch.Tensor]) -> AdafacState:
         w0 = weights[0]
@@ -157,7 +171,10 @@ class AdafacUpdate:
         B = w.shape[0]
         m_hat = mom[0] / per_task(1 - B1 ** count, g)
         v_hat = nu / per_task(1 - B2 ** count, g)
-        adam = m_hat / (sqrt0(v_hat) + EPS)
+        den = sqrt0(v_hat)
+        if self.floor:
+            den = torch.maximum(den, self.floor * per_task(g0, g))
+        adam = m_hat / (den + EPS)
         rs_v = (nu + TINY).rsqrt()
         chans = [g, w, *mom, sqrt0(nu), *(m * rs_v for m in mom), rs_v, adam]
         fac, rrow, rcol = [], [], []
@@ -207,6 +224,8 @@ class AdafacUpdate:
             fan = _fan_in(w)
             scale = lr if fan is None else lr * (FAN_REF / fan) ** torch.tanh(net.fan_power)
             step = 10 ** torch.tanh(a) * adam
+            if self.warmup:
+                step = step * per_task(count.clamp(max=self.warmup) / self.warmup, g)
             update.append(scale * (step + mix * torch.tanh(d) if net.mix else step))
         info = dict(prop.info)
         info["lr"] = lr.detach().expand(grads[0].shape[0])
@@ -282,9 +301,9 @@ class SteepestGate:
         if t % self.every:
             return prop, (lstm, g0, t + 1)
         gate, _, lstm = self.gate(self.gate.features(weights, grads, g0), lstm)
-        info = dict(prop.info)
-        info["teleport_magnitude"] = gate.detach().mean(1) * self.magnitude
         mags = [self.magnitude * gate[:, m] for m in range(gate.shape[1])]
+        info = dict(prop.info)
+        info["teleport_magnitude"] = torch.stack(mags, 1).detach().mean(1)
         if self.group == "diag":
             d = rescale_direction([g.detach() for g in grads])
             tele: GatedSteepestTeleport | GatedRescale = GatedRescale([-a[:, None] * dm for a, dm in zip(mags, d)])
@@ -301,7 +320,7 @@ class AdafacOptimizer(MetaOptimizer):
     def __init__(self, spec: AdafacSpec, *, teleport: bool) -> None:
         super().__init__(spec)
         self.net = AdafacNet(spec.hidden, spec.mix, spec.nominal_lr)
-        self.rule = AdafacUpdate(self.net, self.clock)
+        self.rule = AdafacUpdate(self.net, self.clock, spec.warmup, spec.floor)
         self.label: str | None = None
         policy = None
         if teleport:

@@ -15,7 +15,7 @@ from metatele.errors import CheckpointError
 from metatele.learned import build
 from metatele.learned.nets import PROGRESS_CENTRES
 from metatele.learned.adafac import (N_INPUTS, AdafacOptimizer, AdafacSpec, AdafacUpdate, GatedRescale,
-                                     GatedSteepestTeleport)
+                                     GatedSteepestTeleport, with_guards)
 from metatele.outer.trainer import meta_loss, unroll_window
 from metatele.optim import LearnedOptimizer
 from metatele.methods.base import Horizon, Proposal
@@ -311,3 +311,27 @@ def test_guard_settings_are_validated_and_kept_in_checkpoints(tmp_path):
     assert (back.spec.warmup, back.spec.floor) == (5, 0.01) and back.spec == opt.spec
     old = build(AdafacSpec("adafac"))  # a checkpoint written before the guards has neither key
     assert "warmup" not in old.spec.to_dict() and "floor" not in old.spec.to_dict()
+
+
+def test_with_guards_keeps_the_trained_rule_and_warms_up_a_torch_loop():
+    """`with_guards` copies the meta-parameters and sets the guards; in a user's loop its first step is the
+    unguarded one / warmup (at step 1 no element of these gradients is below the floor)."""
+    opt = build(AdafacSpec("adafac"))  # with the free term (mix 0.1), which warms up too
+    _randomize_head(opt)
+    guarded = with_guards(opt, 5, 1e-6)
+    assert (guarded.spec.warmup, guarded.spec.floor, guarded.name) == (5, 1e-6, "adafac")
+    assert all(torch.equal(a, b) for a, b in zip(opt.state_dict().values(), guarded.state_dict().values()))
+    with pytest.raises(TypeError, match="adafac"):
+        with_guards(make("adam", torch.ones(1)), 5, 0.01)
+    moves = []
+    for method in (opt, guarded):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LeakyReLU(0.1), torch.nn.Linear(8, 2))
+        before = [p.detach().clone() for p in net.parameters()]
+        o = LearnedOptimizer(net.parameters(), method)
+        x = torch.randn(16, 4)
+        o.zero_grad()
+        net(x).pow(2).mean().backward()
+        o.step()
+        moves.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before)]))
+    torch.testing.assert_close(moves[1], moves[0] / 5, rtol=1e-4, atol=1e-9)

@@ -9,12 +9,11 @@ source. `reproduce.py --checkpoints OUT` then evaluates them. Errors are one lin
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from metatele import checkpoints
 from metatele.errors import MetateleError
-from metatele.learned import build
+from metatele.learned.adafac import with_guards
 
 p = argparse.ArgumentParser()
 p.add_argument("src")
@@ -26,8 +25,7 @@ try:
     for name in ("adafac", "adafac-tele"):
         path = Path(a.src) / name / checkpoints.MODEL_FILE
         model = checkpoints.load_model(path)
-        guarded = build(replace(model.spec, warmup=a.warmup, floor=a.floor))
-        guarded.load_state_dict(model.state_dict())
+        guarded = with_guards(model, a.warmup, a.floor)
         target = Path(a.out) / name / checkpoints.MODEL_FILE
         if target.exists():
             raise FileExistsError(f"{target} exists; choose another OUT")
@@ -35,5 +33,5 @@ try:
         extra = {k: v for k, v in checkpoints.read(path)[1].items() if k in ("batches", "validation_score")}
         checkpoints.save_model(target, guarded, **extra, guards_added_to=str(path))
         print(f"{target}: {guarded.spec.to_dict()}")
-except (MetateleError, ValueError, OSError) as e:
+except (MetateleError, ValueError, TypeError, OSError) as e:
     p.exit(2, f"{p.prog}: error: {e}\n")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from metatele.tasks.base import TaskBatch, TeleportData
 
 __all__ = ["NOMINAL_LR", "FAN_REF", "ELEMENT_FEATURES", "N_INPUTS", "AdafacSpec", "AdafacNet", "AdafacState",
-           "AdafacUpdate", "GatedSteepestTeleport", "GatedRescale", "SteepestGate", "AdafacOptimizer"]
+           "AdafacUpdate", "GatedSteepestTeleport", "GatedRescale", "SteepestGate", "AdafacOptimizer", "with_guards"]
 
 NOMINAL_LR = 1e-3         # the default nominal lr: torch.optim.Adam's default
 FAN_REF = 32              # fan-in at which the μP factor is 1
@@ -224,9 +224,8 @@ class AdafacUpdate:
             fan = _fan_in(w)
             scale = lr if fan is None else lr * (FAN_REF / fan) ** torch.tanh(net.fan_power)
             step = 10 ** torch.tanh(a) * adam
-            if self.warmup:
-                step = step * per_task(count.clamp(max=self.warmup) / self.warmup, g)
-            update.append(scale * (step + mix * torch.tanh(d) if net.mix else step))
+            u = scale * (step + mix * torch.tanh(d) if net.mix else step)
+            update.append(u * per_task(count.clamp(max=self.warmup) / self.warmup, g) if self.warmup else u)
         info = dict(prop.info)
         info["lr"] = lr.detach().expand(grads[0].shape[0])
         return replace(add_update(prop, update), info=info), AdafacState(mom, nu, rows, cols, g0, count)
@@ -331,6 +330,18 @@ class AdafacOptimizer(MetaOptimizer):
     @property
     def name(self) -> str:
         return self.label or self.spec.method
+
+
+def with_guards(model: AdafacOptimizer, warmup: int, floor: float) -> AdafacOptimizer:
+    """A copy of a trained adafac optimizer (same meta-parameters) with `AdafacSpec`'s guards set, e.g.
+    `with_guards(load_pretrained("adafac-tele"), 5, 0.01)`: its long runs stop rising above their start, at a cost
+    on the suite measured in docs/bench.md ("Round 10"). ValueError on invalid guard values."""
+    if not isinstance(model, AdafacOptimizer):
+        raise TypeError(f"with_guards takes an adafac optimizer, got {type(model).__name__}")
+    guarded = AdafacOptimizer(replace(model.spec, warmup=warmup, floor=floor), teleport=model.teleports)
+    guarded.load_state_dict(model.state_dict())
+    guarded.metadata = dict(model.metadata)
+    return guarded.to(next(model.parameters()).device)
 
 
 register_learned("adafac", AdafacOptimizer, AdafacSpec, teleport=False)

@@ -46,6 +46,9 @@ validation, and equals one that never stopped), and its teleporting twin started
         --magnitude 0.1 --gate-bias 0 --gate-lr 1e-3 --steps 1000 --min-steps 100 --val-steps 1000 --minutes 15 \
         --eval-every 10 --average 0.95 --select-seeds 8 --meta-lr 3e-5 --scalar-lr 3e-5
 
+Round 10 (experiments/bench/round10-adafac*/, not shipped): the round-6 commands with the guards on and round 6's
+batch counts, both at once: `--warmup 5 --floor 0.01 --batches 820` (`adafac`) and `--batches 599` (`adafac-tele`).
+
 A wall-clock budget depends on the machine; to reproduce them exactly, give the batch count each reached instead
 (`--batches N`, each folder's summary.json; nothing in the loop reads the clock but the budget check). Round 3's
 (experiments/bench/round3-adafac*/) used the defaults with `--minutes 55`.

@@ -37,6 +37,7 @@ from metatele.bench.problems import REPORT_FIRST_SEED
 from metatele.bench.baselines import make
 from metatele.bench.run import SEEDS, TUNE_SEEDS, baselines, run_suite
 from metatele.bench.scores import long_run_counts, paired_rows
+from metatele.errors import MetateleError
 from metatele.evaluation.stats import summarize
 from metatele.learned import build
 from metatele.step import rollout
@@ -57,8 +58,11 @@ if a.meta_horizon < 1:
 out = Path(a.out)
 torch.set_num_threads(1)
 ck = Path(a.checkpoints)
-adafac = checkpoints.load_model(ck / "adafac" / checkpoints.MODEL_FILE)
-tele = checkpoints.load_model(ck / "adafac-tele" / checkpoints.MODEL_FILE)
+try:
+    adafac = checkpoints.load_model(ck / "adafac" / checkpoints.MODEL_FILE)
+    tele = checkpoints.load_model(ck / "adafac-tele" / checkpoints.MODEL_FILE)
+except MetateleError as e:
+    p.exit(2, f"{p.prog}: error: {e}\n")
 problems = [q for q in suite(a.quick) if q.split in ("train", "heldout")]
 heldout = [q for q in problems if q.split == "heldout"]
 # the ablation and the 10× run use the held-out problems of at most 128 units per layer and 64 inputs (the CPU budget)

@@ -300,9 +300,9 @@ class SteepestGate:
         if t % self.every:
             return prop, (lstm, g0, t + 1)
         gate, _, lstm = self.gate(self.gate.features(weights, grads, g0), lstm)
-        mags = [self.magnitude * gate[:, m] for m in range(gate.shape[1])]
         info = dict(prop.info)
-        info["teleport_magnitude"] = torch.stack(mags, 1).detach().mean(1)
+        info["teleport_magnitude"] = gate.detach().mean(1) * self.magnitude
+        mags = [self.magnitude * gate[:, m] for m in range(gate.shape[1])]
         if self.group == "diag":
             d = rescale_direction([g.detach() for g in grads])
             tele: GatedSteepestTeleport | GatedRescale = GatedRescale([-a[:, None] * dm for a, dm in zip(mags, d)])

@@ -301,6 +301,7 @@ def test_guards_warm_up_the_step_and_floor_adams_denominator():
         steps.append(r.propose(Proposal(), g, s, weights=w)[0].update[0].abs().max())
     assert steps[0] > 0.9 * lr and steps[1] < 2e-4 * lr
 
+
 def test_guard_settings_are_validated_and_kept_in_checkpoints(tmp_path):
     for bad in ({"warmup": -1}, {"warmup": 2.5}, {"floor": -0.1}, {"floor": 2.0}, {"floor": True}):
         with pytest.raises(ValueError):

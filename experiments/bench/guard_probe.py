@@ -13,6 +13,7 @@ import torch
 from metatele import checkpoints
 from metatele.bench.problems import REPORT_FIRST_SEED, suite
 from metatele.bench.run import SEEDS, trajectory
+from metatele.bench.scores import long_run_counts
 from metatele.learned.adafac import with_guards
 from metatele.step import rollout
 
@@ -28,9 +29,10 @@ for name in ("adafac-tele", "adafac"):
         for p in EARLY:
             m.clock.steps, m.clock.pinned = 2000, True
             loss = rollout(m, problems[p].sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS)), 12).loss
-            out.append(f"{p} above start within 12 steps {int((loss[1:] > loss[0]).any(0).sum())}/{loss.shape[1]}")
+            c = long_run_counts(loss)
+            out.append(f"{p} above start within 12 steps {c['any_step_above_initial']}/{c['runs']}")
         m.clock.pinned = False
         q = problems["centred-32-256-8-n64"]
         loss = trajectory(q, m, q.sample(range(REPORT_FIRST_SEED, REPORT_FIRST_SEED + SEEDS)), q.steps).loss
-        out.append(f"{q.name} geo mean at {q.steps} {10 ** float(loss[-1].double().log10().mean()):.3g}")
+        out.append(f"{q.name} geo mean at {q.steps} {long_run_counts(loss)['final_geo_mean']:.3g}")
         print(f"{name} warmup={warmup} floor={floor:g}: " + "; ".join(out), flush=True)

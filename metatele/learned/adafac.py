@@ -100,8 +100,8 @@ class AdafacSpec(LearnedSpec):
         checks.positive_float("nominal_lr", self.nominal_lr, 10.0)
         checks.choice("group", self.group, ("gl", "diag"))
         checks.integer("warmup", self.warmup, 0, 10**6)
-        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
-            raise ValueError(f"floor must be 0 (off) or a number in (0, 1], got {self.floor!r}")
+        if self.floor != 0:  # 0: off
+            checks.positive_float("floor", self.floor, 1.0)
 
 
 class AdafacNet(nn.Module):
